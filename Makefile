@@ -1,0 +1,36 @@
+# taggnn: two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Torch releases this project is tested with (CUDA build on x86_64 Linux; runs on CPU too).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install install-ext test test-slow demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Optional compiled extras (torch-scatter, torch-sparse): ~17 min from source on 2 cores.
+install-ext: install
+	$(PY) -m pip install --no-build-isolation 'torch-scatter>=2.1' 'torch-sparse>=0.6.17'
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(PY) -m taggnn.demo
+
+bench: install
+	$(PY) -m benchmarks.propagation
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
