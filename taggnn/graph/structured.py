@@ -26,8 +26,63 @@ from torch import Tensor
 from .builder import SpatioTemporalGraph
 
 
+def _apply_a_hat(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
+    r""":math:`\hat{A} X` for ``x`` of shape ``(B, N, C)``, without autograd bookkeeping."""
+    B, N, C = x.shape
+    T, P = graph.T, graph.num_sites
+    d_inv_sqrt = graph.degree(x.device, x.dtype).rsqrt().view(1, T, 1, 1)  # (1, T, 1, 1)
+    y = x.reshape(B, T, P, C) * d_inv_sqrt  # (B, T, P, C)
+    if graph.intra == "full":
+        out = y.sum(dim=2, keepdim=True).expand(B, T, P, C).clone()  # clique + self-loop
+    else:
+        out = y.clone()  # self-loop only
+    if graph.temporal == "aligned" and T > 1:
+        out[:, 1:] += y[:, :-1]  # from frame t-1
+        out[:, :-1] += y[:, 1:]  # from frame t+1
+    return out.mul_(d_inv_sqrt).view(B, N, C)
+
+
+def _appnp_no_grad(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float) -> Tensor:
+    h = x
+    for _ in range(K):
+        h = _apply_a_hat(h, graph).mul_(1.0 - alpha).add_(x, alpha=alpha)
+    return h
+
+
+class _SymmetricPropagation(torch.autograd.Function):
+    r""":math:`g(\hat{A}) X` for a polynomial :math:`g` (APPNP's filter).
+
+    :math:`\hat{A}` is symmetric, so :math:`g(\hat{A})` is too and the
+    gradient is :math:`g(\hat{A})` applied to the incoming gradient: the
+    backward pass is the forward pass again and nothing is saved for it.
+    The backward calls this Function itself, so higher-order gradients work.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float) -> Tensor:
+        ctx.graph, ctx.K, ctx.alpha = graph, K, alpha
+        return _appnp_no_grad(x, graph, K, alpha)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad = _SymmetricPropagation.apply(grad_output.contiguous(), ctx.graph, ctx.K, ctx.alpha)
+        return grad, None, None, None
+
+
+def _check(x: Tensor, graph: SpatioTemporalGraph) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.size(1) != graph.num_nodes:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"expected node features of shape (B, N={graph.num_nodes}, C) for a "
+            f"{graph.T}x{graph.H}x{graph.W} grid, got {shape}"
+        )
+
+
 def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
     r"""Computes :math:`\hat{A} X` clip by clip for :math:`X` laid out on the grid.
+
+    Differentiable; since :math:`\hat{A}` is symmetric its backward pass is
+    one more :math:`\hat{A}` product.
 
     Args:
         x (torch.Tensor): Node features of shape ``(B, N, C)`` with
@@ -37,36 +92,26 @@ def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
 
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
-    B, N, C = x.shape
-    T, P = graph.T, graph.num_sites
-    d_inv_sqrt = graph.degree(x.device, x.dtype).rsqrt().view(1, T, 1, 1)  # (1, T, 1, 1)
-    y = x.reshape(B, T, P, C) * d_inv_sqrt  # (B, T, P, C)
-
-    if graph.intra == "full":
-        out = y.sum(dim=2, keepdim=True).expand(B, T, P, C)  # clique + self-loop
-    else:
-        out = y  # self-loop only
-    if graph.temporal == "aligned" and T > 1:
-        zero = y.new_zeros(B, 1, P, C)
-        from_previous = torch.cat([zero, y[:, :-1]], dim=1)  # Y_{t-1}
-        from_next = torch.cat([y[:, 1:], zero], dim=1)  # Y_{t+1}
-        out = out + from_previous + from_next
-    return (out * d_inv_sqrt).reshape(B, N, C)
+    _check(x, graph)
+    return _SymmetricPropagation.apply(x, graph, 1, 0.0)
 
 
 def structured_appnp(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float) -> Tensor:
-    r"""APPNP power iteration with :func:`structured_propagate`.
+    r"""APPNP power iteration with the structured :math:`\hat{A}` product.
 
     .. math::
         H^{(0)} = X, \qquad
         H^{(k+1)} = (1 - \alpha) \hat{A} H^{(k)} + \alpha H^{(0)},
 
     the update of PyG's :class:`~torch_geometric.nn.conv.APPNP` (without
-    edge dropout), :math:`K` times.
+    edge dropout), :math:`K` times. The result is the polynomial filter
+    :math:`g_K(\hat{A}) X` with :math:`g_K(\mu) = ((1-\alpha)\mu)^K +
+    \alpha \sum_{k<K} ((1-\alpha)\mu)^k`, so the backward pass is the same
+    iteration on the gradient and no intermediate :math:`H^{(k)}` is stored.
 
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
-    h = x
-    for _ in range(K):
-        h = (1.0 - alpha) * structured_propagate(h, graph) + alpha * x
-    return h
+    _check(x, graph)
+    if K == 0:
+        return x
+    return _SymmetricPropagation.apply(x, graph, K, float(alpha))
