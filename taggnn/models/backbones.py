@@ -362,31 +362,34 @@ class BackboneInfo:
     builder: Callable[..., VideoBackbone]
     description: str
     requires: Optional[str] = None  # an optional package
+    default_clip: Tuple[int, int] = (16, 112)  # (frames, crop) it is usually run at
 
 
 _REGISTRY: Dict[str, BackboneInfo] = {}
 
 
 def register_backbone(name: str, builder: Callable[..., VideoBackbone], description: str,
-                      requires: Optional[str] = None) -> None:
+                      requires: Optional[str] = None, default_clip: Tuple[int, int] = (16, 112)) -> None:
     """Adds a backbone to the registry (users can register their own)."""
-    _REGISTRY[name] = BackboneInfo(name, builder, description, requires)
+    _REGISTRY[name] = BackboneInfo(name, builder, description, requires, default_clip)
 
 
-register_backbone("r2plus1d_34", r2plus1d_34, "R(2+1)D-34, IG-65M release layout (paper backbone, 512 ch)")
+register_backbone("r2plus1d_34", r2plus1d_34, "R(2+1)D-34, IG-65M release layout (paper backbone, 512 ch)",
+                  default_clip=(32, 112))
 register_backbone("r2plus1d_18", partial(_torchvision_resnet, tv_video.r2plus1d_18, tv_video.R2Plus1D_18_Weights),
                   "torchvision R(2+1)D-18 (512 ch)")
 register_backbone("r3d_18", partial(_torchvision_resnet, tv_video.r3d_18, tv_video.R3D_18_Weights),
                   "torchvision R3D-18 (512 ch)")
 register_backbone("mc3_18", partial(_torchvision_resnet, tv_video.mc3_18, tv_video.MC3_18_Weights),
                   "torchvision MC3-18 (512 ch)")
-register_backbone("s3d", S3DBackbone, "torchvision S3D (1024 ch)")
+register_backbone("s3d", S3DBackbone, "torchvision S3D (1024 ch)", default_clip=(16, 224))
 for _size in ("t", "s", "b"):
     _weights_name = {"t": "Swin3D_T_Weights", "s": "Swin3D_S_Weights", "b": "Swin3D_B_Weights"}[_size]
     register_backbone(f"swin3d_{_size}", partial(Swin3DBackbone, getattr(tv_video, f"swin3d_{_size}"),
                                                  getattr(tv_video, _weights_name)),
-                      f"torchvision Video Swin-{_size.upper()}")
-register_backbone("r2plus1d_tiny", TinyR2Plus1D, "narrow R(2+1)D, 1 block/stage, for CPU demos (128 ch)")
+                      f"torchvision Video Swin-{_size.upper()}", default_clip=(16, 224))
+register_backbone("r2plus1d_tiny", TinyR2Plus1D, "narrow R(2+1)D, 1 block/stage, for CPU demos (128 ch)",
+                  default_clip=(16, 64))
 for _name, _hub, _file, _frames, _crop, _desc in [
     ("slow_r50", "slow_r50", "SLOW_8x8_R50.pyth", 8, 224, "Slow-R50 (SlowFast slow pathway), 2048 ch"),
     ("i3d_r50", "i3d_r50", "I3D_8x8_R50.pyth", 8, 224, "I3D-R50, 2048 ch"),
@@ -394,7 +397,8 @@ for _name, _hub, _file, _frames, _crop, _desc in [
     ("x3d_s", "x3d_s", "X3D_S.pyth", 13, 182, "X3D-S, 192 ch"),
     ("x3d_m", "x3d_m", "X3D_M.pyth", 16, 224, "X3D-M, 192 ch"),
 ]:
-    register_backbone(_name, partial(PyTorchVideoBackbone, _hub, _file, _frames, _crop), _desc, requires="pytorchvideo")
+    register_backbone(_name, partial(PyTorchVideoBackbone, _hub, _file, _frames, _crop), _desc,
+                      requires="pytorchvideo", default_clip=(_frames, _crop))
 
 
 def list_backbones(*, available_only: bool = False) -> List[str]:

@@ -1,0 +1,124 @@
+"""Parameter, FLOP and latency accounting of TAGNet (the paper's Table 5).
+
+FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on
+the ``meta`` device (shapes only, nothing is computed), in two conventions:
+``flops`` = 2 x multiply-adds (the counter's own), and ``macs`` =
+multiply-adds, the convention of fvcore and of the paper's Table 5. Like
+fvcore, the counter counts matrix products and convolutions (attention
+included) and not element-wise work, so APPNP's propagation, which is
+element-wise in the structured back-end, counts 0; :func:`appnp_macs` gives
+its multiply-adds analytically.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from .tagnet import TAGNet
+
+
+def _numel(module: Optional[nn.Module]) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def parameter_breakdown(model: TAGNet) -> Dict[str, int]:
+    """Parameters per part: backbone, positional table, Transformer, graph, classifier."""
+    head = model.head
+    parts = {
+        "backbone": _numel(model.backbone),
+        "positional_table": _numel(head.pos_embed),
+        "transformer": _numel(head.transformer),
+        "graph_refinement": _numel(head.refiner),
+        "classifier": _numel(head.classifier) + _numel(head.norm),
+    }
+    parts["head_without_classifier"] = parts["positional_table"] + parts["transformer"] + parts["graph_refinement"]
+    # The paper's Table 5 leaves the classifier out of its 69.90M total.
+    parts["total_without_classifier"] = parts["backbone"] + parts["head_without_classifier"]
+    parts["total"] = parts["total_without_classifier"] + parts["classifier"]
+    return parts
+
+
+def meta_flops(module: nn.Module, *inputs: Tensor) -> int:
+    """FLOPs (2 x MACs) of ``module(*inputs)``, counted on the meta device."""
+    state = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in list(module.named_parameters()) + list(module.named_buffers())
+    }
+    meta_inputs = tuple(torch.empty_like(x, device="meta") for x in inputs)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        functional_call(module, state, meta_inputs)
+    return int(counter.get_total_flops())
+
+
+def appnp_macs(num_nodes: int, num_edges: int, channels: int, K: int) -> Dict[str, int]:
+    """Multiply-adds of K APPNP steps: message passing over edges + self-loops vs structured."""
+    return {
+        "message_passing": K * (num_edges + num_nodes) * channels,
+        "structured": K * 4 * num_nodes * channels,  # scale, frame sum, 2 shifts (order of magnitude)
+    }
+
+
+def flop_breakdown(model: TAGNet, num_frames: int, height: int, width: int) -> Dict[str, int]:
+    """FLOPs of backbone and head for one clip (batch 1)."""
+    clip = torch.empty(1, 3, num_frames, height, width)
+    grid = model.backbone.feature_grid(num_frames, height, width)
+    features = torch.empty(1, model.backbone.out_channels, *grid)
+    backbone = meta_flops(model.backbone, clip)
+    head = meta_flops(model.head, features)
+    return {"backbone": backbone, "head": head, "total": backbone + head}
+
+
+@torch.no_grad()
+def latency_ms(module: nn.Module, example: Tensor, *, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall-clock time of ``module(example)`` in milliseconds (CUDA-synchronised)."""
+    def sync():
+        if example.device.type == "cuda":
+            torch.cuda.synchronize(example.device)
+
+    for _ in range(warmup):
+        module(example)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        module(example)
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def profile_model(model: TAGNet, num_frames: int, height: int, width: int, *,
+                  device: Optional[torch.device] = None, measure_latency: bool = True,
+                  repeats: int = 3) -> Dict[str, object]:
+    """Parameters, FLOPs/MACs and (optionally) per-clip latency of backbone vs head."""
+    params = parameter_breakdown(model)
+    flops = flop_breakdown(model, num_frames, height, width)
+    result: Dict[str, object] = {
+        "clip": [num_frames, height, width],
+        "grid": list(model.head.grid),
+        "params": params,
+        "flops": flops,
+        "macs": {k: v // 2 for k, v in flops.items()},
+        "head_share": {
+            "params": (params["head_without_classifier"] + params["classifier"]) / params["total"],
+            "flops": flops["head"] / flops["total"],
+        },
+    }
+    if measure_latency:
+        device = torch.device(device or "cpu")
+        model = model.to(device).eval()
+        clip = torch.randn(1, 3, num_frames, height, width, device=device)
+        features = model.backbone(clip)
+        backbone_ms = latency_ms(model.backbone, clip, repeats=repeats)
+        head_ms = latency_ms(model.head, features, repeats=max(repeats, 5))
+        result["latency_ms"] = {"backbone": backbone_ms, "head": head_ms, "total": backbone_ms + head_ms,
+                                "device": str(device)}
+        result["head_share"]["time"] = head_ms / (backbone_ms + head_ms)
+    return result
