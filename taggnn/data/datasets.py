@@ -1,0 +1,327 @@
+"""Video datasets in their official formats: FineGym, HAA500, CSV and folder trees.
+
+Every dataset is a :class:`torch.utils.data.Dataset` of ``(clip, label)``
+with ``.classes`` (names, index = label) and ``.samples`` (``(path, label)``
+pairs). Clips are decoded with :func:`~taggnn.data.load_clip` and passed to
+``transform`` (uint8 ``(T, H, W, 3)`` in; the presets of
+:mod:`taggnn.data.transforms` give float ``(3, T, H, W)``).
+
+Bad data follows ``on_error``: ``"raise"`` (default) stops with an error
+that names the file; ``"skip"`` logs the file and cause, counts it in
+``.failures`` and returns the next readable clip instead. Clips named by an
+annotation but missing on disk are reported at construction (how many and
+the first few): ``"raise"`` raises, ``"skip"`` drops them with a warning.
+Malformed annotation lines raise with the file name and line number.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import Dataset
+
+from .video import VideoError, load_clip
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file: the message names the file and line."""
+
+    def __init__(self, path: PathLike, line_number: int, problem: str, line: str = ""):
+        snippet = f": {line.strip()[:80]!r}" if line else ""
+        super().__init__(f"{path}:{line_number}: {problem}{snippet}")
+
+
+class VideoClipDataset(Dataset):
+    """Base class: a list of ``(path, label)`` samples and class names.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        classes: Class names, index = label.
+        num_frames (int): Frames per clip.
+        sampling (str): ``"uniform"`` (paper), ``"random"`` (training jitter)
+            or ``"linspace"`` (authors).
+        transform (callable, optional): Applied to the uint8 ``(T, H, W, 3)`` clip.
+        on_error (str): ``"raise"`` or ``"skip"``.
+        seed (int, optional): Makes ``"random"`` sampling reproducible per
+            (seed, index, epoch); see :meth:`set_epoch`.
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], classes: Sequence[str], *, num_frames: int,
+                 sampling: str = "uniform", transform: Optional[Callable] = None, on_error: str = "raise",
+                 seed: Optional[int] = None, check_files: bool = True):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        self.classes: List[str] = list(classes)
+        self.num_frames = num_frames
+        self.sampling = sampling
+        self.transform = transform
+        self.on_error = on_error
+        self.seed = seed
+        self.epoch = 0
+        self.failures: List[Tuple[str, str]] = []
+        samples = list(samples)
+        if check_files:
+            samples = self._drop_missing(samples)
+        self.samples: List[Tuple[str, int]] = samples
+
+    @property
+    def targets(self) -> List[int]:
+        return [label for _, label in self.samples]
+
+    @property
+    def class_to_idx(self) -> Dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+    def _drop_missing(self, samples):
+        missing = [path for path, _ in samples if not os.path.isfile(path)]
+        if not missing:
+            return samples
+        first = ", ".join(missing[:5])
+        message = f"{type(self).__name__}: {len(missing)} of {len(samples)} clips named by the annotations " \
+                  f"are missing on disk (first: {first})"
+        if self.on_error == "raise":
+            raise FileNotFoundError(message + "; pass on_error='skip' to drop them")
+        logger.warning("%s; dropping them", message)
+        missing_set = set(missing)
+        return [s for s in samples if s[0] not in missing_set]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Changes the random sampling draw (with ``seed`` set) for a new epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _generator(self, index: int) -> Optional[torch.Generator]:
+        if self.seed is None or self.sampling != "random":
+            return None
+        generator = torch.Generator()
+        generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return generator
+
+    def load(self, index: int) -> torch.Tensor:
+        """The raw uint8 clip ``(T, H, W, 3)`` of sample ``index``."""
+        path, _ = self.samples[index]
+        return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index))
+
+    def __getitem__(self, index: int):
+        attempts = 0
+        while True:
+            path, label = self.samples[index]
+            try:
+                clip = self.load(index)
+                break
+            except VideoError as error:
+                if self.on_error == "raise":
+                    raise
+                self.failures.append((path, error.cause))
+                logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
+                attempts += 1
+                if attempts >= len(self.samples):
+                    raise VideoError(path, "no readable clip left in the dataset") from error
+                index = (index + 1) % len(self.samples)
+        if self.transform is not None:
+            clip = self.transform(clip)
+        return clip, label
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(samples={len(self)}, classes={len(self.classes)}, "
+                f"num_frames={self.num_frames}, sampling={self.sampling!r})")
+
+
+# --------------------------------------------------------------------------
+# FineGym
+
+
+_CATEGORY_LINE = re.compile(r"^Clabel:\s*(\d+);\s*set:\s*(\d+);\s*Glabel:\s*(\d+);\s*(.+)$")
+
+
+def read_finegym_categories(path: PathLike) -> List[str]:
+    """Class names from ``gym99_categories.txt`` / ``gym288_categories.txt``.
+
+    Lines look like ``Clabel: 0; set: 1; Glabel: 1; (VT) round-off, ...``;
+    the name is the text after the event code ``(VT)``.
+    """
+    names: Dict[int, str] = {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            match = _CATEGORY_LINE.match(line.strip())
+            if not match:
+                raise AnnotationError(path, number, "expected 'Clabel: <int>; set: <int>; Glabel: <int>; <name>'", line)
+            label = int(match.group(1))
+            if label in names:
+                raise AnnotationError(path, number, f"class label {label} appears twice", line)
+            names[label] = re.sub(r"^\([^)]*\)\s*", "", match.group(4)).strip()
+    if sorted(names) != list(range(len(names))):
+        raise AnnotationError(path, 0, f"class labels must be 0..{len(names) - 1} without gaps")
+    return [names[i] for i in range(len(names))]
+
+
+def read_split_file(path: PathLike, num_classes: Optional[int] = None) -> List[Tuple[str, int]]:
+    """``<id> <label>`` lines of a FineGym split file."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+                raise AnnotationError(path, number, "expected '<clip id> <integer label>'", line)
+            label = int(parts[1])
+            if label < 0 or (num_classes is not None and label >= num_classes):
+                raise AnnotationError(path, number, f"label {label} outside 0..{(num_classes or 1) - 1}", line)
+            entries.append((parts[0], label))
+    return entries
+
+
+class FineGym(VideoClipDataset):
+    """FineGym element-level clips, Gym99 or Gym288, in the official layout.
+
+    ``root/annotations/`` holds the files as published
+    (``gym99_train_element_v1.0.txt`` / ``_v1.1.txt``, ``gym99_val_element.txt``,
+    ``gym99_categories.txt``, gym288 likewise) and ``root/subactions/<id>.mp4``
+    the trimmed clips (``datasets/finegym/prepare.py`` makes them).
+
+    Args:
+        root: Dataset root.
+        split (str): ``"train"`` or ``"val"`` (``"test"`` is an alias of
+            ``"val"``: FineGym publishes no other evaluation split).
+        num_classes (int): 99 or 288.
+        version (str): ``"v1.0"`` or ``"v1.1"`` (training split only).
+        num_frames (int): Frames per clip. (default: 64, as in the paper)
+    """
+
+    def __init__(self, root: PathLike, split: str = "train", *, num_classes: int = 99, version: str = "v1.1",
+                 num_frames: int = 64, **kwargs):
+        if num_classes not in (99, 288):
+            raise ValueError(f"num_classes must be 99 or 288, got {num_classes!r}")
+        if version not in ("v1.0", "v1.1"):
+            raise ValueError(f"version must be 'v1.0' or 'v1.1', got {version!r}")
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        root = Path(root)
+        annotations = root / "annotations"
+        prefix = f"gym{num_classes}"
+        split_file = annotations / (f"{prefix}_train_element_{version}.txt" if split == "train"
+                                    else f"{prefix}_val_element.txt")
+        categories = annotations / f"{prefix}_categories.txt"
+        for required in (split_file, categories):
+            if not required.is_file():
+                raise FileNotFoundError(f"FineGym: {required} not found (see datasets/finegym/README.md)")
+        classes = read_finegym_categories(categories)
+        entries = read_split_file(split_file, len(classes))
+        samples = [(str(root / "subactions" / f"{clip_id}.mp4"), label) for clip_id, label in entries]
+        self.root, self.split, self.version = root, split, version
+        super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# HAA500
+
+HAA500_SPLITS = {"train": range(0, 16), "val": range(16, 17), "test": range(17, 20)}
+
+
+class HAA500(VideoClipDataset):
+    """HAA500: ``root/video/<class>/<class>_<NNN>.mp4``, 20 clips per class.
+
+    Official split by ``NNN``: 000-015 train, 016 val, 017-019 test. Labels
+    are indices into Python's ``sorted()`` of the class folder names (names
+    keep their spaces, hyphens and capitals).
+    """
+
+    def __init__(self, root: PathLike, split: str = "train", *, num_frames: int = 32, **kwargs):
+        if split not in HAA500_SPLITS:
+            raise ValueError(f"split must be one of {sorted(HAA500_SPLITS)}, got {split!r}")
+        video_root = Path(root) / "video"
+        if not video_root.is_dir():
+            raise FileNotFoundError(f"HAA500: {video_root} not found (see datasets/haa500/README.md)")
+        classes = sorted(p.name for p in video_root.iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"HAA500: no class folders under {video_root}")
+        wanted = set(HAA500_SPLITS[split])
+        samples = []
+        pattern = re.compile(r"^(?P<name>.+)_(?P<number>\d{3})\.\w+$")
+        for label, name in enumerate(classes):
+            for file in sorted((video_root / name).iterdir()):
+                match = pattern.match(file.name)
+                if not match or match.group("name") != name or file.suffix.lower() not in VIDEO_EXTENSIONS:
+                    logger.debug("HAA500: ignoring %s (not <class>_<NNN>.mp4)", file)
+                    continue
+                if int(match.group("number")) in wanted:
+                    samples.append((str(file), label))
+        self.root, self.split = Path(root), split
+        super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Bring your own data
+
+
+class VideoCSV(VideoClipDataset):
+    """Clips listed in a CSV with the header ``FileName,Class,TotalFrames,ClassEncoded``
+    (the authors' format); paths are relative to ``video_root``.
+    """
+
+    COLUMNS = ("FileName", "Class", "TotalFrames", "ClassEncoded")
+
+    def __init__(self, csv_path: PathLike, video_root: PathLike, *, num_frames: int = 32, **kwargs):
+        csv_path, video_root = Path(csv_path), Path(video_root)
+        samples, names = [], {}
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip() for h in header[:4]] != list(self.COLUMNS):
+                raise AnnotationError(csv_path, 1, f"expected the header {','.join(self.COLUMNS)}",
+                                      ",".join(header or []))
+            for number, row in enumerate(reader, 2):
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if len(row) < 4:
+                    raise AnnotationError(csv_path, number, f"expected 4 columns, got {len(row)}", ",".join(row))
+                file_name, class_name, _, encoded = (cell.strip() for cell in row[:4])
+                if not encoded.isdigit():
+                    raise AnnotationError(csv_path, number, f"ClassEncoded must be an integer >= 0, got {encoded!r}")
+                label = int(encoded)
+                if names.setdefault(label, class_name) != class_name:
+                    raise AnnotationError(csv_path, number, f"label {label} is {names[label]!r} earlier "
+                                                            f"and {class_name!r} here")
+                samples.append((str(video_root / file_name), label))
+        if sorted(names) != list(range(len(names))):
+            missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+            logger.warning("%s: no clips for class label(s) %s", csv_path, missing[:10])
+        classes = [names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1)]
+        super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+
+
+class VideoFolder(VideoClipDataset):
+    """``root/<class>/<video>`` trees; labels follow ``sorted()`` class names."""
+
+    def __init__(self, root: PathLike, *, num_frames: int = 32, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                 **kwargs):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"VideoFolder: {root} is not a directory")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        samples = [
+            (str(file), label)
+            for label, name in enumerate(classes)
+            for file in sorted((root / name).rglob("*"))
+            if file.is_file() and file.suffix.lower() in tuple(extensions)
+        ]
+        if not samples:
+            raise FileNotFoundError(f"VideoFolder: no videos ({', '.join(extensions)}) under {root}/<class>/")
+        super().__init__(samples, classes, num_frames=num_frames, **kwargs)

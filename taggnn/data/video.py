@@ -1,0 +1,246 @@
+r"""Video decoding with PyAV and frame sampling.
+
+:func:`load_clip` decodes a file once and keeps only the sampled frames:
+frames that are not needed are decoded (inter-frame codecs require it) but
+never converted to RGB, so sampling costs about one decode of the clip. For
+long videos sampled sparsely it seeks to the key frame before each sampled
+frame instead of decoding everything in between.
+
+Sampling (``sampling=``):
+
+* ``"uniform"``: the paper's UniView, ``num_frames`` indices spread evenly
+  over the whole clip at segment centres,
+  :math:`i_k = \lfloor (k + \tfrac12) n / T \rfloor`;
+* ``"random"``: the training-time variant, one random frame inside each of
+  the :math:`T` equal segments, :math:`i_k = \lfloor (k + u_k) n / T \rfloor`;
+* ``"linspace"``: the authors' code, ``round(linspace(0, n - 1, T))``.
+
+A clip shorter than ``num_frames`` repeats frames (a 9-frame HAA500 clip
+sampled to 32 works). Every failure (missing, empty, corrupt, truncated,
+audio-only) raises :class:`VideoError` naming the file and the cause.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from fractions import Fraction
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+SAMPLINGS = ("uniform", "random", "linspace")
+
+
+class TaggnnError(Exception):
+    """Base class of taggnn's own errors."""
+
+
+class VideoError(TaggnnError):
+    """A video cannot be read: the message names the file and the cause."""
+
+    def __init__(self, path: Union[str, os.PathLike], cause: str):
+        self.path = str(path)
+        self.cause = cause
+        super().__init__(f"{self.path}: {cause}")
+
+
+def sample_indices(num_available: int, num_frames: int, sampling: str = "uniform", *,
+                   generator: Optional[torch.Generator] = None) -> List[int]:
+    """Frame indices to keep from a clip of ``num_available`` frames.
+
+    Returns ``num_frames`` non-decreasing indices in ``[0, num_available)``.
+    """
+    if num_available < 1:
+        raise ValueError(f"a clip needs at least one frame, got {num_available}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    n, T = num_available, num_frames
+    if sampling == "uniform":
+        return [min(n - 1, int((k + 0.5) * n / T)) for k in range(T)]
+    if sampling == "linspace":
+        if T == 1:
+            return [(n - 1) // 2]
+        return [int(round(k * (n - 1) / (T - 1))) for k in range(T)]
+    offsets = torch.rand(T, generator=generator).tolist()
+    return [min(n - 1, int((k + u) * n / T)) for k, u in enumerate(offsets)]
+
+
+def _open(path: str):
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(path, "file does not exist")
+    if os.path.isdir(path):
+        raise VideoError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "file is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as error:
+        raise VideoError(path, f"cannot be opened as a video ({error})") from error
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoError(path, f"has no video stream (streams: {', '.join(kinds)})")
+    return container
+
+
+def count_frames(path: Union[str, os.PathLike]) -> int:
+    """Number of video frames, from the container header or by demuxing packets."""
+    path = str(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        if stream.frames and stream.frames > 0:
+            return int(stream.frames)
+        return _count_packets(path, container, stream)
+    finally:
+        container.close()
+
+
+def _count_packets(path, container, stream) -> int:
+    import av
+
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size > 0:
+                count += 1
+    except av.FFmpegError as error:
+        raise VideoError(path, f"is corrupt or truncated ({error})") from error
+    return count
+
+
+def _frame_index(frame, stream, start_pts: int, rate: Fraction) -> int:
+    return int(round(float((frame.pts - start_pts) * stream.time_base * rate)))
+
+
+def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str = "uniform",
+              generator: Optional[torch.Generator] = None, seek_threshold: int = 64,
+              indices: Optional[Sequence[int]] = None) -> Tensor:
+    """Decodes ``num_frames`` sampled frames of a video.
+
+    Args:
+        path: The video file.
+        num_frames (int): Frames to return :math:`T`.
+        sampling (str, optional): ``"uniform"``, ``"random"`` or
+            ``"linspace"`` (see the module docstring). (default: ``"uniform"``)
+        generator (torch.Generator, optional): For ``"random"`` sampling.
+        seek_threshold (int, optional): Seek instead of decoding through when
+            sampled frames are on average more than this many frames apart.
+            (default: ``64``)
+        indices (sequence of int, optional): Explicit frame indices (overrides
+            ``sampling``).
+
+    Returns:
+        A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
+    """
+    import av
+
+    path = str(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = int(stream.frames or 0)
+        if total <= 0:
+            total = _count_packets(path, container, stream)
+            container.seek(0)
+        if total <= 0:
+            raise VideoError(path, "has a video stream with no frames")
+        wanted = list(indices) if indices is not None else sample_indices(total, num_frames, sampling,
+                                                                          generator=generator)
+        if indices is not None and (not wanted or min(wanted) < 0):
+            raise ValueError(f"indices must be non-empty and >= 0, got {wanted}")
+        rate = stream.average_rate or stream.guessed_rate
+        sparse = rate is not None and stream.time_base is not None and total / max(len(set(wanted)), 1) > seek_threshold
+        try:
+            frames = _decode_by_seeking(container, stream, wanted, Fraction(rate)) if sparse else None
+            if frames is None:
+                frames, decoded = _decode_sequentially(container, stream, wanted)
+                if decoded < total and max(wanted) >= decoded:
+                    # The header over-counted (or the file is truncated): resample on what is there.
+                    if decoded == 0:
+                        raise VideoError(path, "is truncated or corrupt: no frame could be decoded")
+                    logger.warning("%s: header says %d frames, %d decodable; resampling", path, total, decoded)
+                    if indices is not None:
+                        raise VideoError(path, f"has {decoded} decodable frames, index {max(wanted)} requested")
+                    wanted = sample_indices(decoded, num_frames, sampling, generator=generator)
+                    container.seek(0)
+                    frames, _ = _decode_sequentially(container, stream, wanted)
+        except av.FFmpegError as error:
+            raise VideoError(path, f"is corrupt or truncated ({error})") from error
+    finally:
+        container.close()
+    clip = np.stack([frames[i] for i in wanted])  # (T, H, W, 3)
+    return torch.from_numpy(clip)
+
+
+def _decode_sequentially(container, stream, wanted: Sequence[int]):
+    """Decodes from the start, converting only the wanted frames to RGB."""
+    needed = set(wanted)
+    last = max(wanted)
+    frames = {}
+    decoded = 0
+    for index, frame in enumerate(container.decode(stream)):
+        decoded = index + 1
+        if index in needed:
+            frames[index] = frame.to_ndarray(format="rgb24")
+        if index >= last:
+            break
+    return frames, decoded
+
+
+def _decode_by_seeking(container, stream, wanted: Sequence[int], rate: Fraction):
+    """Seeks to the key frame before each wanted frame; None if timestamps are unusable."""
+    start_pts = stream.start_time or 0
+    frames = {}
+    for target in sorted(set(wanted)):
+        if target in frames:
+            continue
+        target_pts = start_pts + int(math.floor(target / (rate * stream.time_base)))
+        container.seek(target_pts, stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                return None
+            index = _frame_index(frame, stream, start_pts, rate)
+            if index > target:
+                return None  # overshot: timestamps do not map to indices
+            if index == target:
+                frames[target] = frame.to_ndarray(format="rgb24")
+                break
+        else:
+            return None  # ran out of frames
+    return frames
+
+
+def write_video(path: Union[str, os.PathLike], frames: Union[Tensor, np.ndarray], *, fps: int = 25,
+                codec: str = "libx264", crf: int = 18) -> None:
+    """Writes ``(T, H, W, 3)`` uint8 RGB frames as a video (H and W made even)."""
+    import av
+
+    array = frames.numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {array.dtype} {array.shape}")
+    T, H, W, _ = array.shape
+    array = array[:, : H - H % 2, : W - W % 2]
+    tmp = f"{path}.partial{os.path.splitext(str(path))[1]}"
+    with av.open(tmp, "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = array.shape[2], array.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for image in array:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
