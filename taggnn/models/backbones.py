@@ -50,8 +50,8 @@ class VideoBackbone(nn.Module):
             raise ValueError(f"expected a video batch of shape (B, 3, T, H, W), got {shape}")
 
     @torch.no_grad()
-    def feature_grid(self, num_frames: int, height: int, width: int) -> Tuple[int, int, int]:
-        """The token grid :math:`(T', H', W')` for clips of this size."""
+    def output_shape(self, num_frames: int, height: int, width: int) -> Tuple[int, ...]:
+        """Shape of the features of one clip, by a shape-only pass on the meta device."""
         meta_state = {
             name: torch.empty_like(t, device="meta")
             for name, t in list(self.named_parameters()) + list(self.named_buffers())
@@ -63,7 +63,11 @@ class VideoBackbone(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} cannot take clips of {num_frames}x{height}x{width}: {error}"
             ) from error
-        return tuple(out.shape[2:])
+        return tuple(out.shape)
+
+    def feature_grid(self, num_frames: int, height: int, width: int) -> Tuple[int, int, int]:
+        """The token grid :math:`(T', H', W')` for clips of this size."""
+        return self.output_shape(num_frames, height, width)[2:]
 
     def load_pretrained(self, source: Union[str, PathLike, WeightsEntry], *, strict: bool = True):
         """Loads pretraining weights (entry name, :class:`WeightsEntry`, path or URL).
@@ -320,9 +324,8 @@ class PyTorchVideoBackbone(VideoBackbone):
         head_index = len(model.blocks) - 1
         self.blocks = nn.ModuleList(list(model.blocks)[:-1])
         self.classifier_prefixes = (f"blocks.{head_index}.",)
-        head = model.blocks[-1]
-        proj = getattr(head, "proj", None)
-        self.out_channels = proj.in_features if isinstance(proj, nn.Linear) else _last_channels(self.blocks)
+        # The width of blocks[:-1] (X3D's head holds extra convolutions, so not proj.in_features).
+        self.out_channels = self.output_shape(num_frames, crop, crop)[1]
         self._catalogue = {
             "KINETICS400": WeightsEntry(
                 "KINETICS400", "https://dl.fbaipublicfiles.com/pytorchvideo/model_zoo/kinetics/" + zoo_file,
@@ -340,16 +343,6 @@ class PyTorchVideoBackbone(VideoBackbone):
         for block in self.blocks:
             x = block(x)
         return x
-
-
-def _last_channels(module: nn.Module) -> int:
-    channels = None
-    for sub in module.modules():
-        if isinstance(sub, (nn.Conv3d, nn.BatchNorm3d)):
-            channels = sub.out_channels if isinstance(sub, nn.Conv3d) else sub.num_features
-    if channels is None:
-        raise ValueError("cannot infer the output width of the backbone")
-    return channels
 
 
 # --------------------------------------------------------------------------

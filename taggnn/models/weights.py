@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,15 +147,26 @@ def fetch(source: PathLike, *, sha256_prefix: Optional[str] = None,
 
 
 def load_state_dict(source: PathLike, *, sha256_prefix: Optional[str] = None,
-                    state_key: Optional[str] = None, cache_dir: Optional[PathLike] = None) -> Dict[str, Tensor]:
+                    state_key: Optional[str] = None, cache_dir: Optional[PathLike] = None,
+                    trusted: bool = False) -> Dict[str, Tensor]:
     """Loads a state dict from a path or URL with ``weights_only=True``.
 
     Unwraps ``state_key`` if given, else the first of ``state_dict``,
     ``model_state``, ``model`` found; strips a DataParallel ``module.`` prefix.
+    A file that pickles other objects (e.g. a training config) is refused
+    unless ``trusted=True``, which unpickles it fully: only for files whose
+    source you trust.
     """
     path = fetch(source, sha256_prefix=sha256_prefix, cache_dir=cache_dir)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():  # not a pickle at all, or a damaged one
+            raise WeightsError(f"{path}: cannot be read as a PyTorch weights file ({error})") from error
+        raise WeightsError(
+            f"{path}: holds pickled objects other than tensors, which weights_only loading refuses "
+            f"(e.g. a pickled class); if you trust the file's source, load it with trusted=True"
+        ) from error
     except Exception as error:
         raise WeightsError(f"{path}: cannot be read as a PyTorch weights file ({error})") from error
     keys = [state_key] if state_key else ["state_dict", "model_state", "model"]

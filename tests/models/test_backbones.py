@@ -147,3 +147,17 @@ def test_download_goes_through_cache_and_hash(tmp_path, monkeypatch):
     assert len(calls) == 1  # the second call used the cache
     with pytest.raises(WeightsError, match="does not match"):
         fetch("https://example.invalid/model-00000000.pth", cache_dir=tmp_path / "other")
+
+
+class NotATensor:
+    pass
+
+
+def test_pickled_objects_need_trust(tmp_path):
+    from taggnn.models.weights import load_state_dict
+
+    path = tmp_path / "with_config.pth"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "cfg": NotATensor()}, path)
+    with pytest.raises(WeightsError, match="holds pickled objects other than tensors.*trusted=True"):
+        load_state_dict(path)
+    assert torch.equal(load_state_dict(path, trusted=True)["w"], torch.ones(1))
