@@ -26,8 +26,10 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# Train TAG-Head (tiny R(2+1)D) on SynthGym on CPU, then evaluate it on the test split.
 demo: install
-	$(PY) -m taggnn.demo
+	$(PY) -m taggnn train --config synthgym_tiny --out runs/demo
+	$(PY) -m taggnn eval --checkpoint runs/demo/best.pt --split test
 
 bench: install
 	$(PY) -m benchmarks.propagation

@@ -1,4 +1,4 @@
-"""Video data: PyAV decoding with uniform sampling, transforms, FineGym, HAA500, CSV/folder datasets."""
+"""Video data: PyAV decoding with uniform sampling, transforms, FineGym, HAA500, CSV/folder datasets, SynthGym."""
 from .datasets import (
     HAA500,
     AnnotationError,
@@ -9,6 +9,7 @@ from .datasets import (
     read_finegym_categories,
     read_split_file,
 )
+from .synthgym import SynthGym
 from .transforms import NORMALIZATIONS, eval_transform, train_transform
 from .video import SAMPLINGS, TaggnnError, VideoError, count_frames, load_clip, sample_indices, write_video
 
@@ -16,5 +17,5 @@ __all__ = [
     "load_clip", "count_frames", "sample_indices", "write_video", "SAMPLINGS", "VideoError", "TaggnnError",
     "train_transform", "eval_transform", "NORMALIZATIONS",
     "VideoClipDataset", "FineGym", "HAA500", "VideoCSV", "VideoFolder", "AnnotationError",
-    "read_finegym_categories", "read_split_file",
+    "read_finegym_categories", "read_split_file", "SynthGym",
 ]

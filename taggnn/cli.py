@@ -1,0 +1,272 @@
+"""The ``taggnn`` command: train, eval, predict, profile, tsne, synth.
+
+Examples::
+
+    taggnn train --config synthgym_tiny --out runs/demo
+    taggnn train --config gym99_r2plus1d34 --set data.root=/data/finegym --set train.epochs=30
+    torchrun --nproc_per_node=4 -m taggnn train --config haa500_r2plus1d34 --set data.root=/data/haa500
+    taggnn eval --checkpoint runs/demo/best.pt --split test
+    taggnn predict clip.mp4 --checkpoint runs/demo/best.pt --topk 5
+    taggnn profile --config gym99_r2plus1d34
+    taggnn tsne --checkpoint runs/demo/best.pt --split test
+    taggnn synth write data/synthgym --split train
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+logger = logging.getLogger("taggnn")
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cmd_train(args) -> int:
+    from .engine.config import load_config
+    from .engine.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    summary = train(config, out, resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
+    if "test" in summary:
+        test = summary["test"]
+        print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  "
+              f"MCA ({test['mca_convention']}) {test['mca']:.4f}  [{out}]")
+    return 0
+
+
+def _overridden_config(checkpoint_path: Path, overrides: List[str]):
+    """The checkpoint's config with --set overrides (data and train keys only)."""
+    from .engine.checkpoint import load_checkpoint
+    from .engine.config import Config, ConfigError, set_value
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        if key.startswith(("model.", "optim.")):
+            raise ConfigError(f"--set {key}: the model of a checkpoint cannot be changed at evaluation time")
+        import yaml
+
+        set_value(config, key, yaml.safe_load(value))
+    return config
+
+
+def cmd_eval(args) -> int:
+    from .engine.data import build_dataset
+    from .engine.trainer import autocast_dtype, evaluate, load_trained, write_evaluation
+
+    checkpoint = Path(args.checkpoint)
+    config = _overridden_config(checkpoint, args.overrides)
+    device = _device(args.device)
+    model, config, names = load_trained(checkpoint, device, config)
+    dataset = build_dataset(config, args.split, train=False)
+    meter = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
+                     num_classes=model.num_classes, amp_dtype=autocast_dtype(config.train.amp, device), config=config,
+                     progress=not args.no_progress)
+    out = Path(args.out) if args.out else checkpoint.parent
+    metrics = write_evaluation(out, args.split, meter, names, config.train.mca, {"checkpoint": str(checkpoint)})
+    print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
+          f"MCA (present) {metrics['mca_present']:.4f}  MCA (union) {metrics['mca_union']:.4f}  "
+          f"clips {metrics['count']}  -> {out}/metrics_{args.split}.json, per_class_{args.split}.csv")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from .data import eval_transform, load_clip
+    from .engine.trainer import load_trained
+
+    device = _device(args.device)
+    model, config, names = load_trained(Path(args.checkpoint), device)
+    d = config.data
+    transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                               normalization=d.normalization)
+    results = []
+    for path in args.videos:
+        clip = transform(load_clip(path, d.num_frames, sampling=d.sampling)).unsqueeze(0).to(device)
+        with torch.no_grad():
+            probabilities = model(clip).float().softmax(1)[0]
+        top = probabilities.topk(min(args.topk, probabilities.numel()))
+        predictions = [{"label": int(i), "name": names[int(i)] if names else str(int(i)), "probability": float(p)}
+                       for p, i in zip(top.values, top.indices)]
+        results.append({"video": str(path), "predictions": predictions})
+        if not args.json:
+            print(path)
+            for item in predictions:
+                print(f"  {item['probability']:.3f}  {item['name']} ({item['label']})")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .engine.config import load_config
+    from .engine.trainer import build_model_from_config
+    from .models.complexity import profile_model
+
+    config = load_config(args.config, args.overrides)
+    config.model.weights = None  # counting and timing need no pretrained weights
+    model = build_model_from_config(config, config.data.num_classes)
+    d = config.data
+    result = profile_model(model, d.num_frames, d.crop_size, d.crop_size, device=_device(args.device),
+                           measure_latency=not args.no_latency)
+    p, m = result["params"], result["macs"]
+    print(f"{config.model.backbone} + TAG-Head, clip {d.num_frames}x{d.crop_size}x{d.crop_size}, "
+          f"token grid {'x'.join(map(str, result['grid']))}")
+    print(f"{'part':<28}{'params':>14}{'GMACs':>10}{'ms/clip':>10}")
+    latency = result.get("latency_ms", {})
+    for part, params, macs, ms in [
+        ("backbone", p["backbone"], m["backbone"], latency.get("backbone")),
+        ("positional table", p["positional_table"], None, None),
+        ("transformer", p["transformer"], None, None),
+        ("graph refinement", p["graph_refinement"], None, None),
+        ("classifier", p["classifier"], None, None),
+        ("head (all of the above)", p["head_without_classifier"] + p["classifier"], m["head"], latency.get("head")),
+        ("total", p["total"], m["total"], latency.get("total")),
+    ]:
+        print(f"{part:<28}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
+              f"{'' if ms is None else f'{ms:.1f}':>10}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_tsne(args) -> int:
+    import numpy as np
+    import torch
+    from sklearn.manifold import TSNE
+
+    from .engine.data import build_dataset
+    from .engine.plots import save_tsne
+    from .engine.trainer import load_trained
+
+    device = _device(args.device)
+    panels, labels, names = {}, None, None
+    for index, path in enumerate(args.checkpoint):
+        model, config, names = load_trained(Path(path), device)
+        dataset = build_dataset(config, args.split, train=False)
+        count = min(args.max_clips, len(dataset))
+        backbone_features, head_features, split_labels = [], [], []
+        with torch.no_grad():
+            for i in range(count):
+                clip, label = dataset[i]
+                features = model.forward_backbone(clip.unsqueeze(0).to(device))
+                backbone_features.append(features.mean(dim=(2, 3, 4)).cpu())  # transfer-learning view
+                head_features.append(model.head.forward_features(features).cpu())
+                split_labels.append(label)
+        labels = np.array(split_labels)
+        tag = Path(path).parent.name if len(args.checkpoint) > 1 else ""
+        for title, features in [("backbone features (pooled)", backbone_features),
+                                ("TAG-Head features", head_features)]:
+            embedded = TSNE(n_components=2, init="pca", perplexity=min(30, count - 1),
+                            random_state=0).fit_transform(torch.cat(features).numpy())
+            panels[f"{title} {tag}".strip()] = embedded
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_tsne(panels, labels, out, names)
+    except ImportError:
+        np.savez(out.with_suffix(".npz"), labels=labels, **{k.replace(" ", "_"): v for k, v in panels.items()})
+        print(f"matplotlib not installed: wrote the embeddings to {out.with_suffix('.npz')}")
+        return 0
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from .data.synthgym import main as synth_main
+
+    synth_main(args.rest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taggnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (and finally test) a model")
+    p.add_argument("--config", default="synthgym_tiny", help="preset name or YAML file (default: synthgym_tiny)")
+    _add_set(p)
+    p.add_argument("--resume", help="continue exactly from this last.pt")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test")
+    _add_set(p)
+    p.add_argument("--out", help="where to write the results (default: the checkpoint's folder)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="labels with probabilities for video files")
+    p.add_argument("videos", nargs="+")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("profile", help="parameters, multiply-adds and latency of a config (Table 5)")
+    p.add_argument("--config", default="synthgym_tiny")
+    _add_set(p)
+    p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--json", help="also write the result here")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("tsne", help="t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)")
+    p.add_argument("--checkpoint", action="append", required=True, help="repeatable: one row of panels each")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-clips", type=int, default=400)
+    p.add_argument("--out", default="tsne.png")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .data import TaggnnError
+    from .engine.config import ConfigError
+    from .models.weights import WeightsError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, WeightsError, TaggnnError) as error:
+        print(f"taggnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

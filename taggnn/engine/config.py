@@ -1,0 +1,264 @@
+"""Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides.
+
+A config has four sections: ``data``, ``model``, ``optim`` and ``train``. Presets live in
+``taggnn/configs/*.yaml`` (a preset may name a ``base:`` preset it overrides). Every key is
+checked: an unknown key or a value of the wrong type is rejected with the list of valid keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is not valid."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthgym"  # synthgym | finegym | haa500 | csv | folder
+    root: Optional[str] = None  # dataset root (finegym, haa500, folder) or video root (csv)
+    train_csv: Optional[str] = None  # csv: split files
+    val_csv: Optional[str] = None
+    test_csv: Optional[str] = None
+    num_classes: int = 16  # finegym: 99 or 288; synthgym: 4/8/12/16
+    version: str = "v1.1"  # finegym training split version
+    num_frames: int = 16
+    crop_size: int = 64
+    short_side: Optional[int] = None  # default: crop * 126/112 (paper) or * 128/112 (authors)
+    transform_style: str = "paper"  # paper | authors
+    normalization: str = "slowfast"  # ig65m | kinetics | slowfast | imagenet
+    flip: bool = True  # random horizontal flip when training (SynthGym: off, it swaps cw/ccw)
+    sampling: str = "uniform"  # test-time frame sampling: uniform | linspace
+    train_sampling: str = "random"  # uniform | random | linspace
+    on_error: str = "raise"  # raise | skip
+    num_workers: int = 0
+    synth_train: int = 1600  # SynthGym split sizes
+    synth_val: int = 320
+    synth_test: int = 640
+    synth_size: int = 64
+    synth_long_tail: Optional[float] = None
+    val_split: str = "val"  # the split used for model selection
+    test_split: str = "test"  # evaluated once at the end
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "r2plus1d_tiny"
+    weights: Optional[str] = None  # backbone weights: catalogue name, path or URL
+    freeze_backbone: bool = False
+    num_layers: int = 2
+    num_heads: int = 4
+    ffn_dim: int = 256
+    dropout: float = 0.1
+    norm_first: bool = True
+    use_transformer: bool = True
+    intra: bool = True
+    temporal: bool = True
+    propagation: str = "appnp"
+    K: int = 2
+    alpha: float = 0.1
+    backend: Optional[str] = None
+    num_graph_layers: int = 2
+    pre_classifier_norm: bool = False
+    head_dropout: float = 0.0
+    pos_init_std: float = 0.02
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "cosine"  # cosine | constant
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: Optional[float] = None  # max global grad norm
+    accumulate: int = 1  # gradient accumulation steps
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimiser steps (0: per epoch only)
+    eval_every: int = 1  # epochs between validation passes
+    log_every: int = 10  # steps between JSON-lines log records
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
+    mca: str = "present"  # mean class accuracy over classes in the ground truth | union (mmaction2)
+    max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps: for tests
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "run"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], *, source: str = "config") -> "Config":
+        config = cls()
+        apply_mapping(config, values, source=source)
+        return config
+
+    def diff(self, other: "Config") -> List[str]:
+        """``key: ours -> theirs`` for every value that differs."""
+        a, b = flatten(self.to_dict()), flatten(other.to_dict())
+        return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+CHOICES = {
+    "data.dataset": ("synthgym", "finegym", "haa500", "csv", "folder"),
+    "data.transform_style": ("paper", "authors"),
+    "data.normalization": ("ig65m", "kinetics", "slowfast", "imagenet"),
+    "data.sampling": ("uniform", "linspace", "random"),
+    "data.train_sampling": ("uniform", "linspace", "random"),
+    "data.on_error": ("raise", "skip"),
+    "model.propagation": ("appnp", "gcn", "gat", "none"),
+    "optim.optimizer": ("adam", "adamw", "sgd"),
+    "optim.scheduler": ("cosine", "constant"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+    "train.mca": ("present", "union"),
+}
+
+
+def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def valid_keys() -> List[str]:
+    return sorted(flatten(Config().to_dict()))
+
+
+def _coerce(key: str, value: Any, annotation) -> Any:
+    """Checks/converts ``value`` for a field annotated ``annotation`` (str, int, float, bool, Optional)."""
+    origin = typing.get_origin(annotation)
+    if origin is Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} expects true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects an integer, got {value!r}") from None
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} expects a string, got {value!r}")
+        value = str(value)
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{key} must be one of {CHOICES[key]}, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover
+
+
+def set_value(config: Config, key: str, value: Any, *, source: str = "--set") -> None:
+    section_name, _, field_name = key.partition(".")
+    section = getattr(config, section_name, None) if field_name else None
+    if section is None or not dataclasses.is_dataclass(section) or field_name not in {f.name for f in fields(section)}:
+        if key == "name":
+            config.name = str(value)
+            return
+        raise ConfigError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
+    hints = typing.get_type_hints(type(section))
+    setattr(section, field_name, _coerce(key, value, hints[field_name]))
+
+
+def apply_mapping(config: Config, values: Dict[str, Any], *, source: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    for key, value in values.items():
+        if key in ("base", "description"):
+            continue
+        if key == "name":
+            config.name = str(value)
+        elif isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                set_value(config, f"{key}.{sub_key}", sub_value, source=source)
+        else:
+            set_value(config, key, value, source=source)
+
+
+def list_presets() -> List[str]:
+    folder = resources.files("taggnn") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(name_or_path: str) -> Tuple[Dict[str, Any], str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        text, source = path.read_text(), str(path)
+    else:
+        resource = resources.files("taggnn") / "configs" / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise ConfigError(f"unknown config {name_or_path!r}: not a YAML file, and not a preset "
+                              f"(presets: {', '.join(list_presets())})")
+        text, source = resource.read_text(), f"preset {name_or_path}"
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: invalid YAML ({error})") from error
+    return values, source
+
+
+def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = ()) -> Config:
+    """A preset name or YAML file, then ``key=value`` overrides (dotted keys)."""
+    chain, seen = [], set()
+    current: Optional[str] = name_or_path
+    while current is not None:
+        if current in seen:
+            raise ConfigError(f"config {name_or_path!r}: 'base' chain loops at {current!r}")
+        seen.add(current)
+        values, source = _read_yaml(current)
+        chain.append((values, source))
+        current = values.get("base") if isinstance(values, dict) else None
+    config = Config()
+    for values, source in reversed(chain):
+        apply_mapping(config, values, source=source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        set_value(config, key.strip(), yaml.safe_load(value) if value.strip() else "", source="--set")
+    return config

@@ -1,0 +1,96 @@
+"""Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import HAA500, FineGym, SynthGym, VideoCSV, VideoFolder, eval_transform, train_transform
+from .config import Config, ConfigError
+from .distributed import DistributedContext, ResumableSampler
+
+
+class EpochSeeded(Dataset):
+    """Makes every random draw of sample ``i`` in epoch ``e`` a function of (seed, e, i).
+
+    Transforms and random frame sampling then give the same clip whatever the number of
+    workers or processes, and a resumed run sees exactly the clips it would have seen.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % (2**63))
+            return self.dataset[index]
+
+    def __getattr__(self, name):  # classes, samples, targets, ... of the wrapped dataset
+        if name in ("dataset", "seed", "epoch"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def build_dataset(config: Config, split: str, *, train: bool) -> Dataset:
+    """The dataset of ``split`` with the train or test transform of the config."""
+    d = config.data
+    if train:
+        transform = train_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                    normalization=d.normalization, flip=d.flip)
+    else:
+        transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                   normalization=d.normalization)
+    sampling = d.train_sampling if train else d.sampling
+    common = dict(num_frames=d.num_frames, transform=transform)
+    if d.dataset == "synthgym":
+        sizes = {"train": d.synth_train, "val": d.synth_val, "test": d.synth_test}
+        if split not in sizes:
+            raise ConfigError(f"SynthGym has splits {sorted(sizes)}, got {split!r}")
+        return SynthGym(split, size=d.synth_size, num_classes=d.num_classes, seed=config.train.seed,
+                        length=sizes[split], long_tail=d.synth_long_tail, **common)
+    if d.root is None:
+        raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
+    video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)
+    if d.dataset == "finegym":
+        return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, **video)
+    if d.dataset == "haa500":
+        return HAA500(d.root, split, **video)
+    if d.dataset == "csv":
+        csv_path = {"train": d.train_csv, "val": d.val_csv, "test": d.test_csv}.get(split)
+        if csv_path is None:
+            raise ConfigError(f"data.{split}_csv must be set for dataset 'csv'")
+        return VideoCSV(csv_path, d.root, **video)
+    if d.dataset == "folder":
+        import os
+
+        return VideoFolder(os.path.join(d.root, split), **video)
+    raise ConfigError(f"unknown dataset {d.dataset!r}")  # pragma: no cover (validated by the config)
+
+
+def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, config: Config,
+                device: torch.device, epoch: int = 0) -> DataLoader:
+    """A loader whose own seed comes from (seed, epoch): creating it leaves the global RNG
+    (dropout, ...) untouched, which an exact resume needs."""
+    workers = config.data.num_workers
+    generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=False, generator=generator,
+                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+
+
+def eval_sampler(dataset: Dataset, context: DistributedContext) -> ResumableSampler:
+    return ResumableSampler(len(dataset), shuffle=False, rank=context.rank, world_size=context.world_size,
+                            pad=False)
+
+
+def class_names(dataset: Dataset) -> Optional[list]:
+    return list(getattr(dataset, "classes", []) or []) or None

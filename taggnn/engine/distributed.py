@@ -1,0 +1,101 @@
+"""PyTorch DDP helpers: process-group set-up from torchrun's environment, samplers, reductions.
+
+``torchrun --nproc_per_node=N -m taggnn train ...`` sets ``RANK``, ``WORLD_SIZE`` and
+``LOCAL_RANK``; :func:`init_distributed` then joins the group (NCCL on CUDA, gloo on CPU).
+Training shards a seeded permutation like :class:`~torch.utils.data.DistributedSampler`
+(padding to equal shards); evaluation shards without padding, and metrics are summed as
+integer counts, so no sample is counted twice.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistributedContext:
+    """Joins the process group when launched by torchrun (no-op otherwise)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if context.enabled:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_flag(value: bool, context: DistributedContext) -> bool:
+    """True on every rank when ``value`` is true on any (e.g. a non-finite loss)."""
+    if not context.enabled:
+        return value
+    flag = torch.tensor([1 if value else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class ResumableSampler(Sampler[int]):
+    """A seeded per-epoch permutation, sharded across ranks, that can start mid-epoch.
+
+    Order of epoch ``e``: ``randperm(n, seed + e)`` (or ``range(n)`` without shuffling),
+    padded by repetition to a multiple of ``world_size`` when ``pad``; rank ``r`` takes
+    positions ``r, r + world_size, ...``. ``start`` skips the first samples of this rank's
+    shard, so a resumed run continues with exactly the batches it had not seen.
+    """
+
+    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, pad: bool = True):
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> List[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=generator).tolist()
+        else:
+            order = list(range(self.length))
+        if self.pad and self.world_size > 1:
+            total = math.ceil(self.length / self.world_size) * self.world_size
+            order += order[: total - len(order)]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start:])
+
+    def __len__(self) -> int:
+        return max(len(self.indices()) - self.start, 0)

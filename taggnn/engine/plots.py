@@ -1,0 +1,64 @@
+"""Figures people would rather look at (needs matplotlib: the ``plot`` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (true class per row) as a PNG."""
+    plt = _pyplot()
+    matrix = confusion.double()
+    matrix = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
+    C = matrix.shape[0]
+    size = min(2 + 0.35 * C, 30)
+    fig, ax = plt.subplots(figsize=(size, size))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    if names and C <= 60:
+        ax.set_xticks(range(C), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(C), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion {title} (rows normalised)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_tsne(panels: Dict[str, np.ndarray], labels: np.ndarray, path: Path,
+              names: Optional[Sequence[str]] = None) -> Path:
+    """One scatter per panel of 2D embeddings coloured by class (like the paper's Fig. 3)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (title, points) in zip(axes[0], panels.items()):
+        for c in np.unique(labels):
+            mask = labels == c
+            ax.scatter(points[mask, 0], points[mask, 1], s=6, color=cmap(int(c) % 20),
+                       label=names[c] if names is not None and len(np.unique(labels)) <= 20 else None)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles, legend_labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, legend_labels, loc="lower center", ncol=min(4, len(handles)), fontsize=7, markerscale=2)
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
+    else:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from taggnn.cli import main
+from taggnn.data.synthgym import write_split
+
+SMALL = ["--set", "data.num_frames=8", "--set", "data.crop_size=32", "--set", "data.short_side=32",
+         "--set", "data.synth_size=32", "--set", "data.synth_train=32", "--set", "data.synth_val=16",
+         "--set", "data.synth_test=16", "--set", "train.batch_size=8", "--set", "train.epochs=1",
+         "--set", "model.ffn_dim=32"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--config", "synthgym_tiny", "--out", str(out), "--no-progress", *SMALL]) == 0
+    return out
+
+
+def test_train_then_eval(run, capsys):
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--split", "val", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "val: top-1" in out and "MCA (union)" in out
+    assert json.loads((run / "metrics_val.json").read_text())["count"] == 16
+    assert (run / "per_class_val.csv").read_text().splitlines()[0] == "class,name,support,correct,accuracy"
+
+
+def test_predict_on_a_written_mp4(run, tmp_path, capsys):
+    write_split(tmp_path, "test", count=2, num_frames=8, size=32)
+    assert main(["predict", str(tmp_path / "test" / "000000.mp4"), "--checkpoint", str(run / "best.pt"),
+                 "--topk", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    predictions = result[0]["predictions"]
+    assert len(predictions) == 3 and abs(sum(p["probability"] for p in predictions)) <= 1.0 + 1e-6
+    assert predictions[0]["probability"] >= predictions[1]["probability"]
+    assert predictions[0]["name"]
+
+
+def test_profile(capsys):
+    assert main(["profile", "--config", "gym99_r2plus1d34", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "63,491,975" in out and "r2plus1d_34 + TAG-Head" in out
+
+
+def test_tsne(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "tsne.png"
+    assert main(["tsne", "--checkpoint", str(run / "best.pt"), "--split", "test", "--max-clips", "16",
+                 "--out", str(target), "--device", "cpu"]) == 0
+    assert target.stat().st_size > 1000
+
+
+def test_config_errors_exit_2(capsys):
+    assert main(["train", "--config", "synthgym_tiny", "--set", "optim.lrate=1"]) == 2
+    assert "unknown config key 'optim.lrate'; valid keys:" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", "/nonexistent/best.pt"]) == 2
+
+
+def test_eval_cannot_change_the_model(run, capsys):
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--set", "model.K=4"]) == 2
+    assert "cannot be changed at evaluation time" in capsys.readouterr().err
+
+
+def test_help_everywhere(capsys):
+    for command in ("train", "eval", "predict", "profile", "tsne"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out

@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+
+import taggnn.engine.trainer as trainer_module
+from taggnn.engine import TrainingError, load_checkpoint, load_config, train
+from taggnn.engine.config import ConfigError
+
+# A very small SynthGym run: 8 frames of 32x32, 48 training clips, batches of 8.
+SMALL = ["data.num_frames=8", "data.crop_size=32", "data.short_side=32", "data.synth_size=32",
+         "data.synth_train=48", "data.synth_val=16", "data.synth_test=16", "train.batch_size=8",
+         "train.eval_batch_size=16", "model.ffn_dim=32", "train.epochs=2", "train.deterministic=true"]
+
+
+def small_config(*extra):
+    return load_config("synthgym_tiny", SMALL + list(extra))
+
+
+def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):
+    full = train(small_config(), tmp_path / "full", progress=False)
+    assert full["epochs_done"] == 2 and full["steps"] == 12
+
+    stopped = train(small_config("train.max_steps=4"), tmp_path / "resumed", progress=False)
+    assert stopped["stopped_early"] and stopped["steps"] == 4
+    checkpoint = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert checkpoint["epoch"] == 0 and checkpoint["batches_done"] == 4  # killed mid-epoch
+    resumed = train(small_config(), tmp_path / "resumed", resume=tmp_path / "resumed" / "last.pt", progress=False)
+    assert resumed["steps"] == 12
+
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert full["test"]["top1"] == resumed["test"]["top1"]
+
+
+def test_outputs_of_a_run(tmp_path):
+    summary = train(small_config("train.epochs=1"), tmp_path, progress=False)
+    for name in ("last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics_test.json", "per_class_test.csv",
+                 "summary.json", "confusion_test.png"):
+        assert (tmp_path / name).exists(), name
+    metrics = json.loads((tmp_path / "metrics_test.json").read_text())
+    assert {"top1", "top5", "mca", "mca_present", "mca_union", "count"} <= set(metrics) and metrics["count"] == 16
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "epoch" and "val_top1" in r for r in records)
+    assert summary["best"]["epoch"] == 1
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["classes"][0] == "turn 0.5 cw" and checkpoint["config"]["train"]["epochs"] == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = trainer_module.F.cross_entropy
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    monkeypatch.setattr(trainer_module.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 1, batch 4.*last good checkpoint"):
+        train(small_config("train.checkpoint_every_steps=1"), tmp_path, progress=False)
+    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    assert checkpoint["step"] == 3
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_resume_with_another_config_says_what_differs(tmp_path):
+    train(small_config("train.max_steps=1"), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"written by another config; these values differ .*model.K: 2 -> 3"):
+        train(small_config("model.K=3"), tmp_path, resume=tmp_path / "last.pt", progress=False)
