@@ -49,10 +49,13 @@ def single_frame(clips: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def train_and_test(train_clips, train_labels, test_clips, test_labels, *, static: bool, epochs: int,
-                   batch_size: int, seed: int):
+                   batch_size: int, seed: int, **head_options):
+    """Trains the tiny model on pre-rendered clips; returns test logits and training seconds."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_model("r2plus1d_tiny", 16, num_frames=16, crop_size=64, num_heads=4, ffn_dim=256, dropout=0.1)
+    options = dict(num_heads=4, ffn_dim=256, dropout=0.1)
+    options.update(head_options)
+    model = build_model("r2plus1d_tiny", 16, num_frames=16, crop_size=64, **options)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = epochs * ((len(train_clips) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.15)
