@@ -97,8 +97,10 @@ def latency(kind: str, depth: int, x: torch.Tensor, graph: SpatioTemporalGraph, 
     def forward_backward():
         module(x_grad).sum().backward()
 
-    fwd = time_call(forward, device, repeats=repeats, warmup=1, max_seconds=3.0)
-    fb = time_call(forward_backward, device, repeats=repeats, warmup=1, max_seconds=3.0)
+    # deep stacks take seconds per call: no separate warm-up run for them
+    warmup = 1 if depth < 32 else 0
+    fwd = time_call(forward, device, repeats=repeats, warmup=warmup, max_seconds=3.0)
+    fb = time_call(forward_backward, device, repeats=repeats, warmup=warmup, max_seconds=3.0)
     return {"fwd_ms": fwd["median_ms"], "fwd_bwd_ms": fb["median_ms"],
             "peak_mem_mb": peak_memory_mb(forward_backward, device)}
 
@@ -218,13 +220,14 @@ def plot(rows: List[dict], stem: Path) -> None:
     for grid in sorted({r["grid"] for r in rows}):
         fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.8))
         series = sorted({(r["operator"], r["mode"]) for r in rows if r["grid"] == grid and r["depth"] > 0})
+        colours = {item: plt.get_cmap("tab10")(i % 10) for i, item in enumerate(series)}
         for ax, (key, title) in zip(axes, measures):
             for operator, mode in series:
                 points = [(r["depth"], r[key]) for r in rows if r["grid"] == grid and r["operator"] == operator
                           and r["mode"] == mode and r.get(key) is not None and r[key] > 0]
                 if points:
                     depths, values = zip(*points)
-                    ax.plot(depths, values, marker="o", markersize=3,
+                    ax.plot(depths, values, marker="o", markersize=3, color=colours[(operator, mode)],
                             label=operator if mode == "propagation" else f"{operator} ({mode})")
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")

@@ -107,7 +107,7 @@ def contact_sheet(dataset: SynthGym, path: Path) -> Path:
         rows.append(np.concatenate(list(clip[::2]), axis=1))
     sheet = np.concatenate(rows, axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
+    Image.fromarray(sheet).save(path, optimize=True)
     return path
 
 

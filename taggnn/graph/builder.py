@@ -392,12 +392,7 @@ class SpatioTemporalGraph:
         Args:
             x (torch.Tensor): Node features of shape ``(B, N, C)``.
         """
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.size(1) != self.num_nodes:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(
-                f"expected node features of shape (B, N={self.num_nodes}, C) for a "
-                f"{self.T}x{self.H}x{self.W} grid, got {shape}"
-            )
+        self.check_node_features(x)
         B, N, C = x.shape
         device = x.device
         edge_index, edge_type = self.batched_edges(B, device)
@@ -426,6 +421,15 @@ class SpatioTemporalGraph:
         out._slice_dict = {"x": ptr, "edge_index": edge_ptr, "edge_type": edge_ptr}
         out._inc_dict = {"x": zeros, "edge_index": incs, "edge_type": zeros}
         return out
+
+    def check_node_features(self, x) -> None:
+        """Raises ``ValueError`` unless ``x`` is a tensor of shape ``(B, N, C)`` for this grid."""
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.size(1) != self.num_nodes:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(
+                f"expected node features of shape (B, N={self.num_nodes}, C) for a "
+                f"{self.T}x{self.H}x{self.W} grid, got {shape}"
+            )
 
     # ------------------------------------------------------------- adjacency
     def adj_t(

@@ -69,15 +69,6 @@ class _SymmetricPropagation(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _check(x: Tensor, graph: SpatioTemporalGraph) -> None:
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.size(1) != graph.num_nodes:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
-            f"expected node features of shape (B, N={graph.num_nodes}, C) for a "
-            f"{graph.T}x{graph.H}x{graph.W} grid, got {shape}"
-        )
-
-
 def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
     r"""Computes :math:`\hat{A} X` clip by clip for :math:`X` laid out on the grid.
 
@@ -92,7 +83,7 @@ def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
 
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
-    _check(x, graph)
+    graph.check_node_features(x)
     return _SymmetricPropagation.apply(x, graph, 1, 0.0)
 
 
@@ -111,7 +102,7 @@ def structured_appnp(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float
 
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
-    _check(x, graph)
+    graph.check_node_features(x)
     if K == 0:
         return x
     return _SymmetricPropagation.apply(x, graph, K, float(alpha))

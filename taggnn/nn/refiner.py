@@ -191,12 +191,7 @@ class GraphRefiner(nn.Module):
         return self._from_node_major(out, B, C)
 
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.size(1) != self.graph.num_nodes:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(
-                f"expected node features of shape (B, N={self.graph.num_nodes}, C) for a "
-                f"{self.graph.T}x{self.graph.H}x{self.graph.W} grid, got {shape}"
-            )
+        self.graph.check_node_features(x)
         if self.channels is not None and x.size(2) != self.channels:
             raise ValueError(f"expected {self.channels} channels, got {x.size(2)} (shape {tuple(x.shape)})")
 
