@@ -5,11 +5,10 @@ PY := $(VENV)/bin/python
 # Torch releases this project is tested with (CUDA build on x86_64 Linux; runs on CPU too).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-ext test test-slow demo bench clean
+.PHONY: install install-ext test demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
@@ -21,18 +20,18 @@ install-ext: install
 	$(PY) -m pip install --no-build-isolation 'torch-scatter>=2.1' 'torch-sparse>=0.6.17'
 
 test: install
-	$(PY) -m pytest -q -m "not slow"
-
-test-slow: install
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q
 
 # Train TAG-Head (tiny R(2+1)D) on SynthGym on CPU, then evaluate it on the test split.
 demo: install
 	$(PY) -m taggnn train --config synthgym_tiny --out runs/demo
 	$(PY) -m taggnn eval --checkpoint runs/demo/best.pt --split test
 
+# The quick versions of the benchmarks (see benchmarks/README.md for the full ones).
 bench: install
-	$(PY) -m benchmarks.propagation
+	$(PY) -m benchmarks.propagation --quick
+	$(PY) -m benchmarks.complexity --no-latency
+	$(PY) -m benchmarks.oversmoothing --no-latency
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -196,27 +196,40 @@ class FineGym(VideoClipDataset):
     ``gym99_categories.txt``, gym288 likewise) and ``root/subactions/<id>.mp4``
     the trimmed clips (``datasets/finegym/prepare.py`` makes them).
 
+    FineGym publishes no test split besides ``val``, and selecting a model on
+    the split one reports inflates the result (the authors' Gym99 "best"
+    checkpoint did). ``holdout`` sets aside a fraction of every training class
+    (seeded, stable) as split ``"holdout"`` for model selection; ``"train"``
+    then excludes it.
+
     Args:
         root: Dataset root.
-        split (str): ``"train"`` or ``"val"`` (``"test"`` is an alias of
-            ``"val"``: FineGym publishes no other evaluation split).
+        split (str): ``"train"``, ``"holdout"`` or ``"val"`` (``"test"`` is an
+            alias of ``"val"``).
         num_classes (int): 99 or 288.
         version (str): ``"v1.0"`` or ``"v1.1"`` (training split only).
         num_frames (int): Frames per clip. (default: 64, as in the paper)
+        holdout (float): Fraction of each training class held out. (default: 0)
+        holdout_seed (int): Seed of the held-out choice. (default: 0)
     """
 
     def __init__(self, root: PathLike, split: str = "train", *, num_classes: int = 99, version: str = "v1.1",
-                 num_frames: int = 64, **kwargs):
+                 num_frames: int = 64, holdout: float = 0.0, holdout_seed: int = 0, **kwargs):
         if num_classes not in (99, 288):
             raise ValueError(f"num_classes must be 99 or 288, got {num_classes!r}")
         if version not in ("v1.0", "v1.1"):
             raise ValueError(f"version must be 'v1.0' or 'v1.1', got {version!r}")
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if split not in ("train", "holdout", "val", "test"):
+            raise ValueError(f"split must be 'train', 'holdout', 'val' or 'test', got {split!r}")
+        if not 0.0 <= holdout < 1.0:
+            raise ValueError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
+        if split == "holdout" and holdout == 0.0:
+            raise ValueError("split 'holdout' needs holdout > 0 (e.g. holdout=0.1)")
         root = Path(root)
         annotations = root / "annotations"
         prefix = f"gym{num_classes}"
-        split_file = annotations / (f"{prefix}_train_element_{version}.txt" if split == "train"
+        from_train = split in ("train", "holdout")
+        split_file = annotations / (f"{prefix}_train_element_{version}.txt" if from_train
                                     else f"{prefix}_val_element.txt")
         categories = annotations / f"{prefix}_categories.txt"
         for required in (split_file, categories):
@@ -224,9 +237,29 @@ class FineGym(VideoClipDataset):
                 raise FileNotFoundError(f"FineGym: {required} not found (see datasets/finegym/README.md)")
         classes = read_finegym_categories(categories)
         entries = read_split_file(split_file, len(classes))
+        if from_train and holdout > 0:
+            held = _held_out(entries, holdout, holdout_seed)
+            entries = [e for i, e in enumerate(entries) if (i in held) == (split == "holdout")]
         samples = [(str(root / "subactions" / f"{clip_id}.mp4"), label) for clip_id, label in entries]
         self.root, self.split, self.version = root, split, version
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+
+
+def _held_out(entries: Sequence[Tuple[str, int]], fraction: float, seed: int) -> set:
+    """Indices of ``ceil(fraction * n_c)`` entries of every class c (at least one if n_c > 1)."""
+    by_class: Dict[int, List[int]] = {}
+    for index, (_, label) in enumerate(entries):
+        by_class.setdefault(label, []).append(index)
+    generator = torch.Generator().manual_seed(seed)
+    held = set()
+    for label in sorted(by_class):
+        indices = by_class[label]
+        if len(indices) < 2:
+            continue
+        count = min(len(indices) - 1, max(1, int(round(fraction * len(indices)))))
+        order = torch.randperm(len(indices), generator=generator)[:count].tolist()
+        held.update(indices[i] for i in order)
+    return held
 
 
 # --------------------------------------------------------------------------

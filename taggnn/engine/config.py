@@ -29,6 +29,7 @@ class DataConfig:
     test_csv: Optional[str] = None
     num_classes: int = 16  # finegym: 99 or 288; synthgym: 4/8/12/16
     version: str = "v1.1"  # finegym training split version
+    holdout: float = 0.0  # finegym: fraction of each training class held out as split "holdout"
     num_frames: int = 16
     crop_size: int = 64
     short_side: Optional[int] = None  # default: crop * 126/112 (paper) or * 128/112 (authors)

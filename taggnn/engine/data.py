@@ -61,7 +61,8 @@ def build_dataset(config: Config, split: str, *, train: bool) -> Dataset:
         raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
     video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)
     if d.dataset == "finegym":
-        return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, **video)
+        return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
+                       holdout_seed=config.train.seed, **video)
     if d.dataset == "haa500":
         return HAA500(d.root, split, **video)
     if d.dataset == "csv":

@@ -176,3 +176,23 @@ def test_random_sampling_with_seed_is_reproducible(haa_root):
     assert torch.equal(a[0][0], b[0][0])
     a.set_epoch(1)
     assert [read_index(f) for f in a[0][0]] != [] and a.epoch == 1
+
+
+def test_finegym_holdout_is_disjoint_stratified_and_stable(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "subactions").mkdir()
+    (tmp_path / "annotations" / "gym99_categories.txt").write_text(GYM_CATEGORIES)
+    lines = [f"clip_{i:03d} {i % 3}" for i in range(60)]
+    (tmp_path / "annotations" / "gym99_train_element_v1.1.txt").write_text("\n".join(lines) + "\n")
+    for i in range(60):
+        (tmp_path / "subactions" / f"clip_{i:03d}.mp4").write_bytes(b"x")  # existence is all that is checked here
+    train = FineGym(tmp_path, "train", holdout=0.1)
+    held = FineGym(tmp_path, "holdout", holdout=0.1)
+    assert len(train) + len(held) == 60 and len(held) == 6
+    assert not {p for p, _ in train.samples} & {p for p, _ in held.samples}
+    assert sorted(held.targets) == [0, 0, 1, 1, 2, 2]  # 10% of every class
+    assert held.samples == FineGym(tmp_path, "holdout", holdout=0.1).samples
+    with pytest.raises(ValueError, match="split 'holdout' needs holdout > 0"):
+        FineGym(tmp_path, "holdout")
+    with pytest.raises(ValueError, match=r"holdout must be a fraction in \[0, 1\)"):
+        FineGym(tmp_path, "train", holdout=1.5)
