@@ -70,6 +70,7 @@ class ModelConfig:
     pre_classifier_norm: bool = False
     head_dropout: float = 0.0
     pos_init_std: float = 0.02
+    embed_dim: Optional[int] = None  # project backbone features to this width first (2048-ch backbones)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def build_model_from_config(config: Config, num_classes: int) -> TAGNet:
         dropout=m.dropout, norm_first=m.norm_first, use_transformer=m.use_transformer, intra=m.intra,
         temporal=m.temporal, propagation=m.propagation, K=m.K, alpha=m.alpha, backend=m.backend,
         num_graph_layers=m.num_graph_layers, pre_classifier_norm=m.pre_classifier_norm,
-        head_dropout=m.head_dropout, pos_init_std=m.pos_init_std,
+        head_dropout=m.head_dropout, pos_init_std=m.pos_init_std, embed_dim=m.embed_dim,
     )
 
 

@@ -32,12 +32,14 @@ def parameter_breakdown(model: TAGNet) -> Dict[str, int]:
     head = model.head
     parts = {
         "backbone": _numel(model.backbone),
+        "projection": _numel(head.proj),
         "positional_table": _numel(head.pos_embed),
         "transformer": _numel(head.transformer),
         "graph_refinement": _numel(head.refiner),
         "classifier": _numel(head.classifier) + _numel(head.norm),
     }
-    parts["head_without_classifier"] = parts["positional_table"] + parts["transformer"] + parts["graph_refinement"]
+    parts["head_without_classifier"] = (parts["projection"] + parts["positional_table"] + parts["transformer"]
+                                        + parts["graph_refinement"])
     # The paper's Table 5 leaves the classifier out of its 69.90M total.
     parts["total_without_classifier"] = parts["backbone"] + parts["head_without_classifier"]
     parts["total"] = parts["total_without_classifier"] + parts["classifier"]

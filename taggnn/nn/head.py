@@ -71,6 +71,11 @@ class TAGHead(nn.Module):
             (default: ``0.0``)
         pos_init_std (float, optional): Initial std of the positional table.
             (default: ``0.02``)
+        embed_dim (int, optional): Project the backbone features to this width
+            with a linear layer before the positional encoding (e.g. 512 for the
+            2048-channel I3D / Slow / CSN backbones, which would otherwise give a
+            ~50M-parameter head). The paper does not say whether it projected.
+            (default: :obj:`None`, the backbone's width)
 
     **Shapes:**
         - **input:** :math:`(B, C, T', H', W')`
@@ -101,6 +106,7 @@ class TAGHead(nn.Module):
         pre_classifier_norm: bool = False,
         head_dropout: float = 0.0,
         pos_init_std: float = 0.02,
+        embed_dim: Optional[int] = None,
     ):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -108,18 +114,23 @@ class TAGHead(nn.Module):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         self.grid: Tuple[int, int, int] = _check_grid(grid)
+        if embed_dim is not None and (isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 1):
+            raise ValueError(f"embed_dim must be an integer >= 1 or None, got {embed_dim!r}")
         self.in_channels = in_channels
+        self.embed_dim = embed_dim or in_channels  # the width of tokens, graph and classifier
         self.num_classes = num_classes
+        width = self.embed_dim
+        self.proj = nn.Linear(in_channels, width) if embed_dim is not None else None
         self.use_transformer = bool(use_transformer)
         use_pos_embed = self.use_transformer if use_pos_embed is None else bool(use_pos_embed)
 
         self.pos_embed = (
-            SpatioTemporalPositionalEncoding(self.grid, in_channels, init_std=pos_init_std)
+            SpatioTemporalPositionalEncoding(self.grid, width, init_std=pos_init_std)
             if use_pos_embed else None
         )
         self.transformer = (
             TokenTransformer(
-                in_channels, num_layers=num_layers, num_heads=num_heads,
+                width, num_layers=num_layers, num_heads=num_heads,
                 ffn_dim=ffn_dim, dropout=dropout, norm_first=norm_first,
             )
             if self.use_transformer else None
@@ -129,16 +140,16 @@ class TAGHead(nn.Module):
         )
         self._refiner_options = dict(
             propagation=propagation, K=K, alpha=alpha, backend=backend,
-            channels=in_channels, num_layers=num_graph_layers, heads=graph_heads,
+            channels=width, num_layers=num_graph_layers, heads=graph_heads,
         )
         uses_graph = (intra or temporal) and propagation != "none"
         # Built even when unused so that bad options fail here, not later.
         refiner = GraphRefiner(self.graph, **self._refiner_options)
         self.refiner = refiner if uses_graph else None
 
-        self.norm = nn.LayerNorm(in_channels) if pre_classifier_norm else None
+        self.norm = nn.LayerNorm(width) if pre_classifier_norm else None
         self.head_dropout = nn.Dropout(head_dropout)
-        self.classifier = nn.Linear(in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     # ---------------------------------------------------------------- utils
     @property
@@ -151,7 +162,7 @@ class TAGHead(nn.Module):
             raise ValueError(f"num_classes must be an integer >= 0, got {num_classes!r}")
         first = next(self.parameters(), None)
         self.num_classes = num_classes
-        self.classifier = nn.Linear(self.in_channels, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if first is not None:
             self.classifier.to(device=first.device, dtype=first.dtype)
 
@@ -192,10 +203,11 @@ class TAGHead(nn.Module):
 
     # -------------------------------------------------------------- forward
     def tokens(self, features: Tensor) -> Tensor:
-        """Backbone features as a token sequence in node-id order, ``(B, N, C)``."""
+        """Backbone features as a token sequence in node-id order, ``(B, N, C)``
+        (``C = embed_dim`` after the optional projection)."""
         self._check_features(features)
-        B, C = features.shape[:2]
-        return features.flatten(2).transpose(1, 2)  # (B, T*H*W, C)
+        tokens = features.flatten(2).transpose(1, 2)  # (B, T*H*W, C)
+        return self.proj(tokens) if self.proj is not None else tokens
 
     def encode(self, features: Tensor) -> Tensor:
         """Tokens after positional encoding and Transformer: :math:`H^{(0)}`, ``(B, N, C)``."""
@@ -229,13 +241,13 @@ class TAGHead(nn.Module):
         return batch
 
     def forward_features(self, features: Tensor) -> Tensor:
-        """The pooled clip embedding, ``(B, C)`` (global spatio-temporal mean)."""
+        """The pooled clip embedding, ``(B, embed_dim)`` (global spatio-temporal mean)."""
         return self.forward_nodes(features).mean(dim=1)
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         """Classifier on pooled features ``(B, C)`` -> logits ``(B, num_classes)``."""
-        if pooled.dim() != 2 or pooled.size(1) != self.in_channels:
-            raise ValueError(f"expected pooled features of shape (B, {self.in_channels}), got {tuple(pooled.shape)}")
+        if pooled.dim() != 2 or pooled.size(1) != self.embed_dim:
+            raise ValueError(f"expected pooled features of shape (B, {self.embed_dim}), got {tuple(pooled.shape)}")
         if self.norm is not None:
             pooled = self.norm(pooled)
         return self.classifier(self.head_dropout(pooled))
@@ -244,4 +256,5 @@ class TAGHead(nn.Module):
         return self.forward_head(self.forward_features(features))
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, num_classes={self.num_classes}, grid={self.grid}"
+        width = f", embed_dim={self.embed_dim}" if self.proj is not None else ""
+        return f"in_channels={self.in_channels}{width}, num_classes={self.num_classes}, grid={self.grid}"

@@ -157,3 +157,14 @@ def test_bad_options(kwargs, message):
     options.update(kwargs)
     with pytest.raises(ValueError, match=message):
         TAGHead(**options)
+
+
+def test_embed_dim_projects_wide_backbone_features():
+    head = TAGHead(64, 5, GRID, embed_dim=16, num_heads=4, ffn_dim=32)
+    features = torch.randn(2, 64, *GRID)
+    assert head(features).shape == (2, 5)
+    assert head.forward_features(features).shape == (2, 16)
+    assert head.pos_embed.weight.shape == (*GRID, 16) and head.proj.in_features == 64
+    assert "embed_dim=16" in repr(head)
+    with pytest.raises(ValueError, match="embed_dim must be an integer >= 1 or None"):
+        TAGHead(64, 5, GRID, embed_dim=0)
