@@ -105,8 +105,8 @@ def latency(kind: str, depth: int, x: torch.Tensor, graph: SpatioTemporalGraph, 
             "peak_mem_mb": peak_memory_mb(forward_backward, device)}
 
 
-def checkpoint_features(path: Path, grid, batch: int, device) -> torch.Tensor:
-    """Transformer outputs H^(0) of a trained model on clips of its test split."""
+def checkpoint_features(path: Path, batch: int, device):
+    """Transformer outputs H^(0) of a trained model on clips of its test split, and its token grid."""
     from taggnn.engine.data import build_dataset
     from taggnn.engine.trainer import load_trained
 
@@ -114,7 +114,7 @@ def checkpoint_features(path: Path, grid, batch: int, device) -> torch.Tensor:
     dataset = build_dataset(config, config.data.test_split, train=False)
     clips = torch.stack([dataset[i][0] for i in range(min(batch, len(dataset)))]).to(device)
     with torch.no_grad():
-        return model.head.encode(model.forward_backbone(clips))
+        return model.head.encode(model.forward_backbone(clips)), model.head.grid
 
 
 def check_theory(results: List[dict]) -> List[str]:
@@ -153,10 +153,8 @@ def main(argv=None) -> None:
     batch = 8 if args.full else args.batch
     repeats = 5 if args.full else 2
     if args.checkpoint is not None:
-        features = checkpoint_features(args.checkpoint, None, batch, device)
-        from taggnn.engine.trainer import load_trained
-
-        grids = [load_trained(args.checkpoint, device)[0].head.grid]
+        features, grid = checkpoint_features(args.checkpoint, batch, device)
+        grids = [grid]
 
     rows = []
     for grid in grids:

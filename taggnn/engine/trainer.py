@@ -354,6 +354,11 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
                   "train_loss": running_loss / max(running_count, 1),
                   "train_top1": running_correct / max(running_count, 1),
                   "epoch_s": time.perf_counter() - started}
+        skipped = getattr(train_set.dataset, "failures", None)
+        if skipped:
+            record["skipped_clips"] = len(skipped)  # counted in this process (num_workers=0 sees them all)
+            logger.warning("epoch %d: %d unreadable clips skipped so far (first: %s)", epoch + 1, len(skipped),
+                           ", ".join(path for path, _ in skipped[:3]))
         epoch += 1
         batches_done = 0
         if epoch % t.eval_every == 0 or epoch == t.epochs:
