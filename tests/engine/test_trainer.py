@@ -71,3 +71,18 @@ def test_resume_with_another_config_says_what_differs(tmp_path):
     train(small_config("train.max_steps=1"), tmp_path, progress=False)
     with pytest.raises(ConfigError, match=r"written by another config; these values differ .*model.K: 2 -> 3"):
         train(small_config("model.K=3"), tmp_path, resume=tmp_path / "last.pt", progress=False)
+
+
+def test_training_on_decoded_videos_with_a_broken_clip(tmp_path):
+    from taggnn.data.synthgym import write_split
+
+    for split, count in (("train", 16), ("val", 8), ("test", 8)):
+        write_split(tmp_path / "videos", split, count=count, num_frames=8, size=32)
+    (tmp_path / "videos" / "train" / "000003.mp4").write_bytes(b"broken")  # a corrupt file
+    config = load_config("synthgym_tiny", SMALL + [
+        "data.dataset=csv", f"data.root={tmp_path / 'videos'}", "data.on_error=skip", "train.epochs=1",
+        f"data.train_csv={tmp_path / 'videos' / 'train.csv'}", f"data.val_csv={tmp_path / 'videos' / 'val.csv'}",
+        f"data.test_csv={tmp_path / 'videos' / 'test.csv'}"])
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["test"]["count"] == 8
+    assert summary["history"][0]["skipped_clips"] == 1
