@@ -33,12 +33,18 @@ STYLES = ("paper", "authors")
 
 
 class ToFrames(nn.Module):
-    """uint8 ``(T, H, W, 3)`` to float ``(T, 3, H, W)`` in ``[0, 1]``."""
+    """A clip ``(T, H, W, 3)`` (as decoded) or ``(T, 3, H, W)`` to float ``(T, 3, H, W)``.
+
+    uint8 input is scaled to ``[0, 1]``; float input is taken as already in ``[0, 1]``.
+    """
 
     def forward(self, clip: Tensor) -> Tensor:
-        if clip.dim() != 4 or clip.shape[-1] != 3:
-            raise ValueError(f"expected a clip of shape (T, H, W, 3), got {tuple(clip.shape)}")
-        frames = clip.permute(0, 3, 1, 2)  # (T, 3, H, W)
+        if clip.dim() == 4 and clip.shape[-1] == 3:
+            frames = clip.permute(0, 3, 1, 2)  # (T, 3, H, W)
+        elif clip.dim() == 4 and clip.shape[1] == 3:
+            frames = clip
+        else:
+            raise ValueError(f"expected a clip of shape (T, H, W, 3) or (T, 3, H, W), got {tuple(clip.shape)}")
         return frames.float().div_(255) if clip.dtype == torch.uint8 else frames.float()
 
 

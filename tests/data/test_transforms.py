@@ -45,5 +45,11 @@ def test_bad_arguments():
         train_transform(112, style="mmaction")
     with pytest.raises(ValueError, match="normalization must be one of"):
         eval_transform(112, normalization="cifar")
-    with pytest.raises(ValueError, match=r"expected a clip of shape \(T, H, W, 3\), got \(3, 8, 64, 64\)"):
-        eval_transform(32)(torch.zeros(3, 8, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"expected a clip of shape \(T, H, W, 3\) or \(T, 3, H, W\), got \(8, 4, 64, 64\)"):
+        eval_transform(32)(torch.zeros(8, 4, 64, 64, dtype=torch.uint8))
+
+
+def test_channels_first_frames_give_the_same_result():
+    video = clip(T=4, H=40, W=60)
+    transform = eval_transform(32)
+    torch.testing.assert_close(transform(video), transform(video.permute(0, 3, 1, 2)))
