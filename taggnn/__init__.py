@@ -1,10 +1,17 @@
 """taggnn: TAG-Head, a Transformer + spatio-temporal graph head for fine-grained
 action recognition, native to PyTorch Geometric."""
 import logging
+import warnings
 
-from . import graph, nn
-from .graph import SpatioTemporalGraph, SpatioTemporalGrid
-from .nn import GraphRefiner, TAGHead
+# torch_geometric calls torch.jit.script at import time, which torch 2.14 deprecates with a
+# FutureWarning on every start; silence that one warning while importing it, nothing else.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    import torch_geometric  # noqa: F401
+
+from . import graph, nn  # noqa: E402
+from .graph import SpatioTemporalGraph, SpatioTemporalGrid  # noqa: E402
+from .nn import GraphRefiner, TAGHead  # noqa: E402
 
 __version__ = "0.1.0"
 
