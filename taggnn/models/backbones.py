@@ -10,6 +10,7 @@ Registry: :func:`build_backbone`, :func:`list_backbones`.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -418,14 +419,16 @@ def build_backbone(name: str, *, weights: Optional[Union[str, PathLike, WeightsE
     Args:
         name (str): One of :func:`list_backbones`.
         weights (optional): A catalogue entry name of this backbone (e.g.
-            ``"IG65M_CLIP32"``, ``"KINETICS400_V1"``), a :class:`WeightsEntry`,
-            a local path or a URL.
+            ``"IG65M_CLIP32"``, ``"KINETICS400_V1"``), a torchvision weights enum,
+            a :class:`WeightsEntry`, a local path or a URL.
         strict (bool, optional): Raise on missing/unexpected keys (shape
             mismatches always raise). (default: :obj:`True`)
         **kwargs: Builder options (e.g. ``widths`` for ``r2plus1d_tiny``).
     """
     info = backbone_info(name)
     backbone = info.builder(**kwargs)
+    if weights is not None and not isinstance(weights, (str, WeightsEntry, os.PathLike)) and hasattr(weights, "url"):
+        weights = weights.name  # a torchvision weights enum, e.g. R2Plus1D_18_Weights.KINETICS400_V1
     if weights is not None:
         catalogue = backbone.weights_catalogue()
         looks_like_name = isinstance(weights, str) and "/" not in weights and "." not in weights

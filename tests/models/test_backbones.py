@@ -161,3 +161,23 @@ def test_pickled_objects_need_trust(tmp_path):
     with pytest.raises(WeightsError, match="holds pickled objects other than tensors.*trusted=True"):
         load_state_dict(path)
     assert torch.equal(load_state_dict(path, trusted=True)["w"], torch.ones(1))
+
+
+def test_torchvision_weights_enum_resolves_to_the_catalogue(tmp_path, monkeypatch):
+    from torchvision.models.video import R2Plus1D_18_Weights
+
+    from taggnn.models.weights import sha256_of
+
+    source = build_backbone("r2plus1d_18")
+    state = dict(source.state_dict(), **{"fc.weight": torch.zeros(400, 512), "fc.bias": torch.zeros(400)})
+    payload = tmp_path / "payload.pth"
+    torch.save(state, payload)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # put the "downloaded" file where the cache expects it, under torchvision's release name
+    name = R2Plus1D_18_Weights.KINETICS400_V1.url.rsplit("/", 1)[1]
+    monkeypatch.setenv("TAGGNN_CACHE", str(cache))
+    (cache / name).write_bytes(payload.read_bytes())
+    with pytest.raises(WeightsError, match="does not match the expected prefix 91a641e6"):
+        build_backbone("r2plus1d_18", weights=R2Plus1D_18_Weights.KINETICS400_V1)  # our bytes are not theirs
+    assert sha256_of(payload)  # the file itself is readable
