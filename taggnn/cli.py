@@ -42,7 +42,14 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config.name
-    summary = train(config, out, resume=Path(args.resume) if args.resume else None, progress=not args.no_progress)
+    try:
+        summary = train(config, out, resume=Path(args.resume) if args.resume else None,
+                        progress=not args.no_progress)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # launched by torchrun
+            dist.destroy_process_group()
     if "test" in summary:
         test = summary["test"]
         print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  "
