@@ -48,6 +48,11 @@ class ClassificationMeter:
         if labels.shape != logits.shape[:1]:
             raise ValueError(f"expected labels of shape ({logits.size(0)},), got {tuple(labels.shape)}")
         logits, labels = logits.detach().float().cpu(), labels.detach().long().cpu()
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}), got {int(labels.min())}..{int(labels.max())}: "
+                f"the evaluated split has classes the model was not built for"
+            )
         predicted = logits.argmax(1)
         index = labels * self.num_classes + predicted
         self.confusion += torch.bincount(index, minlength=self.num_classes ** 2).view(self.num_classes, -1)

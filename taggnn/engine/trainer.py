@@ -241,6 +241,9 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
     train_set = EpochSeeded(build_dataset(config, "train", train=True), t.seed)
     val_set = build_dataset(config, config.data.val_split, train=False)
     names = class_names(train_set)
+    val_names = class_names(val_set)
+    if names and val_names and len(val_names) > len(names):
+        names = names + val_names[len(names):]  # classes seen only in validation (csv datasets)
     num_classes = len(names) if names else config.data.num_classes
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank

@@ -56,3 +56,5 @@ def test_bad_shapes():
         meter.update(torch.zeros(2, 3), torch.zeros(2))
     with pytest.raises(ValueError, match=r"expected labels of shape \(2,\)"):
         meter.update(torch.zeros(2, 4), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\), got 0..7"):
+        meter.update(torch.zeros(2, 4), torch.tensor([0, 7]))
