@@ -65,18 +65,9 @@ def depth_features(kind: str, mode: str, x: torch.Tensor, graph: SpatioTemporalG
         torch.manual_seed(0)
         stack = GraphRefiner(graph, propagation=kind, channels=x.size(-1), num_layers=max(depths),
                              backend=backend if kind == "gcn" else "edge_index").to(x.device)
-        B, N, C = x.shape
-        edge_index, _ = graph.batched_edges(B, x.device)
-        h = x
-        for layer, conv in enumerate(stack.convs, 1):
-            if kind == "gcn":
-                h = stack._propagate(conv.lin(h)) + conv.bias if backend != "edge_index" else \
-                    conv(h.reshape(B * N, -1), edge_index).view(B, N, -1)
-            else:
-                h = conv(h.reshape(B * N, -1), edge_index).view(B, N, -1)
+        for layer, h in enumerate(stack.layer_outputs(x), 1):
             if layer in depths:
                 out[layer] = h  # a depth-L stack ends without activation
-            h = torch.relu(h) if kind == "gcn" else torch.nn.functional.elu(h)
         return out
 
 

@@ -210,20 +210,33 @@ class GraphRefiner(nn.Module):
             out = self.appnp(self._to_node_major(x), self._node_major_adjacency(x))
             return self._from_node_major(out, B, C)
 
+        h = x
+        for h in self.layer_outputs(x):
+            pass
+        return h
+
+    def layer_outputs(self, x: Tensor):
+        """Yields the output of each GCN/GAT layer, ``(B, N, C)``, before the activation
+        that feeds the next layer (the last one is :meth:`forward`'s result); for analysis
+        of deep stacks (e.g. oversmoothing) without running every depth separately."""
+        if self.propagation not in ("gcn", "gat"):
+            raise ValueError(f"layer_outputs needs a GCN or GAT stack, this refiner is {self.propagation!r}")
+        self._check_input(x)
+        B, N, C = x.shape
         edge_index = None
         if self.backend == "edge_index":
             edge_index, _ = self.graph.batched_edges(B, x.device)
         h = x
         for i, conv in enumerate(self.convs):
+            if i > 0:
+                h = F.relu(h) if self.propagation == "gcn" else F.elu(h)
             if self.backend == "edge_index":
                 h = conv(h.reshape(B * N, -1), edge_index).view(B, N, -1)
             else:  # GCN: lin, exact propagation, bias (GCNConv's own order)
                 h = self._propagate(conv.lin(h))
                 if conv.bias is not None:
                     h = h + conv.bias
-            if i < len(self.convs) - 1:
-                h = F.relu(h) if self.propagation == "gcn" else F.elu(h)
-        return h
+            yield h
 
     def extra_repr(self) -> str:
         parts = [f"propagation={self.propagation!r}", f"backend={self.backend!r}"]

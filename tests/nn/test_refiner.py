@@ -139,3 +139,16 @@ def test_sparse_tensor_backend_with_torch_sparse():
     refiner(torch.randn(2, 12, 3))
     (adj,) = refiner._sparse_tensors.values()
     assert isinstance(adj, torch_sparse.SparseTensor)
+
+
+@pytest.mark.parametrize("propagation,backend", [("gcn", "structured"), ("gcn", "edge_index"), ("gat", "edge_index")])
+def test_layer_outputs_end_with_forward(propagation, backend):
+    torch.manual_seed(0)
+    refiner = GraphRefiner(SpatioTemporalGraph(2, 2, 2), propagation=propagation, channels=8, heads=2,
+                           num_layers=3, backend=backend)
+    x = torch.randn(2, 8, 8)
+    outputs = list(refiner.layer_outputs(x))
+    assert len(outputs) == 3 and all(o.shape == (2, 8, 8) for o in outputs)
+    torch.testing.assert_close(outputs[-1], refiner(x))
+    with pytest.raises(ValueError, match="layer_outputs needs a GCN or GAT stack, this refiner is 'appnp'"):
+        list(GraphRefiner(SpatioTemporalGraph(2, 2, 2)).layer_outputs(x))
