@@ -9,7 +9,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     import torch_geometric  # noqa: F401
 
-from . import graph, nn  # noqa: E402
+from . import errors, graph, nn  # noqa: E402
+from .errors import TaggnnError  # noqa: E402
 from .graph import SpatioTemporalGraph, SpatioTemporalGrid  # noqa: E402
 from .nn import GraphRefiner, TAGHead  # noqa: E402
 
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["graph", "nn", "SpatioTemporalGraph", "SpatioTemporalGrid", "GraphRefiner", "TAGHead", "__version__"]
+__all__ = ["errors", "TaggnnError", "graph", "nn", "SpatioTemporalGraph", "SpatioTemporalGrid", "GraphRefiner", "TAGHead", "__version__"]

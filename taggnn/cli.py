@@ -41,10 +41,17 @@ def cmd_train(args) -> int:
     from .engine.trainer import train
 
     config = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / config.name
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    if args.out:
+        out = Path(args.out)
+    elif resume is not None:
+        out = resume.parent  # continue in the run's own folder
+    else:
+        out = Path("runs") / config.name
     try:
-        summary = train(config, out, resume=Path(args.resume) if args.resume else None,
-                        progress=not args.no_progress)
+        summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
     finally:
         import torch.distributed as dist
 
@@ -52,15 +59,20 @@ def cmd_train(args) -> int:
             dist.destroy_process_group()
     if "test" in summary:
         test = summary["test"]
+        skipped = f"  ({test['skipped']} unreadable clips skipped)" if test.get("skipped") else ""
         print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  "
-              f"MCA ({test['mca_convention']}) {test['mca']:.4f}  [{out}]")
+              f"MCA ({test['mca_convention']}) {test['mca']:.4f}  clips {test['count']}{skipped}  [{out}]")
+    elif "test_skipped" in summary:
+        print(f"test not evaluated: {summary['test_skipped']}")
     return 0
 
 
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
-    """The checkpoint's config with --set overrides (data and train keys only)."""
+    """The checkpoint's config with --set overrides (data, train and eval keys only), validated."""
+    import yaml
+
     from .engine.checkpoint import load_checkpoint
-    from .engine.config import Config, ConfigError, set_value
+    from .engine.config import Config, ConfigError, set_value, validate
 
     checkpoint = load_checkpoint(checkpoint_path)
     config = Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
@@ -70,10 +82,19 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
         key, value = item.split("=", 1)
         if key.startswith(("model.", "optim.")):
             raise ConfigError(f"--set {key}: the model of a checkpoint cannot be changed at evaluation time")
-        import yaml
-
         set_value(config, key, yaml.safe_load(value))
-    return config
+    return validate(config)
+
+
+def results_tag(split: str, overrides: List[str]) -> str:
+    """File-name tag of an evaluation: the split, plus the overrides when there are any
+    (``test`` or ``test.data.num_frames=32``), so that an evaluation with other settings
+    never overwrites the run's own ``metrics_test.json``."""
+    import re
+
+    if not overrides:
+        return split
+    return split + "." + "_".join(re.sub(r"[^A-Za-z0-9=._-]+", "-", item) for item in overrides)[:150]
 
 
 def cmd_eval(args) -> int:
@@ -84,15 +105,18 @@ def cmd_eval(args) -> int:
     config = _overridden_config(checkpoint, args.overrides)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
-    dataset = build_dataset(config, args.split, train=False)
+    dataset = build_dataset(config, args.split, train=False, classes=names)
     meter = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
                      num_classes=model.num_classes, amp_dtype=autocast_dtype(config.train.amp, device), config=config,
                      progress=not args.no_progress)
     out = Path(args.out) if args.out else checkpoint.parent
-    metrics = write_evaluation(out, args.split, meter, names, config.train.mca, {"checkpoint": str(checkpoint)})
+    tag = results_tag(args.split, args.overrides)
+    metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
+                               {"checkpoint": str(checkpoint), "overrides": list(args.overrides)}, tag=tag)
+    skipped = f"  skipped {metrics['skipped']} unreadable (-> skipped_{tag}.txt)" if metrics["skipped"] else ""
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
           f"MCA (present) {metrics['mca_present']:.4f}  MCA (union) {metrics['mca_union']:.4f}  "
-          f"clips {metrics['count']}  -> {out}/metrics_{args.split}.json, per_class_{args.split}.csv")
+          f"clips {metrics['count']}{skipped}  -> {out}/metrics_{tag}.json, per_class_{tag}.csv")
     return 0
 
 
@@ -127,7 +151,7 @@ def cmd_predict(args) -> int:
 
 def cmd_profile(args) -> int:
     from .engine.config import load_config
-    from .engine.trainer import build_model_from_config
+    from .models import build_model_from_config
     from .models.complexity import profile_model
 
     config = load_config(args.config, args.overrides)
@@ -200,27 +224,34 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data.synthgym import main as synth_main
+    from .data.synthgym import run
 
-    synth_main(args.rest)
+    run(args)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="taggnn", description=__doc__,
+    from .engine.config import list_presets
+
+    presets = ", ".join(list_presets())
+    parser = argparse.ArgumentParser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train (and finally test) a model")
-    p.add_argument("--config", default="synthgym_tiny", help="preset name or YAML file (default: synthgym_tiny)")
+    p = sub.add_parser("train", help="train (and finally test) a model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
     _add_set(p)
-    p.add_argument("--resume", help="continue exactly from this last.pt")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", help="continue exactly from this last.pt (in its own folder unless --out)")
+    p.add_argument("--out", help="run folder (default: the resumed run's folder, else runs/<config name>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a previous run (its files are removed)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint")
+    p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test")
     _add_set(p)
@@ -229,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="labels with probabilities for video files")
+    p = sub.add_parser("predict", help="labels with probabilities for video files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("videos", nargs="+")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--topk", type=int, default=5)
@@ -237,15 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("profile", help="parameters, multiply-adds and latency of a config (Table 5)")
-    p.add_argument("--config", default="synthgym_tiny")
+    p = sub.add_parser("profile", help="parameters, multiply-adds and latency of a config (Table 5)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
     _add_set(p)
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("tsne", help="t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)")
+    p = sub.add_parser("tsne", help="t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="repeatable: one row of panels each")
     p.add_argument("--split", default="test")
     p.add_argument("--max-clips", type=int, default=400)
@@ -253,8 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tsne)
 
-    p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
+                       description="Write SynthGym clips as mp4 files + a VideoCSV file.")
+    from .data.synthgym import build_parser as synth_parser
+
+    synth_parser(parser=p)
     p.set_defaults(func=cmd_synth)
     return parser
 
@@ -264,15 +301,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .data import TaggnnError
-    from .engine.config import ConfigError
-    from .models.weights import WeightsError
+    from .errors import TaggnnError
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, WeightsError, TaggnnError) as error:
-        print(f"taggnn {args.command}: error: {error}", file=sys.stderr)
+    except (TaggnnError, OSError) as error:
+        message = " ".join(str(error).split())  # one line
+        print(f"taggnn {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"taggnn {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

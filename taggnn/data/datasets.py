@@ -8,7 +8,10 @@ pairs). Clips are decoded with :func:`~taggnn.data.load_clip` and passed to
 
 Bad data follows ``on_error``: ``"raise"`` (default) stops with an error
 that names the file; ``"skip"`` logs the file and cause, counts it in
-``.failures`` and returns the next readable clip instead. Clips named by an
+``.failures`` and returns a :class:`SkippedClip` in place of ``(clip, label)``:
+the clip drops out *with its label* (:func:`collate_clips` removes it from the
+batch and reports its path), so no clip is ever scored under another clip's
+label. Clips named by an
 annotation but missing on disk are reported at construction (how many and
 the first few): ``"raise"`` raises, ``"skip"`` drops them with a warning.
 Malformed annotation lines raise with the file name and line number.
@@ -20,12 +23,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
 
-from .video import VideoError, load_clip
+from ..errors import AnnotationError, VideoError
+from .video import load_clip
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +37,35 @@ PathLike = Union[str, os.PathLike]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 
-class AnnotationError(ValueError):
-    """A malformed annotation file: the message names the file and line."""
 
-    def __init__(self, path: PathLike, line_number: int, problem: str, line: str = ""):
-        snippet = f": {line.strip()[:80]!r}" if line else ""
-        super().__init__(f"{path}:{line_number}: {problem}{snippet}")
+
+class SkippedClip(NamedTuple):
+    """What a dataset with ``on_error="skip"`` returns for a clip it cannot read."""
+
+    path: str
+    cause: str
+
+
+class ClipBatch(NamedTuple):
+    """A collated batch: ``clips`` ``(B, ...)`` (``None`` when every clip was unreadable),
+    ``labels`` ``(B,)`` and the ``skipped`` paths that dropped out of it."""
+
+    clips: Optional[torch.Tensor]
+    labels: torch.Tensor
+    skipped: List[str]
+
+
+def collate_clips(samples: Sequence[Any]) -> ClipBatch:
+    """Collates ``(clip, label)`` samples, dropping :class:`SkippedClip` entries together
+    with their labels (a ``DataLoader`` ``collate_fn``)."""
+    from torch.utils.data import default_collate
+
+    kept = [s for s in samples if not isinstance(s, SkippedClip)]
+    skipped = [s.path for s in samples if isinstance(s, SkippedClip)]
+    if not kept:
+        return ClipBatch(None, torch.empty(0, dtype=torch.long), skipped)
+    clips, labels = default_collate(kept)
+    return ClipBatch(clips, labels, skipped)
 
 
 class VideoClipDataset(Dataset):
@@ -117,21 +144,17 @@ class VideoClipDataset(Dataset):
         return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index))
 
     def __getitem__(self, index: int):
-        attempts = 0
-        while True:
-            path, label = self.samples[index]
-            try:
-                clip = self.load(index)
-                break
-            except VideoError as error:
-                if self.on_error == "raise":
-                    raise
-                self.failures.append((path, error.cause))
-                logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
-                attempts += 1
-                if attempts >= len(self.samples):
-                    raise VideoError(path, "no readable clip left in the dataset") from error
-                index = (index + 1) % len(self.samples)
+        """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
+        unreadable clip (never another clip in its place)."""
+        path, label = self.samples[index]
+        try:
+            clip = self.load(index)
+        except VideoError as error:
+            if self.on_error == "raise":
+                raise
+            self.failures.append((path, error.cause))
+            logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
+            return SkippedClip(path, error.cause)
         if self.transform is not None:
             clip = self.transform(clip)
         return clip, label
@@ -304,14 +327,31 @@ class HAA500(VideoClipDataset):
 # Bring your own data
 
 
+def _label_of(name: str, classes: Sequence[str], where: str) -> int:
+    try:
+        return list(classes).index(name)
+    except ValueError:
+        raise AnnotationError(where, 0, f"class {name!r} is not one of the {len(classes)} training classes "
+                                        f"(a class present only outside the training split cannot be scored)") from None
+
+
 class VideoCSV(VideoClipDataset):
     """Clips listed in a CSV with the header ``FileName,Class,TotalFrames,ClassEncoded``
     (the authors' format); paths are relative to ``video_root``.
+
+    Args:
+        csv_path: The split file.
+        video_root: Folder the ``FileName`` paths are relative to.
+        classes (sequence of str, optional): The class names of the training split (index =
+            label). When given, every row's ``ClassEncoded`` must name the same class there,
+            so that two files cannot number their classes differently; by default the
+            names come from this file.
     """
 
     COLUMNS = ("FileName", "Class", "TotalFrames", "ClassEncoded")
 
-    def __init__(self, csv_path: PathLike, video_root: PathLike, *, num_frames: int = 32, **kwargs):
+    def __init__(self, csv_path: PathLike, video_root: PathLike, *, num_frames: int = 32,
+                 classes: Optional[Sequence[str]] = None, **kwargs):
         csv_path, video_root = Path(csv_path), Path(video_root)
         samples, names = [], {}
         with open(csv_path, newline="", encoding="utf-8") as f:
@@ -332,26 +372,44 @@ class VideoCSV(VideoClipDataset):
                 if names.setdefault(label, class_name) != class_name:
                     raise AnnotationError(csv_path, number, f"label {label} is {names[label]!r} earlier "
                                                             f"and {class_name!r} here")
+                if classes is not None:
+                    if label >= len(classes) or classes[label] != class_name:
+                        expected = f"{classes[label]!r}" if label < len(classes) else "no class"
+                        raise AnnotationError(
+                            csv_path, number,
+                            f"ClassEncoded {label} is {class_name!r} here but {expected} in the training split "
+                            f"({len(classes)} classes); the files must number their classes alike", ",".join(row))
                 samples.append((str(video_root / file_name), label))
-        if sorted(names) != list(range(len(names))):
-            missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
-            logger.warning("%s: no clips for class label(s) %s", csv_path, missing[:10])
-        classes = [names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1)]
+        if classes is None:
+            if sorted(names) != list(range(len(names))):
+                missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
+                logger.warning("%s: no clips for class label(s) %s", csv_path, missing[:10])
+            classes = [names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1)]
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
 
 
 class VideoFolder(VideoClipDataset):
-    """``root/<class>/<video>`` trees; labels follow ``sorted()`` class names."""
+    """``root/<class>/<video>`` trees; labels follow ``sorted()`` class names.
+
+    Args:
+        root: The folder of class folders.
+        classes (sequence of str, optional): The class names of the training split (index =
+            label). Give them for every other split: a class folder missing there then
+            shifts no label, and a folder that names no training class is an error. By
+            default the names are the sorted folder names under ``root``.
+    """
 
     def __init__(self, root: PathLike, *, num_frames: int = 32, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 **kwargs):
+                 classes: Optional[Sequence[str]] = None, **kwargs):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"VideoFolder: {root} is not a directory")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        classes = found if classes is None else list(classes)
+        labels = {name: _label_of(name, classes, str(root / name)) for name in found}
         samples = [
-            (str(file), label)
-            for label, name in enumerate(classes)
+            (str(file), labels[name])
+            for name in found
             for file in sorted((root / name).rglob("*"))
             if file.is_file() and file.suffix.lower() in tuple(extensions)
         ]

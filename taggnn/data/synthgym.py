@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 GROUPS: Dict[str, List[str]] = {
@@ -402,11 +404,12 @@ def write_split(out: os.PathLike, split: str = "train", *, count: Optional[int] 
     return csv_path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    """``python -m taggnn.data.synthgym write OUT --split train [--count N]``."""
-    parser = argparse.ArgumentParser(prog="python -m taggnn.data.synthgym",
-                                     description="Write SynthGym clips as mp4 files + a VideoCSV file.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser(prog: str = "python -m taggnn.data.synthgym",
+                 parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    """The ``write`` command's parser (also ``taggnn synth``, which passes its own sub-parser)."""
+    if parser is None:
+        parser = argparse.ArgumentParser(prog=prog, description="Write SynthGym clips as mp4 files + a VideoCSV file.")
+    sub = parser.add_subparsers(dest="synth_command", required=True)
     write = sub.add_parser("write", help="write a split to disk")
     write.add_argument("out", type=Path)
     write.add_argument("--split", choices=sorted(SPLITS), default="train")
@@ -417,10 +420,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write.add_argument("--seed", type=int, default=0)
     write.add_argument("--long-tail", type=float, default=None)
     write.add_argument("--fps", type=int, default=8)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Runs a parsed ``write`` command."""
+    for name in ("count", "num_frames", "size", "num_classes", "fps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     write_split(args.out, args.split, count=args.count, fps=args.fps, num_frames=args.num_frames,
                 size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """``python -m taggnn.data.synthgym write OUT --split train [--count N]``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(args)
 
 
 if __name__ == "__main__":

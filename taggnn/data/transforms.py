@@ -21,15 +21,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms import v2
 
-from ..models.weights import IG65M_MEAN, IG65M_STD, SLOWFAST_MEAN, SLOWFAST_STD
-
-NORMALIZATIONS = {
-    "ig65m": (IG65M_MEAN, IG65M_STD),
-    "kinetics": (IG65M_MEAN, IG65M_STD),  # torchvision video ResNets
-    "slowfast": (SLOWFAST_MEAN, SLOWFAST_STD),  # pytorchvideo zoo and the authors' code
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-STYLES = ("paper", "authors")
+from .constants import NORMALIZATIONS, RESIZE_RATIOS, STYLES
 
 
 class ToFrames(nn.Module):
@@ -86,10 +78,10 @@ def train_transform(crop_size: int = 112, *, short_side: int = None, style: str 
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     mean, std = _normalization(normalization)
     if style == "paper":
-        short_side = short_side or round(crop_size * 126 / 112)
+        short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
         spatial = [ShortSideResize(short_side), v2.RandomCrop(crop_size)]
     else:
-        short_side = short_side or round(crop_size * 128 / 112)
+        short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
         spatial = [ShortSideResize(short_side), v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), antialias=True)]
     steps = [ToFrames(), *spatial]
     if flip:
@@ -104,7 +96,6 @@ def eval_transform(crop_size: int = 112, *, short_side: int = None, style: str =
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     mean, std = _normalization(normalization)
-    ratio = 126 / 112 if style == "paper" else 128 / 112
-    short_side = short_side or round(crop_size * ratio)
+    short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
     return nn.Sequential(ToFrames(), ShortSideResize(short_side), v2.CenterCrop(crop_size),
                          v2.Normalize(mean, std), ToClip())

@@ -31,22 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import TaggnnError, VideoError  # noqa: F401  (re-exported)
+
 logger = logging.getLogger(__name__)
 
 SAMPLINGS = ("uniform", "random", "linspace")
 
 
-class TaggnnError(Exception):
-    """Base class of taggnn's own errors."""
-
-
-class VideoError(TaggnnError):
-    """A video cannot be read: the message names the file and the cause."""
-
-    def __init__(self, path: Union[str, os.PathLike], cause: str):
-        self.path = str(path)
-        self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
 
 
 def sample_indices(num_available: int, num_frames: int, sampling: str = "uniform", *,

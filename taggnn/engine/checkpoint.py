@@ -8,13 +8,19 @@ temporary file and renamed, so a crash never leaves a half-written ``last.pt``. 
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
+
+from ..errors import CheckpointError
 
 CHECKPOINT_VERSION = 1
 
@@ -43,28 +49,110 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Interrupted(BaseException):
+    """Raised by the signal handler active while a checkpoint is written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """Turns SIGTERM / SIGHUP into an exception while a checkpoint is written (main thread
+    only), so that the temporary file is removed before the process ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {}
+
+    def handler(signum, frame):
+        raise _Interrupted(signum)
+
+    for name in names:
+        number = getattr(signal, name)
+        previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
 def save_checkpoint(path: Union[str, os.PathLike], payload: Dict[str, Any]) -> Path:
-    """Writes ``payload`` atomically (temporary file in the same folder, fsync, rename)."""
+    """Writes ``payload`` atomically (temporary file in the same folder, fsync, rename).
+
+    On any failure or signal the temporary file is removed and the previous file at ``path``
+    is left intact; a full disk raises :class:`~taggnn.errors.CheckpointError` saying so. A
+    signal (SIGTERM, SIGHUP) received while writing is delivered again once cleaned up.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     payload = dict(payload, checkpoint_version=CHECKPOINT_VERSION)
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with _signals_raise():
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except _Interrupted as interrupted:
+        tmp.unlink(missing_ok=True)
+        signal.raise_signal(interrupted.signum)  # the default action (or the caller's handler) now
+        raise
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if _is_no_space(error):
+            kept = f"; the previous {path.name} is intact" if path.exists() else ""
+            raise CheckpointError(f"no space left on device writing {path}{kept}: free some space and resume") \
+                from error
+        raise
     return path
 
 
+def _is_no_space(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "file write failed" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def describe_foreign_checkpoint(data: Any) -> str:
+    """What a loaded file that is not a taggnn checkpoint appears to be."""
+    if isinstance(data, dict):
+        keys = [str(k) for k in data]
+        state = data.get("state_dict", data.get("model_state", data))
+        state_keys = [str(k) for k in state] if isinstance(state, dict) else keys
+        if any(k.startswith(("pos_embedding", "backbone.", "csnmodel.", "appnp")) for k in state_keys) and any(
+                k.startswith(("classifier.", "mlp_head.")) for k in state_keys):
+            return ("the authors' TAG-Head checkpoint: convert it with taggnn.models.load_reference_checkpoint "
+                    "(Python) to evaluate it")
+        if all(torch.is_tensor(v) for v in data.values()) and data:
+            return (f"a plain state dict of {len(data)} tensors (first keys: {', '.join(keys[:3])}); backbone "
+                    f"weights load with --set model.weights=<file>, the authors' checkpoints with "
+                    f"taggnn.models.load_reference_checkpoint")
+        return f"a mapping with keys {', '.join(keys[:6])}; a taggnn checkpoint has 'model' and 'config'"
+    return f"a {type(data).__name__}, not a mapping"
+
+
 def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> Dict[str, Any]:
+    """A taggnn checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path}: not a readable taggnn checkpoint ({error})") from error
+        reason = str(error).split("\n")[0].strip()
+        if "Weights only load failed" in str(error):
+            reason = ("it holds pickled Python objects, which taggnn never loads (only tensors and plain "
+                      "values are safe); it was not written by taggnn")
+        raise CheckpointError(f"{path}: not a readable taggnn checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise ValueError(f"{path}: not a taggnn checkpoint (expected keys 'model' and 'config')")
+        raise CheckpointError(f"{path}: not a taggnn checkpoint; it looks like {describe_foreign_checkpoint(checkpoint)}")
     return checkpoint

@@ -16,8 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 
-class ConfigError(ValueError):
-    """A configuration key or value is not valid."""
+from ..errors import ConfigError  # noqa: E402  (re-exported)
 
 
 @dataclass
@@ -45,6 +44,7 @@ class DataConfig:
     synth_test: int = 640
     synth_size: int = 64
     synth_long_tail: Optional[float] = None
+    seed: int = 0  # the data's own seed: SynthGym's content, FineGym's hold-out (train.seed never changes the data)
     val_split: str = "val"  # the split used for model selection
     test_split: str = "test"  # evaluated once at the end
 
@@ -118,7 +118,7 @@ class Config:
     def from_dict(cls, values: Dict[str, Any], *, source: str = "config") -> "Config":
         config = cls()
         apply_mapping(config, values, source=source)
-        return config
+        return validate(config)
 
     def diff(self, other: "Config") -> List[str]:
         """``key: ours -> theirs`` for every value that differs."""
@@ -126,19 +126,132 @@ class Config:
         return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-CHOICES = {
-    "data.dataset": ("synthgym", "finegym", "haa500", "csv", "folder"),
-    "data.transform_style": ("paper", "authors"),
-    "data.normalization": ("ig65m", "kinetics", "slowfast", "imagenet"),
-    "data.sampling": ("uniform", "linspace", "random"),
-    "data.train_sampling": ("uniform", "linspace", "random"),
-    "data.on_error": ("raise", "skip"),
-    "model.propagation": ("appnp", "gcn", "gat", "none"),
-    "optim.optimizer": ("adam", "adamw", "sgd"),
-    "optim.scheduler": ("cosine", "constant"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.mca": ("present", "union"),
+def _choices() -> Dict[str, Tuple[str, ...]]:
+    """Valid values of every string option, taken from the modules that own them."""
+    from ..data.constants import NORMALIZATIONS, STYLES
+    from ..data.video import SAMPLINGS
+
+    return {
+        "data.dataset": DATASETS,
+        "data.transform_style": STYLES,
+        "data.normalization": tuple(NORMALIZATIONS),
+        "data.sampling": SAMPLINGS,
+        "data.train_sampling": SAMPLINGS,
+        "data.on_error": ON_ERROR,
+        "optim.optimizer": OPTIMIZERS,
+        "optim.scheduler": SCHEDULERS,
+        "train.amp": AMP_MODES,
+        "train.mca": MCA_CONVENTIONS,
+    }
+
+
+DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
+ON_ERROR = ("raise", "skip")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+MCA_CONVENTIONS = ("present", "union")
+
+
+@dataclass(frozen=True)
+class Range:
+    """An allowed numeric interval; ``None`` bounds are open-ended."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False  # excludes ``low``
+    high_open: bool = False  # excludes ``high``
+
+    def __contains__(self, value) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return False
+        return True
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+
+#: The allowed range of every numeric option (``None`` values, where a key is optional, skip the check).
+RANGES: Dict[str, Range] = {
+    "data.num_classes": AT_LEAST_1,
+    "data.holdout": FRACTION,
+    "data.num_frames": AT_LEAST_1,
+    "data.crop_size": AT_LEAST_1,
+    "data.short_side": AT_LEAST_1,
+    "data.num_workers": AT_LEAST_0,
+    "data.synth_train": AT_LEAST_1,
+    "data.synth_val": AT_LEAST_1,
+    "data.synth_test": AT_LEAST_1,
+    "data.synth_size": Range(16),
+    "data.synth_long_tail": AT_LEAST_1,
+    "data.seed": AT_LEAST_0,
+    "model.num_layers": AT_LEAST_0,
+    "model.num_heads": AT_LEAST_1,
+    "model.ffn_dim": AT_LEAST_1,
+    "model.dropout": FRACTION,
+    "model.K": AT_LEAST_0,
+    "model.alpha": Range(0, 1, low_open=True),
+    "model.num_graph_layers": AT_LEAST_1,
+    "model.head_dropout": FRACTION,
+    "model.pos_init_std": AT_LEAST_0,
+    "model.embed_dim": AT_LEAST_1,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": AT_LEAST_0,
+    "optim.momentum": FRACTION,
+    "optim.warmup_epochs": AT_LEAST_0,
+    "optim.min_lr": AT_LEAST_0,
+    "optim.label_smoothing": FRACTION,
+    "optim.grad_clip": POSITIVE,
+    "optim.accumulate": AT_LEAST_1,
+    "train.epochs": AT_LEAST_1,
+    "train.batch_size": AT_LEAST_1,
+    "train.eval_batch_size": AT_LEAST_1,
+    "train.seed": AT_LEAST_0,
+    "train.checkpoint_every_steps": AT_LEAST_0,
+    "train.eval_every": AT_LEAST_1,
+    "train.log_every": AT_LEAST_1,
+    "train.max_steps": AT_LEAST_1,
 }
+
+
+def validate(config: "Config") -> "Config":
+    """Checks every value of ``config`` against its allowed range or choices, and the values
+    that constrain each other; raises :class:`ConfigError` naming the key, the value and what
+    is allowed. Called whenever a config is built, before any work starts."""
+    flat = flatten(config.to_dict())
+    problems = []
+    for key, allowed in RANGES.items():
+        value = flat[key]
+        if value is not None and value not in allowed:
+            problems.append(f"{key}={value!r} is out of range (allowed: {allowed})")
+    for key, choices in _choices().items():
+        if flat[key] not in choices:
+            problems.append(f"{key}={flat[key]!r} is not one of {', '.join(choices)}")
+    from ..nn.options import check_model_options
+
+    try:
+        check_model_options(config.model)
+    except ValueError as error:
+        problems.append(str(error))
+    o, d = config.optim, config.data
+    if o.min_lr > o.lr:
+        problems.append(f"optim.min_lr={o.min_lr!r} exceeds optim.lr={o.lr!r}")
+    if d.short_side is not None and d.short_side < d.crop_size:
+        problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return config
 
 
 def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -189,8 +302,6 @@ def _coerce(key: str, value: Any, annotation) -> Any:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} expects a string, got {value!r}")
         value = str(value)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ConfigError(f"{key} must be one of {CHOICES[key]}, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover
 
@@ -263,4 +374,4 @@ def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = 
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         set_value(config, key.strip(), yaml.safe_load(value) if value.strip() else "", source="--set")
-    return config
+    return validate(config)

@@ -1,12 +1,12 @@
 """Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import HAA500, FineGym, SynthGym, VideoCSV, VideoFolder, eval_transform, train_transform
+from ..data import HAA500, FineGym, SynthGym, VideoCSV, VideoFolder, collate_clips, eval_transform, train_transform
 from .config import Config, ConfigError
 from .distributed import DistributedContext, ResumableSampler
 
@@ -40,8 +40,26 @@ class EpochSeeded(Dataset):
         return getattr(self.dataset, name)
 
 
-def build_dataset(config: Config, split: str, *, train: bool) -> Dataset:
-    """The dataset of ``split`` with the train or test transform of the config."""
+def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]] = None) -> Dataset:
+    """The dataset of ``split`` with the train or test transform of the config.
+
+    ``classes`` (the training split's class names, or a checkpoint's) fixes the label of
+    every class name: a split whose classes disagree with them raises an error naming the
+    class, never renumbers labels silently.
+    """
+    dataset = _build_dataset(config, split, train=train, classes=classes)
+    if classes is not None:
+        found = class_names(dataset)
+        if found is not None and list(found) != list(classes):
+            differ = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(classes, found)) if a != b][:3]
+            raise ConfigError(
+                f"split {split!r} of {config.data.dataset!r} has {len(found)} classes that do not match the "
+                f"{len(classes)} expected (training split or checkpoint)"
+                + (f"; first differences: {', '.join(differ)}" if differ else ""))
+    return dataset
+
+
+def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]]) -> Dataset:
     d = config.data
     if train:
         transform = train_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
@@ -55,25 +73,25 @@ def build_dataset(config: Config, split: str, *, train: bool) -> Dataset:
         sizes = {"train": d.synth_train, "val": d.synth_val, "test": d.synth_test}
         if split not in sizes:
             raise ConfigError(f"SynthGym has splits {sorted(sizes)}, got {split!r}")
-        return SynthGym(split, size=d.synth_size, num_classes=d.num_classes, seed=config.train.seed,
+        return SynthGym(split, size=d.synth_size, num_classes=d.num_classes, seed=d.seed,
                         length=sizes[split], long_tail=d.synth_long_tail, **common)
     if d.root is None:
         raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
     video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)
     if d.dataset == "finegym":
         return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
-                       holdout_seed=config.train.seed, **video)
+                       holdout_seed=d.seed, **video)
     if d.dataset == "haa500":
         return HAA500(d.root, split, **video)
     if d.dataset == "csv":
         csv_path = {"train": d.train_csv, "val": d.val_csv, "test": d.test_csv}.get(split)
         if csv_path is None:
             raise ConfigError(f"data.{split}_csv must be set for dataset 'csv'")
-        return VideoCSV(csv_path, d.root, **video)
+        return VideoCSV(csv_path, d.root, classes=classes, **video)
     if d.dataset == "folder":
         import os
 
-        return VideoFolder(os.path.join(d.root, split), **video)
+        return VideoFolder(os.path.join(d.root, split), classes=classes, **video)
     raise ConfigError(f"unknown dataset {d.dataset!r}")  # pragma: no cover (validated by the config)
 
 
@@ -83,7 +101,7 @@ def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, co
     (dropout, ...) untouched, which an exact resume needs."""
     workers = config.data.num_workers
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
                       pin_memory=device.type == "cuda", drop_last=False, generator=generator,
                       persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
 

@@ -2,7 +2,7 @@ r"""Classification metrics from exact counts: Top-1, Top-5, mean class accuracy.
 
 :class:`ClassificationMeter` accumulates a confusion matrix and Top-k hit
 counts (integers, so sums across processes are exact). Mean class accuracy
-(MCA) comes in the two conventions in use (REFERENCE sect. 6):
+(MCA) comes in the two conventions in use:
 
 * ``"present"``: average of per-class recall over classes that occur in the
   ground truth (the authors' code);
@@ -30,6 +30,7 @@ class ClassificationMeter:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.topk = tuple(topk)
+        self.skipped: List[str] = []  # clips that could not be read, hence not scored
         self.reset()
 
     def reset(self) -> None:
@@ -90,7 +91,8 @@ class ClassificationMeter:
         result = {f"top{k}": int(self.topk_hits[i]) / total for i, k in enumerate(self.topk)}
         result["mca"] = self.mean_class_accuracy(mca)
         result["mca_convention"] = mca
-        result["count"] = self.count
+        result["count"] = self.count  # clips scored
+        result["skipped"] = len(self.skipped)  # clips that could not be read
         return result
 
     def per_class_rows(self, class_names: Optional[List[str]] = None) -> List[Dict[str, object]]:

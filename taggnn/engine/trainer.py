@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ..models import TAGNet, build_model
+from ..models import build_model_from_config
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError
 from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
@@ -41,12 +41,13 @@ from .metrics import ClassificationMeter
 logger = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption without changing what is computed.
+# A lower ``optim.lr`` (and a gradient clip) may be set to continue a run that diverged.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.num_workers", "train.log_every",
-                     "train.checkpoint_every_steps", "train.eval_batch_size", "name"}
+                     "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr",
+                     "optim.grad_clip"}
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. a non-finite loss); the message says what to do."""
+from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
 
 
 # ------------------------------------------------------------------ building blocks
@@ -71,18 +72,6 @@ def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "fp16":
         return torch.float16
     return torch.bfloat16  # "auto" and "bf16"
-
-
-def build_model_from_config(config: Config, num_classes: int) -> TAGNet:
-    m, d = config.model, config.data
-    return build_model(
-        m.backbone, num_classes, num_frames=d.num_frames, crop_size=d.crop_size, weights=m.weights,
-        freeze_backbone=m.freeze_backbone, num_layers=m.num_layers, num_heads=m.num_heads, ffn_dim=m.ffn_dim,
-        dropout=m.dropout, norm_first=m.norm_first, use_transformer=m.use_transformer, intra=m.intra,
-        temporal=m.temporal, propagation=m.propagation, K=m.K, alpha=m.alpha, backend=m.backend,
-        num_graph_layers=m.num_graph_layers, pre_classifier_norm=m.pre_classifier_norm,
-        head_dropout=m.head_dropout, pos_init_std=m.pos_init_std, embed_dim=m.embed_dim,
-    )
 
 
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -135,9 +124,12 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
     sampler = eval_sampler(dataset, context)
     cfg = config or Config()
     loader = make_loader(dataset, sampler, batch_size, cfg, device)
-    logits_all = []
+    logits_all, skipped = [], []
     iterator = tqdm(loader, desc="eval", unit="batch", leave=False, disable=not (progress and context.is_main))
-    for clips, labels in iterator:
+    for clips, labels, batch_skipped in iterator:
+        skipped += batch_skipped
+        if clips is None:
+            continue
         clips = clips.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = model(clips)
@@ -146,8 +138,16 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
             logits_all.append(logits.float().cpu())
     confusion = all_reduce_sum(meter.confusion, context)
     hits = all_reduce_sum(meter.topk_hits, context)
+    if context.enabled:  # unreadable clips of every rank
+        gathered: List[Any] = [None] * context.world_size
+        torch.distributed.all_gather_object(gathered, skipped)
+        skipped = [path for part in gathered for path in part]
     meter.reset()
     meter.merge_(confusion, hits)
+    meter.skipped = skipped
+    if skipped and context.is_main:
+        logger.warning("evaluation: %d unreadable clips were skipped and not scored (first: %s)", len(skipped),
+                       ", ".join(skipped[:3]))
     model.train(was_training)
     if collect_logits:
         return meter, torch.cat(logits_all) if logits_all else torch.empty(0, num_classes)
@@ -155,22 +155,31 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
 
 
 def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: Optional[List[str]],
-                     mca: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """metrics_<split>.json, per_class_<split>.csv and (with matplotlib) confusion_<split>.png."""
+                     mca: str, extra: Optional[Dict[str, Any]] = None, *, tag: Optional[str] = None) -> Dict[str, Any]:
+    """metrics_<tag>.json, per_class_<tag>.csv, skipped_<tag>.txt (the unreadable clips, if any) and
+    (with matplotlib) confusion_<tag>.png; ``tag`` defaults to the split's name.
+
+    ``count`` in the metrics is the number of clips scored, ``skipped`` the number that could
+    not be read (and were not scored).
+    """
+    tag = tag or split
     out.mkdir(parents=True, exist_ok=True)
     metrics = meter.compute(mca)
     metrics["mca_present"] = meter.mean_class_accuracy("present")
     metrics["mca_union"] = meter.mean_class_accuracy("union")
+    metrics["split"] = split
     metrics.update(extra or {})
-    (out / f"metrics_{split}.json").write_text(json.dumps(metrics, indent=2))
-    with open(out / f"per_class_{split}.csv", "w", newline="") as f:
+    (out / f"metrics_{tag}.json").write_text(json.dumps(metrics, indent=2))
+    if meter.skipped:
+        (out / f"skipped_{tag}.txt").write_text("\n".join(meter.skipped) + "\n")
+    with open(out / f"per_class_{tag}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy"])
         writer.writeheader()
         writer.writerows(meter.per_class_rows(names))
     try:
         from .plots import save_confusion_matrix
 
-        save_confusion_matrix(meter.confusion, names, out / f"confusion_{split}.png", title=f"{split}")
+        save_confusion_matrix(meter.confusion, names, out / f"confusion_{tag}.png", title=f"{tag}")
     except ImportError:
         logger.info("matplotlib not installed: no confusion-matrix PNG")
     return metrics
@@ -178,18 +187,30 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
 
 # ------------------------------------------------------------------------- train
 
+#: Files a run writes into its folder (an ``--overwrite`` removes exactly these).
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json")
+RUN_PATTERNS = ("metrics_*.json", "per_class_*.csv", "confusion_*.png", "skipped_*.txt")
+LOCK_NAME = ".taggnn.lock"
 
-class _JsonLog:
+
+class JsonLog:
+    """JSON-lines log (and TensorBoard scalars when installed) as a context manager."""
+
     def __init__(self, path: Optional[Path]):
-        self.file = open(path, "a") if path else None
+        self.path = path
+        self.file = None
         self.tensorboard = None
-        if path is not None:
+
+    def __enter__(self) -> "JsonLog":
+        if self.path is not None:
+            self.file = open(self.path, "a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tensorboard = SummaryWriter(str(path.parent / "tensorboard"))
+                self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
             except Exception:  # tensorboard is optional
                 self.tensorboard = None
+        return self
 
     def write(self, record: Dict[str, Any]) -> None:
         if self.file:
@@ -201,11 +222,71 @@ class _JsonLog:
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.tensorboard.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
 
-    def close(self) -> None:
+    def __exit__(self, *exc) -> None:
         if self.file:
             self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+class RunLock:
+    """An exclusive lock file in a run folder: two processes never write into one run.
+
+    A lock left by a process that no longer runs (on this host) is taken over with a warning.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        import os
+        import socket
+
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self.path.read_text().split() if self.path.exists() else []
+                pid, host = (int(owner[0]), owner[1]) if len(owner) == 2 and owner[0].isdigit() else (None, None)
+                if pid is not None and host == socket.gethostname() and not _process_alive(pid):
+                    logger.warning("%s: taking over a stale lock of process %d", self.path, pid)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise TrainingError(
+                    f"{self.path.parent} is in use by another taggnn process ({' on '.join(owner) or 'unknown'}); "
+                    f"wait for it to finish, or remove {self.path} if that process is gone")
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise TrainingError(f"could not lock {self.path}")  # pragma: no cover
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _process_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def existing_run_files(folder: Path) -> List[Path]:
+    folder = Path(folder)
+    found = [folder / name for name in RUN_FILES if (folder / name).exists()]
+    for pattern in RUN_PATTERNS:
+        found += sorted(folder.glob(pattern))
+    return found
 
 
 def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
@@ -213,201 +294,353 @@ def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
     if differences:
         raise ConfigError(
             f"{path} was written by another config; these values differ (checkpoint -> now): "
-            + "; ".join(differences) + ". Resume with the checkpoint's config or start a new run."
-        )
+            + "; ".join(differences) + ". Resume with the checkpoint's config or start a new run.")
 
 
-def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True) -> Dict[str, Any]:
-    """Trains, validates and finally tests a model as configured; returns the summary."""
-    from tqdm import tqdm
+def non_finite_parameters(state: Dict[str, Any]) -> List[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or infinity."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
 
-    context = init_distributed("cuda" if config.train.device.startswith("cuda")
-                               or (config.train.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = resolve_device(config.train.device, context)
-    out = Path(out)
-    if context.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    t = config.train
-    if t.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not t.deterministic
 
-    checkpoint = None
-    if resume is not None:
-        checkpoint = load_checkpoint(resume)
-        _check_resume_config(Config.from_dict(checkpoint["config"], source=str(resume)), config, Path(resume))
+class Trainer:
+    """One training job, in named steps: :meth:`setup`, :meth:`resume`, :meth:`train_epoch`,
+    :meth:`validate`, :meth:`final_test`; :func:`train` runs them in order.
 
-    train_set = EpochSeeded(build_dataset(config, "train", train=True), t.seed)
-    val_set = build_dataset(config, config.data.val_split, train=False)
-    names = class_names(train_set)
-    val_names = class_names(val_set)
-    if names and val_names and len(val_names) > len(names):
-        names = names + val_names[len(names):]  # classes seen only in validation (csv datasets)
-    num_classes = len(names) if names else config.data.num_classes
+    The position (``epoch``, ``batches_done``, ``step``), the best validation score and the
+    best weights (kept in memory, so that every rank tests the same weights without reading a
+    file another rank wrote) are the state a checkpoint saves.
+    """
 
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = build_model_from_config(config, num_classes).to(device)
-    torch.manual_seed(t.seed + 1_000 * context.rank)  # per-rank dropout streams
-    ddp_model: nn.Module = model
-    if context.enabled:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    amp_dtype = autocast_dtype(t.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    def __init__(self, config: Config, out: Path, *, progress: bool = True):
+        self.config, self.out, self.progress = config, Path(out), progress
+        self.epoch = self.batches_done = self.step = 0
+        self.best: Dict[str, Any] = {"top1": -1.0, "epoch": -1}
+        self.best_state: Optional[Dict[str, torch.Tensor]] = None
+        self.last_good: Optional[Dict[str, int]] = None  # position of the last checkpoint written
+        self.history: List[Dict[str, Any]] = []
+        self.skipped_train: List[str] = []
 
-    sampler = ResumableSampler(len(train_set), seed=t.seed, shuffle=True, rank=context.rank,
-                               world_size=context.world_size)
-    batches_per_epoch = math.ceil(len(sampler.indices()) / t.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.optim.accumulate)
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, steps_per_epoch)
+    # ------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        config, t = self.config, self.config.train
+        cuda = t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available())
+        self.context = init_distributed("cuda" if cuda else "cpu")
+        self.device = resolve_device(t.device, self.context)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not t.deterministic
 
-    epoch, batches_done, global_step, best = 0, 0, 0, {"top1": -1.0, "epoch": -1}
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        epoch, batches_done, global_step = checkpoint["epoch"], checkpoint["batches_done"], checkpoint["step"]
-        best = checkpoint.get("best", best)
-        set_rng_state(checkpoint["rng"][min(context.rank, len(checkpoint["rng"]) - 1)])
-        if context.is_main:
-            logger.info("resumed from %s at epoch %d, batch %d, step %d", resume, epoch, batches_done, global_step)
+        self.train_set = EpochSeeded(build_dataset(config, "train", train=True), t.seed)
+        self.names = class_names(self.train_set)
+        self.val_set = build_dataset(config, config.data.val_split, train=False, classes=self.names)
+        self.num_classes = len(self.names) if self.names else config.data.num_classes
 
-    log = _JsonLog(out / "log.jsonl" if context.is_main else None)
-    if context.is_main:
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
-                    config.model.backbone, config.data.dataset, len(train_set), num_classes, t.epochs, device,
-                    context.world_size)
+        torch.manual_seed(t.seed)  # identical initial weights on every rank
+        self.model = build_model_from_config(config, self.num_classes).to(self.device)
+        torch.manual_seed(t.seed + 1_000 * self.context.rank)  # per-rank dropout streams
+        self.ddp_model: nn.Module = self.model
+        if self.context.enabled:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.amp_dtype = autocast_dtype(t.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.sampler = ResumableSampler(len(self.train_set), seed=t.seed, shuffle=True, rank=self.context.rank,
+                                        world_size=self.context.world_size)
+        self.batches_per_epoch = math.ceil(len(self.sampler.indices()) / t.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.optim.accumulate)
+        self.optimizer = build_optimizer(config, self.model)
+        self.scheduler = build_scheduler(config, self.optimizer, self.steps_per_epoch)
 
-    def payload(epoch_: int, batches_: int) -> Dict[str, Any]:
+    # ------------------------------------------------------------ resume
+    def resume(self, path: Path) -> None:
+        """Restores every state of ``path`` (a ``last.pt``); a changed ``optim.lr`` rescales the
+        schedule from the resumed step on (a documented resumable change)."""
+        checkpoint = load_checkpoint(path)
+        saved = Config.from_dict(checkpoint["config"], source=str(path))
+        _check_resume_config(saved, self.config, Path(path))
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.config.optim.lr != saved.optim.lr:
+            scale = self.config.optim.lr / saved.optim.lr
+            self.scheduler.base_lrs = [lr * scale for lr in self.scheduler.base_lrs]
+            for group in self.optimizer.param_groups:
+                group["initial_lr"] = group.get("initial_lr", group["lr"]) * scale
+                group["lr"] *= scale
+            logger.info("resuming with optim.lr %g instead of %g: the schedule is scaled by %g from here",
+                        self.config.optim.lr, saved.optim.lr, scale)
+        self.epoch, self.batches_done, self.step = checkpoint["epoch"], checkpoint["batches_done"], checkpoint["step"]
+        self.best = checkpoint.get("best", self.best)
+        self.last_good = {"epoch": self.epoch, "batches_done": self.batches_done, "step": self.step}
+        set_rng_state(checkpoint["rng"][min(self.context.rank, len(checkpoint["rng"]) - 1)])
+        self.best_state = self._broadcast_best_state(Path(path).parent / "best.pt")
+        if self.context.is_main:
+            logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batches_done,
+                        self.step)
+
+    def _broadcast_best_state(self, best_path: Path) -> Optional[Dict[str, torch.Tensor]]:
+        """The best weights so far, read by the main rank and sent to the others."""
+        state = [load_checkpoint(best_path)["model"] if self.context.is_main and best_path.exists() else None]
+        if self.context.enabled:
+            torch.distributed.broadcast_object_list(state, src=0)
+        return state[0]
+
+    # ------------------------------------------------------- checkpoints
+    def payload(self, epoch: int, batches_done: int) -> Dict[str, Any]:
         states = [rng_state()]
-        if context.enabled:  # every rank's RNG state, so that each resumes its own stream
-            gathered: List[Any] = [None] * context.world_size
+        if self.context.enabled:  # every rank's RNG state, so that each resumes its own stream
+            gathered: List[Any] = [None] * self.context.world_size
             torch.distributed.all_gather_object(gathered, states[0])
             states = gathered
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch_,
-                "batches_done": batches_, "step": global_step, "rng": states, "best": best,
-                "config": config.to_dict(), "classes": names, "num_classes": num_classes}
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
+                "batches_done": batches_done, "step": self.step, "rng": states, "best": self.best,
+                "config": self.config.to_dict(), "classes": self.names, "num_classes": self.num_classes}
 
-    def checkpoint_now(epoch_: int, batches_: int) -> None:
-        data = payload(epoch_, batches_)
-        if context.is_main:
-            save_checkpoint(out / "last.pt", data)
+    def save_last(self, epoch: int, batches_done: int) -> None:
+        """Writes ``last.pt``, unless the weights are no longer finite: then the previous
+        ``last.pt`` (the last finite one) is kept and the run stops saying how to go on."""
+        bad = non_finite_parameters(self.model.state_dict())
+        if broadcast_flag(bool(bad), self.context):
+            raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad[:3]) or 'on a rank'}) "
+                                               f"at step {self.step}"))
+        data = self.payload(epoch, batches_done)
+        if self.context.is_main:
+            save_checkpoint(self.out / "last.pt", data)
+        self.last_good = {"epoch": epoch, "batches_done": batches_done, "step": self.step}
 
-    stopped = False
-    history = []
-    while epoch < t.epochs and not stopped:
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=batches_done * t.batch_size)
-        loader = make_loader(train_set, sampler, t.batch_size, config, device, epoch)
-        model.train()
+    def _diverged(self, what: str) -> str:
+        last = self.out / "last.pt"
+        if self.last_good is None:
+            kept = "no checkpoint was written before it"
+        else:
+            kept = (f"kept the last good checkpoint {last} from step {self.last_good['step']} (epoch {self.last_good['epoch'] + 1}, "
+                    f"batch {self.last_good['batches_done']}), whose weights are finite; continue it with a lower "
+                    f"learning rate: taggnn train --resume {last} --set optim.lr=<lower>")
+        return f"{what}; {kept} (or set optim.grad_clip, or check the data)"
+
+    # ------------------------------------------------------------- epoch
+    def train_epoch(self, log: JsonLog) -> bool:
+        """Trains until the end of the current epoch; returns False when ``train.max_steps``
+        stopped it."""
+        from tqdm import tqdm
+
+        config, t, context = self.config, self.config.train, self.context
+        self.train_set.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch, start=self.batches_done * t.batch_size)
+        loader = make_loader(self.train_set, self.sampler, t.batch_size, config, self.device, self.epoch)
+        self.model.train()
         running_loss, running_correct, running_count = 0.0, 0, 0
         started = time.perf_counter()
-        iterator = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", unit="batch",
-                        total=batches_per_epoch, initial=batches_done, disable=not (progress and context.is_main))
-        for clips, labels in iterator:
-            clips = clips.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            last_of_step = (batches_done + 1) % config.optim.accumulate == 0 or batches_done + 1 == batches_per_epoch
-            sync = nullcontext() if (last_of_step or not context.enabled) else ddp_model.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    logits = ddp_model(clips)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.optim.label_smoothing)
-                if broadcast_flag(not torch.isfinite(loss).item(), context):
-                    log.close()
-                    raise TrainingError(
-                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {batches_done + 1}; "
-                        f"stopped without overwriting the last good checkpoint {out / 'last.pt'} "
-                        f"(lower optim.lr, set optim.grad_clip, or check the data)")
-                scaler.scale(loss / config.optim.accumulate).backward()
-            batches_done += 1
-            running_loss += loss.item() * labels.numel()
-            running_correct += int((logits.argmax(1) == labels).sum())
-            running_count += labels.numel()
+        iterator = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch",
+                        total=self.batches_per_epoch, initial=self.batches_done,
+                        disable=not (self.progress and context.is_main))
+        for clips, labels, skipped in iterator:
+            self.skipped_train += skipped
+            last_of_step = ((self.batches_done + 1) % config.optim.accumulate == 0
+                            or self.batches_done + 1 == self.batches_per_epoch)
+            self.batches_done += 1
+            if broadcast_flag(clips is None, context):  # every clip of a batch unreadable (on some rank)
+                logger.warning("epoch %d, batch %d: no readable clip on some rank, batch skipped", self.epoch + 1,
+                               self.batches_done)
+            else:
+                loss, correct = self._forward_backward(clips, labels, last_of_step)
+                running_loss += loss * labels.numel()
+                running_correct += correct
+                running_count += labels.numel()
             if last_of_step:
-                if config.optim.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                global_step += 1
+                self._optimizer_step()
                 elapsed = time.perf_counter() - started
                 rate = running_count * context.world_size / max(elapsed, 1e-9)
-                iterator.set_postfix(loss=f"{running_loss / running_count:.3f}",
-                                     acc=f"{running_correct / running_count:.3f}", clips_s=f"{rate:.1f}")
-                if context.is_main and global_step % t.log_every == 0:
-                    log.write({"kind": "train", "epoch": epoch + 1, "step": global_step, "loss": loss.item(),
-                               "lr": scheduler.get_last_lr()[0], "clips_per_s": rate})
-                if t.checkpoint_every_steps and global_step % t.checkpoint_every_steps == 0:
-                    checkpoint_now(epoch, batches_done)
-                if t.max_steps is not None and global_step >= t.max_steps:
-                    checkpoint_now(epoch, batches_done)
-                    stopped = True
-                    break
-        if stopped:
-            break
-        record = {"kind": "epoch", "epoch": epoch + 1, "step": global_step,
+                if running_count:
+                    iterator.set_postfix(loss=f"{running_loss / running_count:.3f}",
+                                         acc=f"{running_correct / running_count:.3f}", clips_s=f"{rate:.1f}")
+                if context.is_main and self.step % t.log_every == 0:
+                    log.write({"kind": "train", "epoch": self.epoch + 1, "step": self.step,
+                               "loss": running_loss / max(running_count, 1),
+                               "lr": self.scheduler.get_last_lr()[0], "clips_per_s": rate})
+                if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
+                    self.save_last(self.epoch, self.batches_done)
+                if t.max_steps is not None and self.step >= t.max_steps:
+                    self.save_last(self.epoch, self.batches_done)
+                    return False
+        record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
                   "train_loss": running_loss / max(running_count, 1),
                   "train_top1": running_correct / max(running_count, 1),
                   "epoch_s": time.perf_counter() - started}
-        skipped = getattr(train_set.dataset, "failures", None)
-        if skipped:
-            record["skipped_clips"] = len(skipped)  # counted in this process (num_workers=0 sees them all)
-            logger.warning("epoch %d: %d unreadable clips skipped so far (first: %s)", epoch + 1, len(skipped),
-                           ", ".join(path for path, _ in skipped[:3]))
-        epoch += 1
-        batches_done = 0
-        if epoch % t.eval_every == 0 or epoch == t.epochs:
-            meter = evaluate(model, val_set, batch_size=t.eval_batch_size, device=device, num_classes=num_classes,
-                             context=context, amp_dtype=amp_dtype, config=config, progress=progress)
+        if self.skipped_train:
+            record["skipped_clips"] = len(self.skipped_train)
+            logger.warning("epoch %d: %d unreadable training clips skipped so far (first: %s)", self.epoch + 1,
+                           len(self.skipped_train), ", ".join(self.skipped_train[:3]))
+        self.epoch += 1
+        self.batches_done = 0
+        self.history.append(record)
+        return True
+
+    def _forward_backward(self, clips: torch.Tensor, labels: torch.Tensor, last_of_step: bool):
+        config, context = self.config, self.context
+        clips = clips.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        sync = nullcontext() if (last_of_step or not context.enabled) else self.ddp_model.no_sync()
+        with sync:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+                logits = self.ddp_model(clips)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.optim.label_smoothing)
+            if broadcast_flag(not torch.isfinite(loss).item(), context):
+                raise TrainingError(self._diverged(
+                    f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, batch {self.batches_done}"))
+            self.scaler.scale(loss / config.optim.accumulate).backward()
+        return loss.item(), int((logits.argmax(1) == labels).sum())
+
+    def _optimizer_step(self) -> None:
+        o = self.config.optim
+        if any(p.grad is not None for p in self.model.parameters()):
+            if o.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    # -------------------------------------------------------- validation
+    def validate(self, log: JsonLog) -> None:
+        """Validation after an epoch (every ``eval_every``), best weights, ``last.pt``."""
+        t, record = self.config.train, self.history[-1]
+        if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
+            meter = evaluate(self.model, self.val_set, batch_size=t.eval_batch_size, device=self.device,
+                             num_classes=self.num_classes, context=self.context, amp_dtype=self.amp_dtype,
+                             config=self.config, progress=self.progress)
             metrics = meter.compute(t.mca)
             record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            if metrics["top1"] > best["top1"]:
-                best = {"top1": metrics["top1"], "mca": metrics["mca"], "epoch": epoch}
-                data = payload(epoch, 0)
-                if context.is_main:
-                    save_checkpoint(out / "best.pt", data)
-        history.append(record)
-        if context.is_main:
+            if metrics["top1"] > self.best["top1"]:  # the same counts on every rank: all agree
+                self.best = {"top1": metrics["top1"], "mca": metrics["mca"], "epoch": self.epoch}
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                bad = non_finite_parameters(self.best_state)
+                if bad:
+                    raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad[:3])})"))
+                data = self.payload(self.epoch, 0)
+                if self.context.is_main:
+                    save_checkpoint(self.out / "best.pt", data)
+        if self.context.is_main:
             log.write(record)
-            logger.info("epoch %d: loss %.4f, train top-1 %.3f%s", epoch, record["train_loss"], record["train_top1"],
-                        f", val top-1 {record['val_top1']:.3f}, val MCA {record['val_mca']:.3f}"
+            logger.info("epoch %d: loss %.4f, train top-1 %.3f%s", self.epoch, record["train_loss"],
+                        record["train_top1"], f", val top-1 {record['val_top1']:.3f}, val MCA {record['val_mca']:.3f}"
                         if "val_top1" in record else "")
-        checkpoint_now(epoch, 0)
-    barrier(context)
+        self.save_last(self.epoch, 0)
 
-    summary: Dict[str, Any] = {"out": str(out), "epochs_done": epoch, "steps": global_step, "best": best,
-                               "stopped_early": stopped, "history": history}
-    if not stopped and (out / "best.pt").exists():
-        best_state = load_checkpoint(out / "best.pt")
-        model.load_state_dict(best_state["model"])
-        test_set = build_dataset(config, config.data.test_split, train=False)
-        meter = evaluate(model, test_set, batch_size=t.eval_batch_size, device=device, num_classes=num_classes,
-                         context=context, amp_dtype=amp_dtype, config=config, progress=progress)
-        if context.is_main:
-            summary["test"] = write_evaluation(out, config.data.test_split, meter, names, t.mca,
-                                               {"checkpoint": str(out / "best.pt"), "best_epoch": best["epoch"]})
-            logger.info("test (%s, best val epoch %d): top-1 %.4f, top-5 %.4f, MCA (%s) %.4f",
-                        config.data.test_split, best["epoch"], summary["test"]["top1"], summary["test"]["top5"],
-                        t.mca, summary["test"]["mca"])
+    # -------------------------------------------------------- final test
+    def final_test(self) -> Dict[str, Any]:
+        """The test split, once, with the best validation weights (held in memory)."""
+        t = self.config.train
+        if self.best_state is None:
+            return {}
+        self.model.load_state_dict(self.best_state)
+        test_set = build_dataset(self.config, self.config.data.test_split, train=False, classes=self.names)
+        meter = evaluate(self.model, test_set, batch_size=t.eval_batch_size, device=self.device,
+                         num_classes=self.num_classes, context=self.context, amp_dtype=self.amp_dtype,
+                         config=self.config, progress=self.progress)
+        if not self.context.is_main:
+            return {}
+        metrics = write_evaluation(self.out, self.config.data.test_split, meter, self.names, t.mca,
+                                   {"checkpoint": str(self.out / "best.pt"), "best_epoch": self.best["epoch"]})
+        logger.info("test (%s, best val epoch %d): top-1 %.4f, top-5 %.4f, MCA (%s) %.4f, %d clips%s",
+                    self.config.data.test_split, self.best["epoch"], metrics["top1"], metrics["top5"], t.mca,
+                    metrics["mca"], metrics["count"],
+                    f", {metrics['skipped']} unreadable (skipped)" if metrics["skipped"] else "")
+        return metrics
+
+
+def prepare_run_folder(out: Path, *, resume: Optional[Path], overwrite: bool) -> None:
+    """Refuses a folder that already holds a run unless resuming it or overwriting it."""
+    out.mkdir(parents=True, exist_ok=True)
+    existing = existing_run_files(out)
+    if existing and resume is None:
+        if not overwrite:
+            raise TrainingError(
+                f"{out} already holds a run ({', '.join(p.name for p in existing[:4])}); continue it with "
+                f"--resume {out / 'last.pt'}, start over with --overwrite, or choose another --out")
+        for path in existing:
+            path.unlink()
+        logger.warning("--overwrite: removed %d files of the previous run in %s", len(existing), out)
+
+
+def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True,
+          overwrite: bool = False) -> Dict[str, Any]:
+    """Trains, validates and finally tests a model as configured; returns the summary.
+
+    Args:
+        config: The run's configuration (validated).
+        out: The run folder. It must not hold another run unless ``resume`` continues it or
+            ``overwrite`` removes it; a lock file keeps a second process out while this one runs.
+        resume: A ``last.pt`` to continue exactly (the same config, up to
+            :data:`RESUMABLE_CHANGES`).
+        progress: tqdm progress bars.
+        overwrite: Remove the files of a previous run in ``out`` first.
+    """
+    out = Path(out)
+    trainer = Trainer(config, out, progress=progress)
+    trainer.setup()
+    context = trainer.context
+    lock = RunLock(out) if context.is_main else nullcontext()
     if context.is_main:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.close()
+        prepare_run_folder(out, resume=resume, overwrite=overwrite)
+    barrier(context)
+    with lock:
+        if resume is not None:
+            trainer.resume(Path(resume))
+        t = config.train
+        finished_before = trainer.epoch >= t.epochs
+        if finished_before and context.is_main:
+            logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
+        with JsonLog(out / "log.jsonl" if context.is_main else None) as log:
+            if context.is_main:
+                (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
+                            config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
+                            t.epochs, trainer.device, context.world_size)
+            stopped = False
+            while trainer.epoch < t.epochs:
+                if not trainer.train_epoch(log):
+                    stopped = True
+                    break
+                trainer.validate(log)
+        barrier(context)
+        summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
+                                   "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
+                                   "already_finished": finished_before}
+        if trainer.skipped_train:
+            summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
+        if stopped:
+            summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) before the "
+                                       f"last epoch; continue with --resume {out / 'last.pt'} to finish and test")
+            if context.is_main:
+                logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
+        else:
+            test = trainer.final_test()
+            if test:
+                summary["test"] = test
+        if context.is_main:
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def load_trained(checkpoint_path: Path, device: torch.device, overrides: Optional[Config] = None):
-    """Model (eval mode), config and class names from a taggnn checkpoint."""
+    """Model (eval mode), config and class names from a taggnn checkpoint.
+
+    The checkpoint holds every weight: ``model.weights`` is never read again (the file may
+    have moved, or be a URL). Non-finite weights are refused.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
+    bad = non_finite_parameters(checkpoint["model"])
+    if bad:
+        raise CheckpointError(f"{checkpoint_path}: {len(bad)} weight tensors hold NaN or infinity "
+                              f"(first: {', '.join(bad[:3])}); this model cannot give meaningful scores")
     config = overrides or Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
-    model = build_model_from_config(config, checkpoint["num_classes"])
+    model = build_model_from_config(config, checkpoint["num_classes"], load_weights=False)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

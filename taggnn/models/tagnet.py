@@ -1,7 +1,8 @@
 r"""TAGNet: a 3D backbone with TAG-Head on top."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import inspect
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -111,3 +112,26 @@ def build_model(
     grid = feature_extractor.feature_grid(num_frames, height, width)
     head = TAGHead(feature_extractor.out_channels, num_classes, grid, **head_options)
     return TAGNet(feature_extractor, head, freeze_backbone=freeze_backbone)
+
+
+def head_options(model_config: Any) -> dict:
+    """The :class:`~taggnn.nn.TAGHead` keyword options held by a ``ModelConfig``-like object:
+    every field whose name is a keyword parameter of ``TAGHead`` (the head's signature is the
+    one list of its options)."""
+    parameters = inspect.signature(TAGHead.__init__).parameters
+    names = [name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return {name: getattr(model_config, name) for name in names if hasattr(model_config, name)}
+
+
+def build_model_from_config(config: Any, num_classes: int, *, load_weights: bool = True) -> TAGNet:
+    """The model of a :class:`~taggnn.engine.config.Config`.
+
+    ``load_weights=False`` builds the architecture without reading ``model.weights`` (for a
+    checkpoint, which holds every weight itself).
+    """
+    m, d = config.model, config.data
+    return build_model(
+        m.backbone, num_classes, num_frames=d.num_frames, crop_size=d.crop_size,
+        weights=m.weights if load_weights else None, freeze_backbone=m.freeze_backbone,
+        **head_options(m),
+    )

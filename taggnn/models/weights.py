@@ -28,16 +28,17 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-IG65M_MEAN = (0.43216, 0.394666, 0.37645)
-IG65M_STD = (0.22803, 0.22145, 0.216989)
-KINETICS_MEAN = IG65M_MEAN  # torchvision video ResNets use the same statistics
-KINETICS_STD = IG65M_STD
-SLOWFAST_MEAN = (0.45, 0.45, 0.45)
-SLOWFAST_STD = (0.225, 0.225, 0.225)
+from ..data.constants import (  # noqa: F401  (re-exported for the weights entries)
+    IG65M_MEAN,
+    IG65M_STD,
+    KINETICS_MEAN,
+    KINETICS_STD,
+    SLOWFAST_MEAN,
+    SLOWFAST_STD,
+)
 
 
-class WeightsError(RuntimeError):
-    """A weights file cannot be fetched, verified or loaded into a model."""
+from ..errors import WeightsError  # noqa: E402  (re-exported: taggnn.models.WeightsError)
 
 
 @dataclass(frozen=True)

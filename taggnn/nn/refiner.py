@@ -26,6 +26,22 @@ SUPPORTED_BACKENDS: Dict[str, Tuple[str, ...]] = {
 }
 
 
+def check_refiner_options(propagation: str, backend, *, key_prefix: str = "") -> str:
+    """Validates a (propagation, back-end) pair; returns the back-end to use."""
+    if propagation not in PROPAGATIONS:
+        raise ValueError(f"{key_prefix}propagation must be one of {', '.join(PROPAGATIONS)}, got {propagation!r}")
+    if backend is None:
+        backend = default_backend(propagation)
+    if backend not in BACKENDS:
+        raise ValueError(f"{key_prefix}backend must be one of {', '.join(BACKENDS)} or None, got {backend!r}")
+    if backend not in SUPPORTED_BACKENDS[propagation]:
+        raise ValueError(
+            f"{key_prefix}propagation {propagation!r} supports backends "
+            f"{SUPPORTED_BACKENDS[propagation]}, got {backend!r}"
+        )
+    return backend
+
+
 def default_backend(propagation: str) -> str:
     """The back-end used when ``backend=None``: the fastest exact one."""
     return SUPPORTED_BACKENDS[propagation][0]
@@ -100,17 +116,7 @@ class GraphRefiner(nn.Module):
         super().__init__()
         if not isinstance(graph, SpatioTemporalGraph):
             raise TypeError(f"graph must be a SpatioTemporalGraph, got {type(graph).__name__}")
-        if propagation not in PROPAGATIONS:
-            raise ValueError(f"propagation must be one of {PROPAGATIONS}, got {propagation!r}")
-        if backend is None:
-            backend = default_backend(propagation)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS} or None, got {backend!r}")
-        if backend not in SUPPORTED_BACKENDS[propagation]:
-            raise ValueError(
-                f"propagation {propagation!r} supports backends "
-                f"{SUPPORTED_BACKENDS[propagation]}, got {backend!r}"
-            )
+        backend = check_refiner_options(propagation, backend)
         if backend == "sparse_tensor":
             require_torch_sparse("backend='sparse_tensor'")
         if isinstance(K, bool) or not isinstance(K, int) or K < 0:

@@ -7,9 +7,11 @@ from taggnn.data import (
     HAA500,
     AnnotationError,
     FineGym,
+    SkippedClip,
     VideoCSV,
     VideoError,
     VideoFolder,
+    collate_clips,
     eval_transform,
     sample_indices,
 )
@@ -154,7 +156,7 @@ def test_video_folder(haa_root):
         VideoFolder(haa_root / "nothing")
 
 
-def test_on_error_skip_counts_and_moves_on(haa_root, tmp_path, caplog):
+def test_on_error_skip_drops_the_clip_with_its_label(haa_root, tmp_path, caplog):
     folder = tmp_path / "walk"
     folder.mkdir()
     (folder / "a_broken.mp4").write_bytes(b"\x00" * 100)
@@ -164,10 +166,54 @@ def test_on_error_skip_counts_and_moves_on(haa_root, tmp_path, caplog):
         strict[0]
     lenient = VideoFolder(tmp_path, num_frames=4, on_error="skip")
     with caplog.at_level(logging.WARNING):
-        clip, label = lenient[0]
+        skipped = lenient[0]
+    assert isinstance(skipped, SkippedClip) and skipped.path.endswith("a_broken.mp4")
+    clip, label = lenient[1]
     assert [read_index(f) for f in clip] == [1, 4, 7, 10]
     assert len(lenient.failures) == 1 and lenient.failures[0][0].endswith("a_broken.mp4")
     assert "skipping unreadable clip" in caplog.text
+
+
+def test_skipped_clips_never_take_another_clips_label(tmp_path):
+    """Regression: 8 clips with labels 0..7, 4 truncated; the readable clips keep their own labels."""
+    rows = ["FileName,Class,TotalFrames,ClassEncoded"]
+    for i in range(8):
+        path = write_index_video(tmp_path / f"clip{i}.mp4", 16)
+        if i % 2 == 0:  # truncate: keep the header only
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 8])
+        rows.append(f"clip{i}.mp4,class{i},16,{i}")
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    dataset = VideoCSV(tmp_path / "split.csv", tmp_path, num_frames=8, on_error="skip")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate_clips)
+    clips, labels, skipped = next(iter(loader))
+    assert labels.tolist() == [1, 3, 5, 7]
+    assert clips.shape[0] == 4
+    assert sorted(p.rsplit("/", 1)[1] for p in skipped) == ["clip0.mp4", "clip2.mp4", "clip4.mp4", "clip6.mp4"]
+
+
+def test_folder_splits_take_the_training_classes(tmp_path):
+    for split, names in (("train", ["a", "b", "c"]), ("test", ["a", "c"])):
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            write_index_video(tmp_path / split / name / "v.mp4", 4)
+    train = VideoFolder(tmp_path / "train", num_frames=2)
+    test = VideoFolder(tmp_path / "test", num_frames=2, classes=train.classes)
+    assert test.classes == ["a", "b", "c"] and test.targets == [0, 2]  # "c" keeps label 2
+    assert VideoFolder(tmp_path / "test", num_frames=2).targets == [0, 1]  # what numbering per split would do
+    (tmp_path / "test" / "zebra").mkdir()
+    write_index_video(tmp_path / "test" / "zebra" / "v.mp4", 4)
+    with pytest.raises(AnnotationError, match="class 'zebra' is not one of the 3 training classes"):
+        VideoFolder(tmp_path / "test", num_frames=2, classes=train.classes)
+
+
+def test_csv_files_must_number_classes_alike(tmp_path):
+    write_index_video(tmp_path / "v.mp4", 4)
+    (tmp_path / "train.csv").write_text("FileName,Class,TotalFrames,ClassEncoded\nv.mp4,run,4,0\nv.mp4,jump,4,1\n")
+    (tmp_path / "test.csv").write_text("FileName,Class,TotalFrames,ClassEncoded\nv.mp4,jump,4,0\n")
+    train = VideoCSV(tmp_path / "train.csv", tmp_path, num_frames=2)
+    with pytest.raises(AnnotationError, match=r"test\.csv:2: ClassEncoded 0 is 'jump' here but 'run' in the training"):
+        VideoCSV(tmp_path / "test.csv", tmp_path, num_frames=2, classes=train.classes)
 
 
 def test_random_sampling_with_seed_is_reproducible(haa_root):
