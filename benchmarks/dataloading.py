@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from taggnn.data import VideoFolder, eval_transform, load_clip, write_video
 
-from ._common import describe_environment, environment, format_table, write_json
+from ._common import describe_environment, environment, format_table, pick_device, write_json
 
 
 def make_clips(folder: Path, count: int, height: int, width: int, seed: int = 0):
@@ -77,14 +77,14 @@ def loader_rate(dataset, workers: int, batch_size: int = 4) -> float:
     return count / (time.perf_counter() - start)
 
 
-def demo_step_rate(batch_size: int = 8, steps: int = 5) -> float:
+def demo_step_rate(batch_size: int = 8, steps: int = 5, device: torch.device = torch.device("cpu")) -> float:
     from taggnn.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("r2plus1d_tiny", 12, num_frames=16, crop_size=64, num_heads=4, ffn_dim=256)
+    model = build_model("r2plus1d_tiny", 12, num_frames=16, crop_size=64, num_heads=4, ffn_dim=256).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    video = torch.randn(batch_size, 3, 16, 64, 64)
-    labels = torch.randint(12, (batch_size,))
+    video = torch.randn(batch_size, 3, 16, 64, 64, device=device)
+    labels = torch.randint(12, (batch_size,), device=device)
 
     def step():
         optimizer.zero_grad()
@@ -104,8 +104,10 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=456)
     parser.add_argument("--out", type=Path, default=Path("results/dataloading.json"))
+    parser.add_argument("--device", default="cpu", help="where the demo training step (the consumer) runs")
     args = parser.parse_args(argv)
-    env = environment(torch.device("cpu"))
+    device = pick_device(args.device)
+    env = environment(device)
     with tempfile.TemporaryDirectory() as tmp:
         paths, lengths = make_clips(Path(tmp), args.clips, args.height, args.width)
         full = clips_per_second(full_decode, paths)
@@ -126,7 +128,7 @@ def main(argv=None) -> None:
             dataset = VideoFolder(small, num_frames=16, transform=eval_transform(64, short_side=64))
             rate = loader_rate(dataset, workers, batch_size=8)
             rows.append({"method": f"DataLoader 16x64x64 (demo input), workers={workers}", "clips_per_s": rate})
-        demo = demo_step_rate()
+        demo = demo_step_rate(device=device)
         rows.append({"method": "CPU demo training step (consumer), batch 8", "clips_per_s": demo})
     print(describe_environment(env))
     print(f"{args.clips} clips of {lengths.min()}-{lengths.max()} frames at {args.width}x{args.height}, H.264")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from taggnn.data.synthgym import SynthGym
 from taggnn.models import build_model
 
-from ._common import describe_environment, environment, format_table, write_json
+from ._common import describe_environment, environment, format_table, pick_device, write_json
 
 MEAN = torch.tensor([0.45, 0.45, 0.45]).view(1, 3, 1, 1, 1)
 STD = torch.tensor([0.225, 0.225, 0.225]).view(1, 3, 1, 1, 1)
@@ -49,13 +49,13 @@ def single_frame(clips: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def train_and_test(train_clips, train_labels, test_clips, test_labels, *, static: bool, epochs: int,
-                   batch_size: int, seed: int, **head_options):
+                   batch_size: int, seed: int, device: torch.device = torch.device("cpu"), **head_options):
     """Trains the tiny model on pre-rendered clips; returns test logits and training seconds."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     options = dict(num_heads=4, ffn_dim=256, dropout=0.1)
     options.update(head_options)
-    model = build_model("r2plus1d_tiny", 16, num_frames=16, crop_size=64, **options)
+    model = build_model("r2plus1d_tiny", 16, num_frames=16, crop_size=64, **options).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     steps = epochs * ((len(train_clips) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps, pct_start=0.15)
@@ -69,7 +69,7 @@ def train_and_test(train_clips, train_labels, test_clips, test_labels, *, static
             if static:
                 clips = single_frame(clips, generator)
             # No horizontal flip: mirroring a clip turns "cw" into "ccw", a different class.
-            loss = F.cross_entropy(model(to_input(clips)), train_labels[index])
+            loss = F.cross_entropy(model(to_input(clips).to(device)), train_labels[index].to(device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -82,7 +82,7 @@ def train_and_test(train_clips, train_labels, test_clips, test_labels, *, static
             clips = test_clips[i:i + 64]
             if static:
                 clips = single_frame(clips, torch.Generator().manual_seed(i))
-            logits.append(model(to_input(clips)))
+            logits.append(model(to_input(clips).to(device)).float().cpu())
     logits = torch.cat(logits)
     return logits, train_seconds
 
@@ -120,8 +120,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("results/synthgym.json"))
     parser.add_argument("--sheet", type=Path, default=Path("results/synthgym_contact_sheet.png"))
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     args = parser.parse_args(argv)
-    env = environment(torch.device("cpu"))
+    device = pick_device(args.device)
+    env = environment(device)
 
     train_set, test_set = SynthGym("train", length=args.train), SynthGym("test", length=args.test)
     start = time.perf_counter()
@@ -134,7 +136,8 @@ def main(argv=None) -> None:
     for seed in range(args.seeds):
         for static in (True, False):
             logits, seconds = train_and_test(train_clips, train_labels, test_clips, test_labels, static=static,
-                                             epochs=args.epochs, batch_size=args.batch_size, seed=seed)
+                                             epochs=args.epochs, batch_size=args.batch_size, seed=seed,
+                                             device=device)
             row = {"model": "single-frame control" if static else "temporal (clips)", "seed": seed,
                    **metrics(logits, test_labels), "train_s": seconds}
             rows.append(row)

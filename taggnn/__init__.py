@@ -18,4 +18,5 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["errors", "TaggnnError", "graph", "nn", "SpatioTemporalGraph", "SpatioTemporalGrid", "GraphRefiner", "TAGHead", "__version__"]
+__all__ = ["errors", "TaggnnError", "graph", "nn", "SpatioTemporalGraph", "SpatioTemporalGrid", "GraphRefiner",
+           "TAGHead", "__version__"]

@@ -14,7 +14,7 @@ from typing import Union
 
 __all__ = [
     "TaggnnError", "ConfigError", "VideoError", "AnnotationError", "WeightsError", "CheckpointError",
-    "TrainingError",
+    "TrainingError", "GraphTooLargeError",
 ]
 
 
@@ -62,3 +62,7 @@ class CheckpointError(TaggnnError, ValueError):
 
 class TrainingError(TaggnnError, RuntimeError):
     """The run cannot go on (e.g. a non-finite loss); the message says what to do."""
+
+
+class GraphTooLargeError(TaggnnError, MemoryError):
+    """A graph's edge list would not fit in memory; refused before allocating it."""

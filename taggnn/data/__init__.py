@@ -3,12 +3,12 @@ from .datasets import (
     HAA500,
     AnnotationError,
     ClipBatch,
-    SkippedClip,
-    collate_clips,
     FineGym,
+    SkippedClip,
     VideoClipDataset,
     VideoCSV,
     VideoFolder,
+    collate_clips,
     read_finegym_categories,
     read_split_file,
 )
@@ -19,6 +19,7 @@ from .video import SAMPLINGS, TaggnnError, VideoError, count_frames, load_clip, 
 __all__ = [
     "load_clip", "count_frames", "sample_indices", "write_video", "SAMPLINGS", "VideoError", "TaggnnError",
     "train_transform", "eval_transform", "NORMALIZATIONS",
-    "VideoClipDataset", "SkippedClip", "ClipBatch", "collate_clips", "FineGym", "HAA500", "VideoCSV", "VideoFolder", "AnnotationError",
+    "VideoClipDataset", "SkippedClip", "ClipBatch", "collate_clips", "FineGym", "HAA500", "VideoCSV", "VideoFolder",
+    "AnnotationError",
     "read_finegym_categories", "read_split_file", "SynthGym",
 ]

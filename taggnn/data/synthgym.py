@@ -176,7 +176,8 @@ class SynthGym(Dataset):
     def render(self, index: int) -> np.ndarray:
         """The uint8 clip ``(T, H, W, 3)`` of sample ``index`` (cached if ``cache_dir``)."""
         if self.cache_dir is not None:
-            key = f"v{RENDER_VERSION}_{self.seed}_{self.split}_{index}_{self.num_frames}_{self.size}_{self.labels[index]}"
+            key = (f"v{RENDER_VERSION}_{self.seed}_{self.split}_{index}_{self.num_frames}_{self.size}_"
+                   f"{self.labels[index]}")
             path = self.cache_dir / f"{key}.npy"
             if path.exists():
                 return np.load(path)

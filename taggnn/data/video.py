@@ -148,13 +148,19 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
             raise VideoError(path, "has a video stream with no frames")
         wanted = list(indices) if indices is not None else sample_indices(total, num_frames, sampling,
                                                                           generator=generator)
-        if indices is not None and (not wanted or min(wanted) < 0):
-            raise ValueError(f"indices must be non-empty and >= 0, got {wanted}")
+        if indices is not None and (not wanted or min(wanted) < 0 or max(wanted) >= total):
+            raise VideoError(path, f"has {total} frames; frame indices must be in [0, {total - 1}], "
+                                   f"got {min(wanted, default=None)}..{max(wanted, default=None)}")
         rate = stream.average_rate or stream.guessed_rate
         sparse = rate is not None and stream.time_base is not None and total / max(len(set(wanted)), 1) > seek_threshold
         try:
             frames = _decode_by_seeking(container, stream, wanted, Fraction(rate)) if sparse else None
             if frames is None:
+                if sparse:  # seeking failed part-way: decode again from the very first frame
+                    container.close()
+                    container = _open(path)
+                    stream = container.streams.video[0]
+                    stream.thread_type = "AUTO"
                 frames, decoded = _decode_sequentially(container, stream, wanted)
                 if decoded < total and max(wanted) >= decoded:
                     # The header over-counted (or the file is truncated): resample on what is there.
@@ -164,7 +170,9 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
                     if indices is not None:
                         raise VideoError(path, f"has {decoded} decodable frames, index {max(wanted)} requested")
                     wanted = sample_indices(decoded, num_frames, sampling, generator=generator)
-                    container.seek(0)
+                    container.close()
+                    container = _open(path)
+                    stream = container.streams.video[0]
                     frames, _ = _decode_sequentially(container, stream, wanted)
         except av.FFmpegError as error:
             raise VideoError(path, f"is corrupt or truncated ({error})") from error

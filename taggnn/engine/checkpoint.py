@@ -154,5 +154,6 @@ def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] =
                       "values are safe); it was not written by taggnn")
         raise CheckpointError(f"{path}: not a readable taggnn checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise CheckpointError(f"{path}: not a taggnn checkpoint; it looks like {describe_foreign_checkpoint(checkpoint)}")
+        raise CheckpointError(f"{path}: not a taggnn checkpoint; it looks like "
+                              f"{describe_foreign_checkpoint(checkpoint)}")
     return checkpoint

@@ -15,7 +15,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-
 from ..errors import ConfigError  # noqa: E402  (re-exported)
 
 

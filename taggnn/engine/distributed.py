@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from typing import Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -40,7 +40,8 @@ def init_distributed(device_type: str) -> DistributedContext:
         return DistributedContext()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # CPU tensors (confusion matrices, flags) go through gloo even when the model is on CUDA.
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo")
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
 
 

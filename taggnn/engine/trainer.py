@@ -49,7 +49,6 @@ RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.nu
 
 from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
 
-
 # ------------------------------------------------------------------ building blocks
 
 
@@ -416,7 +415,8 @@ class Trainer:
         if self.last_good is None:
             kept = "no checkpoint was written before it"
         else:
-            kept = (f"kept the last good checkpoint {last} from step {self.last_good['step']} (epoch {self.last_good['epoch'] + 1}, "
+            good = self.last_good
+            kept = (f"kept the last good checkpoint {last} from step {good['step']} (epoch {good['epoch'] + 1}, "
                     f"batch {self.last_good['batches_done']}), whose weights are finite; continue it with a lower "
                     f"learning rate: taggnn train --resume {last} --set optim.lr=<lower>")
         return f"{what}; {kept} (or set optim.grad_clip, or check the data)"

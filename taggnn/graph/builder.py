@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 
+from ..errors import GraphTooLargeError
+
 IF_FC = 0
 TAT = 1
 SELF_LOOP = 2
@@ -63,6 +65,34 @@ class GraphSpec:
     @property
     def num_nodes(self) -> int:
         return self.T * self.H * self.W
+
+
+#: Bytes an edge list may take before it is refused (``None``: half the machine's memory).
+#: Each directed edge costs 24 bytes as ``edge_index`` (2 x int64) + ``edge_type`` (int64).
+MAX_EDGE_BYTES: Optional[int] = None
+EDGE_BYTES = 24
+
+
+def _memory_limit() -> int:
+    if MAX_EDGE_BYTES is not None:
+        return MAX_EDGE_BYTES
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # pragma: no cover (non-POSIX)
+        return 8 << 30
+
+
+def check_edge_memory(num_edges: int, what: str) -> None:
+    """Refuses, before allocating, an edge list that would not fit in memory."""
+    needed = num_edges * EDGE_BYTES
+    limit = _memory_limit()
+    if needed > limit:
+        raise GraphTooLargeError(
+            f"{what} has {num_edges:,} directed edges ({needed / 2**20:,.1f} MiB as edge_index + edge_type), "
+            f"over the {limit / 2**20:,.1f} MiB allowed (taggnn.graph.builder.MAX_EDGE_BYTES); use a smaller "
+            f"grid or batch, or the 'structured' back-end, which never builds the edge list")
 
 
 def _check_positive_int(name: str, value) -> int:
@@ -302,6 +332,7 @@ class SpatioTemporalGraph:
         device = _normalise_device(device)
 
         def build():
+            check_edge_memory(self.num_edges, f"the graph of {self.T}x{self.H}x{self.W} tokens")
             if device.type == "cpu":
                 return _build_edges(self.spec)
             edge_index, edge_type = self._edges("cpu")
@@ -373,6 +404,8 @@ class SpatioTemporalGraph:
         device = _normalise_device(device)
 
         def build():
+            check_edge_memory(batch_size * self.num_edges,
+                              f"a batch of {batch_size} graphs of {self.T}x{self.H}x{self.W} tokens")
             edge_index, edge_type = self._edges(device)
             offsets = torch.arange(batch_size, device=device) * self.num_nodes  # (B,)
             batched = edge_index.unsqueeze(0) + offsets.view(-1, 1, 1)  # (B, 2, E)
@@ -469,6 +502,8 @@ class SpatioTemporalGraph:
         return _CACHE.get(key, lambda: self._build_adj(batch_size, normalize, add_self_loops, device, dtype))
 
     def _build_adj(self, batch_size, normalize, add_self_loops, device, dtype) -> Tensor:
+        check_edge_memory(batch_size * (self.num_edges + self.num_nodes),
+                          f"the adjacency of {batch_size} graphs of {self.T}x{self.H}x{self.W} tokens")
         N = self.num_nodes
         edge_index, edge_type = self._edges("cpu")
         keep = edge_type != SELF_LOOP

@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Union
 
 from torch_geometric.data import Data
+from torch_geometric.data.datapipes import functional_transform
 from torch_geometric.transforms import BaseTransform
 
 from .builder import SpatioTemporalGraph
 
 
+@functional_transform("spatio_temporal_grid")
 class SpatioTemporalGrid(BaseTransform):
     r"""Adds the IF-FC / TAT edges of :class:`SpatioTemporalGraph` to a graph
     whose :obj:`x` holds the :math:`T \cdot H \cdot W` tokens of one clip in

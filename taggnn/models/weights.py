@@ -24,10 +24,6 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
-
 from ..data.constants import (  # noqa: F401  (re-exported for the weights entries)
     IG65M_MEAN,
     IG65M_STD,
@@ -36,9 +32,12 @@ from ..data.constants import (  # noqa: F401  (re-exported for the weights entri
     SLOWFAST_MEAN,
     SLOWFAST_STD,
 )
+from ..errors import WeightsError  # noqa: F401  (re-exported: taggnn.models.WeightsError)
 
+logger = logging.getLogger(__name__)
 
-from ..errors import WeightsError  # noqa: E402  (re-exported: taggnn.models.WeightsError)
+PathLike = Union[str, os.PathLike]
+
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 

@@ -76,9 +76,11 @@ class SpatioTemporalPositionalEncoding(nn.Module):
 
     @torch.no_grad()
     def resize(self, grid: Sequence[int]) -> None:
-        """Replaces the table by its interpolation to :obj:`grid` (in place)."""
+        """Replaces the table by its interpolation to :obj:`grid`, in place: the Parameter
+        object stays the same, so an optimizer built before keeps training it (optimizer
+        state of the old shape, e.g. Adam's moments, must be reset by the caller)."""
         grid = _check_grid(grid)
-        self.weight = nn.Parameter(self.interpolate(grid).detach().clone())
+        self.weight.data = self.interpolate(grid).detach().clone()  # same Parameter, new (T', H', W', C) data
         self.grid = grid
 
     def extra_repr(self) -> str:

@@ -222,12 +222,18 @@ class GraphRefiner(nn.Module):
         return h
 
     def layer_outputs(self, x: Tensor):
-        """Yields the output of each GCN/GAT layer, ``(B, N, C)``, before the activation
-        that feeds the next layer (the last one is :meth:`forward`'s result); for analysis
-        of deep stacks (e.g. oversmoothing) without running every depth separately."""
+        """An iterator over the output of each GCN/GAT layer, ``(B, N, C)``, before the
+        activation that feeds the next layer (the last one is :meth:`forward`'s result); for
+        analysis of deep stacks (e.g. oversmoothing) without running every depth separately.
+
+        Bad input raises here, when called, not at the first ``next()``.
+        """
         if self.propagation not in ("gcn", "gat"):
             raise ValueError(f"layer_outputs needs a GCN or GAT stack, this refiner is {self.propagation!r}")
         self._check_input(x)
+        return self._layer_outputs(x)
+
+    def _layer_outputs(self, x: Tensor):
         B, N, C = x.shape
         edge_index = None
         if self.backend == "edge_index":

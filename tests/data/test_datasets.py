@@ -18,10 +18,12 @@ from taggnn.data import (
 
 from .helpers import read_index, write_index_video
 
-GYM_CATEGORIES = """Clabel: 0; set: 1; Glabel: 1; (VT) round-off, flic-flac with 0.5 turn on, stretched salto forward with 0.5 turn off
-Clabel: 1; set: 1; Glabel: 2; (VT) round-off, flic-flac on, stretched salto backward with 1 turn off
+GYM_CATEGORIES = (
+    "Clabel: 0; set: 1; Glabel: 1; (VT) round-off, flic-flac with 0.5 turn on, "
+    "stretched salto forward with 0.5 turn off\n"
+    """Clabel: 1; set: 1; Glabel: 2; (VT) round-off, flic-flac on, stretched salto backward with 1 turn off
 Clabel: 2; set: 21; Glabel: 8; (FX) switch leap with 0.5 turn
-"""
+""")
 IDS = ["A0xAXXysHUo_E_002184_002237_A_0035_0036", "A0xAXXysHUo_E_002184_002237_A_0040_0042",
        "B1yBYYztIVp_E_000100_000150_A_0001_0003", "B1yBYYztIVp_E_000100_000150_A_0010_0012"]
 
@@ -70,7 +72,8 @@ def test_finegym_missing_clips_are_reported(gym_root, tmp_path, caplog):
 
 @pytest.mark.parametrize("content,message", [
     ("Clabel: 0; set: 1; Glabel: 1; (VT) a\nClabel 1 set 1 (VT) b\n", r"gym99_categories\.txt:2: expected 'Clabel"),
-    ("Clabel: 0; set: 1; Glabel: 1; (VT) a\nClabel: 0; set: 1; Glabel: 1; (VT) b\n", r":2: class label 0 appears twice"),
+    ("Clabel: 0; set: 1; Glabel: 1; (VT) a\nClabel: 0; set: 1; Glabel: 1; (VT) b\n",
+     r":2: class label 0 appears twice"),
 ])
 def test_malformed_categories(tmp_path, content, message):
     (tmp_path / "annotations").mkdir()
@@ -94,7 +97,8 @@ def test_malformed_split_lines(gym_root, tmp_path, line, message):
 def test_finegym_bad_arguments(gym_root, tmp_path):
     with pytest.raises(ValueError, match="num_classes must be 99 or 288"):
         FineGym(gym_root, num_classes=100)
-    with pytest.raises(FileNotFoundError, match=r"gym288_val_element\.txt not found \(see datasets/finegym/README\.md\)"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"gym288_val_element\.txt not found \(see datasets/finegym/README\.md\)"):
         FineGym(gym_root, num_classes=288, version="v1.0", split="val")
 
 
@@ -139,7 +143,8 @@ def test_video_csv_round_trip_and_errors(haa_root, tmp_path):
     assert dataset[2][0].shape == (4, 48, 80, 3)
 
     (tmp_path / "header.csv").write_text("path,label\nx.mp4,0\n")
-    with pytest.raises(AnnotationError, match=r"header\.csv:1: expected the header FileName,Class,TotalFrames,ClassEncoded"):
+    with pytest.raises(AnnotationError,
+                       match=r"header\.csv:1: expected the header FileName,Class,TotalFrames,ClassEncoded"):
         VideoCSV(tmp_path / "header.csv", video_root)
     (tmp_path / "bad.csv").write_text(rows[0] + "\n" + rows[1] + "\nonly,two\n")
     with pytest.raises(AnnotationError, match=r"bad\.csv:3: expected 4 columns, got 2"):

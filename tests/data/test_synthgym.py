@@ -53,7 +53,8 @@ def pose_histogram(label, draws=300, frames=16):
     points = []
     t = (np.arange(frames) + 0.5) / frames
     for k in range(draws):
-        joints = _joints(_pose(label, np.random.default_rng([11, label, k]), t), np.array([1.0, 0.45, 0.42, 0.55, 0.55]))
+        pose = _pose(label, np.random.default_rng([11, label, k]), t)
+        joints = _joints(pose, np.array([1.0, 0.45, 0.42, 0.55, 0.55]))
         points.append((joints - 0.5 * (joints[:, 0:1] + joints[:, 1:2])).reshape(-1, 2))
     points = np.concatenate(points)
     hist, _, _ = np.histogram2d(points[:, 0], points[:, 1], bins=12, range=[[-2, 2], [-2, 2]])

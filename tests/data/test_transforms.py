@@ -45,7 +45,8 @@ def test_bad_arguments():
         train_transform(112, style="mmaction")
     with pytest.raises(ValueError, match="normalization must be one of"):
         eval_transform(112, normalization="cifar")
-    with pytest.raises(ValueError, match=r"expected a clip of shape \(T, H, W, 3\) or \(T, 3, H, W\), got \(8, 4, 64, 64\)"):
+    with pytest.raises(ValueError,
+                       match=r"expected a clip of shape \(T, H, W, 3\) or \(T, 3, H, W\), got \(8, 4, 64, 64\)"):
         eval_transform(32)(torch.zeros(8, 4, 64, 64, dtype=torch.uint8))
 
 

@@ -126,3 +126,25 @@ def test_audio_only_file(tmp_path):
             container.mux(packet)
     with pytest.raises(VideoError, match=r"audio\.m4a: has no video stream \(streams: audio\)"):
         load_clip(path, 8)
+
+
+def test_out_of_range_indices_raise_video_error(videos):
+    path = videos["long"]
+    with pytest.raises(VideoError, match=r"frame indices must be in \[0, "):
+        load_clip(path, 2, indices=[0, 10_000])
+
+
+def test_failed_seeking_falls_back_to_decoding_from_the_first_frame(videos, monkeypatch):
+    import taggnn.data.video as video
+
+    path = videos["long"]
+
+    def seek_then_give_up(container, stream, wanted, rate):
+        for index, _ in enumerate(container.decode(stream)):  # part-way through the file
+            if index == 300:
+                return None
+
+    monkeypatch.setattr(video, "_decode_by_seeking", seek_then_give_up)
+    total = video.count_frames(path)
+    clip = load_clip(path, 4, seek_threshold=0)
+    assert [read_index(f) for f in clip] == sample_indices(total, 4)

@@ -163,3 +163,17 @@ def test_bad_modes_and_inputs():
         g.batch(torch.randn(8, 4))
     with pytest.raises(ValueError, match="got \\(2, 9, 4\\)"):
         g.batch(torch.randn(2, 9, 4))
+
+
+def test_graphs_too_large_for_memory_are_refused_with_their_size(monkeypatch):
+    import taggnn.graph.builder as builder
+    from taggnn.errors import GraphTooLargeError
+
+    monkeypatch.setattr(builder, "MAX_EDGE_BYTES", 1 << 20)  # 1 MiB
+    graph = SpatioTemporalGraph(8, 14, 14)  # 8*196*195 + 2*7*196 = 308,504 edges, 7 MiB
+    with pytest.raises(GraphTooLargeError, match=r"308,504 directed edges \(7.1 MiB.*1.0 MiB allowed.*MAX_EDGE_BYTES"):
+        graph.edge_index_on("cpu")
+    small = SpatioTemporalGraph(2, 3, 3)
+    small.edge_index_on("cpu")
+    with pytest.raises(GraphTooLargeError, match="a batch of 20000 graphs"):
+        small.batched_edges(20000)

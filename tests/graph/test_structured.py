@@ -5,7 +5,8 @@ from taggnn.graph import SpatioTemporalGraph, structured_appnp, structured_propa
 
 
 @pytest.mark.parametrize("grid", [(1, 1, 1), (1, 3, 3), (4, 1, 1), (3, 2, 3), (5, 4, 2)])
-@pytest.mark.parametrize("intra,temporal", [("full", "aligned"), ("full", "none"), ("none", "aligned"), ("none", "none")])
+@pytest.mark.parametrize("intra,temporal",
+                         [("full", "aligned"), ("full", "none"), ("none", "aligned"), ("none", "none")])
 def test_structured_equals_dense_normalised_adjacency(grid, intra, temporal):
     torch.manual_seed(0)
     g = SpatioTemporalGraph(*grid, intra=intra, temporal=temporal)

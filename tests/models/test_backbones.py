@@ -15,7 +15,8 @@ def test_r2plus1d_34_matches_the_ig65m_release():
     assert backbone.out_channels == 512
 
 
-@pytest.mark.parametrize("frames,size,grid", [(32, 112, (4, 7, 7)), (64, 112, (8, 7, 7)), (16, 128, (2, 8, 8)), (8, 96, (1, 6, 6))])
+@pytest.mark.parametrize("frames,size,grid",
+                         [(32, 112, (4, 7, 7)), (64, 112, (8, 7, 7)), (16, 128, (2, 8, 8)), (8, 96, (1, 6, 6))])
 def test_r2plus1d_34_grids(frames, size, grid):
     assert r2plus1d_34().feature_grid(frames, size, size) == grid
 
@@ -98,7 +99,8 @@ def test_weight_errors_name_keys_and_shapes(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot be read as a PyTorch weights file"):
         build_backbone("r2plus1d_tiny", weights=str(tmp_path / "junk.pth"))
-    with pytest.raises(WeightsError, match=r"unknown weights 'IMAGENET' for backbone 'r2plus1d_34'; known: \['IG65M_CLIP32'"):
+    with pytest.raises(WeightsError,
+                       match=r"unknown weights 'IMAGENET' for backbone 'r2plus1d_34'; known: \['IG65M_CLIP32'"):
         build_backbone("r2plus1d_34", weights="IMAGENET")
 
 

@@ -130,7 +130,8 @@ def test_pre_and_post_norm():
 
 def test_bad_features():
     head = make_head()
-    with pytest.raises(ValueError, match=r"expected backbone features of shape \(B, C=16, T=2, H=3, W=3\), got \(2, 16, 3, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"expected backbone features of shape \(B, C=16, T=2, H=3, W=3\), got \(2, 16, 3, 3\)"):
         head(torch.randn(2, C, 3, 3))
     with pytest.raises(ValueError, match="expected 16 feature channels, got 8"):
         head(torch.randn(2, 8, *GRID))

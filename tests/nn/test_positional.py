@@ -40,3 +40,17 @@ def test_bad_input():
         pe(torch.zeros(1, 8, 3))
     with pytest.raises(ValueError, match="grid must be a"):
         SpatioTemporalPositionalEncoding((2, 2), 4)
+
+
+def test_resize_keeps_the_parameter_object_for_an_existing_optimizer():
+    from taggnn.nn import TAGHead
+
+    head = TAGHead(16, 3, (2, 2, 2), num_heads=2, ffn_dim=8)
+    table = head.pos_embed.weight
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    head.set_grid((4, 2, 2))
+    assert head.pos_embed.weight is table and table.shape == (4, 2, 2, 16)
+    before = table.detach().clone()
+    head(torch.randn(2, 16, 4, 2, 2)).sum().backward()
+    optimizer.step()
+    assert not torch.equal(before, table.detach())

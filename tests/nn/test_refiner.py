@@ -23,7 +23,8 @@ def random_cases(n, seed=0):
 
 
 @pytest.mark.parametrize("backend", EXACT_BACKENDS)
-@pytest.mark.parametrize("case", list(random_cases(12)), ids=lambda c: "{grid}-B{B}-C{C}-K{K}-a{alpha}-{intra}-{temporal}".format(**c))
+@pytest.mark.parametrize("case", list(random_cases(12)),
+                         ids=lambda c: "{grid}-B{B}-C{C}-K{K}-a{alpha}-{intra}-{temporal}".format(**c))
 def test_appnp_backends_equal_pyg_appnp(backend, case):
     torch.manual_seed(1)
     g = SpatioTemporalGraph(*case["grid"], intra=case["intra"], temporal=case["temporal"])
@@ -152,3 +153,19 @@ def test_layer_outputs_end_with_forward(propagation, backend):
     torch.testing.assert_close(outputs[-1], refiner(x))
     with pytest.raises(ValueError, match="layer_outputs needs a GCN or GAT stack, this refiner is 'appnp'"):
         list(GraphRefiner(SpatioTemporalGraph(2, 2, 2)).layer_outputs(x))
+
+
+def test_layer_outputs_validates_when_called():
+    refiner = GraphRefiner(SpatioTemporalGraph(2, 2, 2), propagation="gcn", channels=4)
+    with pytest.raises(ValueError):
+        refiner.layer_outputs(torch.randn(1, 5, 4))  # no next() needed
+
+
+def test_the_pyg_transform_is_registered_functionally():
+    from torch_geometric.data import Data
+
+    from taggnn.graph import SpatioTemporalGrid
+
+    data = Data(x=torch.randn(8, 3))
+    assert SpatioTemporalGrid(2, 2, 2)(data).edge_index.size(1) == SpatioTemporalGraph(2, 2, 2).num_edges
+    assert hasattr(SpatioTemporalGrid, "__call__")

@@ -4,8 +4,6 @@ import json
 import logging
 from pathlib import Path
 
-import pytest
-
 from taggnn.data import FineGym, count_frames, load_clip
 
 from ..data.helpers import read_index, write_index_video
@@ -62,8 +60,10 @@ def test_finegym_prepare_trims_resumes_and_reports(tmp_path, caplog):
     # the result loads as FineGym
     ann = out / "annotations"
     ann.mkdir()
-    (ann / "gym99_categories.txt").write_text("Clabel: 0; set: 1; Glabel: 1; (VT) a\nClabel: 1; set: 1; Glabel: 2; (VT) b\n")
-    (ann / "gym99_val_element.txt").write_text("vidA_E_000002_000006_A_0001_0002 0\nvidA_E_000002_000006_A_0000_0003 1\n")
+    (ann / "gym99_categories.txt").write_text(
+        "Clabel: 0; set: 1; Glabel: 1; (VT) a\nClabel: 1; set: 1; Glabel: 2; (VT) b\n")
+    (ann / "gym99_val_element.txt").write_text(
+        "vidA_E_000002_000006_A_0001_0002 0\nvidA_E_000002_000006_A_0000_0003 1\n")
     assert FineGym(out, "val", num_frames=8)[1][0].shape[0] == 8
 
 
