@@ -58,8 +58,12 @@ GROUPS: Dict[str, List[str]] = {
     "combo": ["arm-kick-crouch", "crouch-kick-arm", "kick-arm-crouch", "arm-crouch-kick"],
 }
 GROUP_NAMES = list(GROUPS)
-SPLITS = {"train": 0, "val": 1, "test": 2}
-DEFAULT_SIZES = {"train": 1600, "val": 320, "test": 640}
+# Each split has its own seed stream. The pretrain_* splits (for coarse-to-fine transfer, the
+# analogue of IG-65M hashtag pretraining) are disjoint from the fine-grained splits.
+SPLITS = {"train": 0, "val": 1, "test": 2, "pretrain_train": 3, "pretrain_val": 4, "pretrain_test": 5}
+DEFAULT_SIZES = {"train": 1600, "val": 320, "test": 640, "pretrain_train": 3200, "pretrain_val": 320,
+                 "pretrain_test": 640}
+LABELS = ("fine", "coarse")
 RENDER_VERSION = 1  # bump when rendering changes, so caches do not mix versions
 
 # Segments of the figure: (joint a, joint b) indices into the joint array.
@@ -77,7 +81,9 @@ class SynthGym(Dataset):
     r"""The SynthGym dataset (see the module docstring for classes and nuisances).
 
     Args:
-        split (str): ``"train"``, ``"val"`` or ``"test"``.
+        split (str): ``"train"``, ``"val"``, ``"test"``, or ``"pretrain_train"``,
+            ``"pretrain_val"``, ``"pretrain_test"`` (clips from seed streams of their
+            own, disjoint from the fine-grained splits: for pretraining).
         num_frames (int, optional): Frames per clip. (default: ``16``)
         size (int, optional): Frame height and width. (default: ``64``)
         num_classes (int, optional): 4, 8, 12 or 16: the first 1-4 groups.
@@ -92,6 +98,10 @@ class SynthGym(Dataset):
         transform (callable, optional): Applied to the uint8 ``(T, H, W, 3)``
             clip, e.g. :func:`~taggnn.data.train_transform`.
         cache_dir (str, optional): Keep rendered clips as ``.npy`` files.
+        labels (str, optional): ``"fine"``: the classes; ``"coarse"``: the
+            groups (label = class // 4, ``classes`` = group names), the
+            coarse labels of a pretraining corpus. Clips are the same.
+            (default: ``"fine"``)
 
     Returns ``(clip, label)`` with ``clip`` uint8 ``(T, H, W, 3)`` unless a
     transform is given.
@@ -99,7 +109,8 @@ class SynthGym(Dataset):
 
     def __init__(self, split: str = "train", *, num_frames: int = 16, size: int = 64, num_classes: int = 16,
                  seed: int = 0, length: Optional[int] = None, long_tail: Optional[float] = None,
-                 transform: Optional[Callable] = None, cache_dir: Optional[os.PathLike] = None):
+                 transform: Optional[Callable] = None, cache_dir: Optional[os.PathLike] = None,
+                 labels: str = "fine"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if num_classes not in (4, 8, 12, 16):
@@ -108,6 +119,8 @@ class SynthGym(Dataset):
             raise ValueError(f"num_frames must be >= 4 to show a move, got {num_frames}")
         if size < 16:
             raise ValueError(f"size must be >= 16 pixels, got {size}")
+        if labels not in LABELS:
+            raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
         if long_tail is not None and not long_tail >= 1:
             raise ValueError(f"long_tail must be an imbalance ratio >= 1 or None, got {long_tail!r}")
         self.split, self.num_frames, self.size, self.seed = split, num_frames, size, seed
@@ -120,7 +133,16 @@ class SynthGym(Dataset):
         self.length = DEFAULT_SIZES[split] if length is None else int(length)
         if self.length < 1:
             raise ValueError(f"length must be >= 1, got {length}")
-        self.labels: List[int] = self._assign_labels()
+        self.labels: List[int] = self._assign_labels()  # fine labels: what is rendered
+        self.label_kind = labels
+        if labels == "coarse":
+            self.fine_classes = self.classes
+            self.classes = list(groups)
+
+    def target(self, index: int) -> int:
+        """The label returned for clip ``index`` (its group with ``labels="coarse"``)."""
+        label = self.labels[index]
+        return label // 4 if self.label_kind == "coarse" else label
 
     # ---------------------------------------------------------------- labels
     def _assign_labels(self) -> List[int]:
@@ -148,15 +170,15 @@ class SynthGym(Dataset):
     @property
     def samples(self) -> List[Tuple[str, int]]:
         """``(name, label)`` pairs; names encode (seed, split, index)."""
-        return [(f"synthgym/{self.seed}/{self.split}/{i:06d}", label) for i, label in enumerate(self.labels)]
+        return [(f"synthgym/{self.seed}/{self.split}/{i:06d}", self.target(i)) for i in range(self.length)]
 
     @property
     def targets(self) -> List[int]:
-        return list(self.labels)
+        return [self.target(i) for i in range(self.length)]
 
     @property
     def groups(self) -> List[str]:
-        return GROUP_NAMES[: len(self.classes) // 4]
+        return GROUP_NAMES[: len(getattr(self, "fine_classes", self.classes)) // 4]
 
     def __len__(self) -> int:
         return self.length
@@ -167,7 +189,7 @@ class SynthGym(Dataset):
         clip = torch.from_numpy(self.render(index))
         if self.transform is not None:
             clip = self.transform(clip)
-        return clip, self.labels[index]
+        return clip, self.target(index)
 
     # ------------------------------------------------------------- rendering
     def _rng(self, index: int) -> np.random.Generator:

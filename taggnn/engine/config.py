@@ -43,6 +43,8 @@ class DataConfig:
     synth_test: int = 640
     synth_size: int = 64
     synth_long_tail: Optional[float] = None
+    synth_task: str = "fine"  # fine: the 16 classes | pretrain: the pretrain_* splits with coarse (group) labels
+    features: Optional[str] = None  # a folder written by `taggnn features`: train the head alone on cached features
     seed: int = 0  # the data's own seed: SynthGym's content, FineGym's hold-out (train.seed never changes the data)
     val_split: str = "val"  # the split used for model selection
     test_split: str = "test"  # evaluated once at the end
@@ -70,6 +72,13 @@ class ModelConfig:
     head_dropout: float = 0.0
     pos_init_std: float = 0.02
     embed_dim: Optional[int] = None  # project backbone features to this width first (2048-ch backbones)
+    layer_scale: Optional[float] = None  # LayerScale init of every residual branch (0: the head starts as identity)
+    readout: str = "mean"  # mean (paper) | max | softmax | powermean | attention | set2set
+    post_graph: str = "none"  # none (paper) | ffn: residual per-node MLP after propagation
+    edge_weights: str = "fixed"  # fixed (paper) | learned: one positive weight per edge type
+    graph_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of a torch_geometric.nn conv
+    graph_activation: str = "relu"  # between the layers of a conv stack: relu | elu | gelu | none
+    graph_residual: bool = False  # residual connections in a conv stack
 
 
 @dataclass
@@ -84,6 +93,8 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None  # max global grad norm
     accumulate: int = 1  # gradient accumulation steps
+    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (the paper fine-tunes at 1e-5)
+    no_decay_norm_bias: bool = True  # no weight decay on biases, norm weights, positional table, LayerScale
 
 
 @dataclass
@@ -100,6 +111,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
     mca: str = "present"  # mean class accuracy over classes in the ground truth | union (mmaction2)
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps: for tests
+    export_backbone: bool = False  # also write the best model's backbone weights as backbone.pt (pretraining)
 
 
 @dataclass
@@ -137,6 +149,7 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
         "data.sampling": SAMPLINGS,
         "data.train_sampling": SAMPLINGS,
         "data.on_error": ON_ERROR,
+        "data.synth_task": SYNTH_TASKS,
         "optim.optimizer": OPTIMIZERS,
         "optim.scheduler": SCHEDULERS,
         "train.amp": AMP_MODES,
@@ -146,6 +159,7 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
 
 DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
 ON_ERROR = ("raise", "skip")
+SYNTH_TASKS = ("fine", "pretrain")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -205,6 +219,8 @@ RANGES: Dict[str, Range] = {
     "model.head_dropout": FRACTION,
     "model.pos_init_std": AT_LEAST_0,
     "model.embed_dim": AT_LEAST_1,
+    "model.layer_scale": AT_LEAST_0,
+    "optim.backbone_lr_mult": AT_LEAST_0,
     "optim.lr": POSITIVE,
     "optim.weight_decay": AT_LEAST_0,
     "optim.momentum": FRACTION,
@@ -253,13 +269,14 @@ def validate(config: "Config") -> "Config":
     return config
 
 
-def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+def flatten(values: Dict[str, Any]) -> Dict[str, Any]:
+    """``{"section.key": value}`` of a config dict (mapping-valued keys stay whole)."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
+            flat.update({f"{key}.{sub_key}": sub_value for sub_key, sub_value in value.items()})
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[key] = value
     return flat
 
 
@@ -297,6 +314,14 @@ def _coerce(key: str, value: Any, annotation) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} expects a number, got {value!r}") from None
+    if typing.get_origin(annotation) in (dict, Dict) or annotation in (dict, Dict):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key} expects a mapping like {{heads: 4}}, got {value!r}")
+        return dict(value)
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} expects a string, got {value!r}")

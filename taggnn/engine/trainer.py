@@ -17,7 +17,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,14 +73,37 @@ def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16  # "auto" and "bf16"
 
 
+def parameter_groups(config: Config, model: nn.Module) -> List[Dict[str, Any]]:
+    """Trainable parameters in groups: backbone vs head (``optim.backbone_lr_mult``), and with
+    ``optim.no_decay_norm_bias`` the parameters that take no weight decay (timm's convention:
+    biases, normalisation weights, every 1-D parameter, plus the positional table and anything a
+    module lists in ``no_weight_decay()``)."""
+    o = config.optim
+    skip = set()
+    for module_name, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            skip |= {f"{module_name}.{n}" if module_name else n for n in module.no_weight_decay()}
+    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        in_backbone = name.startswith("backbone.")
+        no_decay = o.no_decay_norm_bias and (parameter.ndim <= 1 or name.endswith(".bias") or name in skip)
+        groups.setdefault((in_backbone, no_decay), []).append(parameter)
+    return [{"params": params, "lr": o.lr * (o.backbone_lr_mult if in_backbone else 1.0),
+             "weight_decay": 0.0 if no_decay else o.weight_decay, "name": f"{'backbone' if in_backbone else 'head'}"
+             f"{', no decay' if no_decay else ''}"}
+            for (in_backbone, no_decay), params in sorted(groups.items())]
+
+
 def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     o = config.optim
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(config, model)
     if o.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
     if o.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=o.lr, weight_decay=o.weight_decay)
-    return torch.optim.SGD(parameters, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def build_scheduler(config: Config, optimizer, steps_per_epoch: int):

@@ -414,7 +414,7 @@ class SpatioTemporalGraph:
 
         return _CACHE.get((self.spec, "batched", batch_size, device), build)
 
-    def batch(self, x: Tensor) -> Batch:
+    def batch(self, x: Tensor, *, edges: bool = True) -> Batch:
         r"""Batches clips that share this graph into one PyG :class:`Batch`.
 
         The result equals ``Batch.from_data_list([Data(x=x[b], edge_index=...,
@@ -424,12 +424,21 @@ class SpatioTemporalGraph:
 
         Args:
             x (torch.Tensor): Node features of shape ``(B, N, C)``.
+            edges (bool, optional): Attach the batched :obj:`edge_index` and
+                :obj:`edge_type`; :obj:`False` gives the nodes only (for
+                consumers that never read the edge list, e.g. the structured
+                propagation on a large grid). (default: :obj:`True`)
         """
         self.check_node_features(x)
         B, N, C = x.shape
         device = x.device
-        edge_index, edge_type = self.batched_edges(B, device)
-        num_edges = self.edge_index_on(device).size(1)
+        if edges:
+            edge_index, edge_type = self.batched_edges(B, device)
+            num_edges = self.edge_index_on(device).size(1)
+        else:
+            edge_index = torch.empty(2, 0, dtype=torch.long, device=device)
+            edge_type = torch.empty(0, dtype=torch.long, device=device)
+            num_edges = 0
 
         def build_index():
             batch_vector = torch.arange(B, device=device).repeat_interleave(N)  # (B*N,)
@@ -440,7 +449,7 @@ class SpatioTemporalGraph:
             return batch_vector, ptr, edge_ptr, incs, zeros
 
         batch_vector, ptr, edge_ptr, incs, zeros = _CACHE.get(
-            (self.spec, "batch_index", B, device), build_index
+            (self.spec, "batch_index", B, device, edges), build_index
         )
         out = Batch(
             x=x.reshape(B * N, C),  # (B*N, C): a view for contiguous x

@@ -106,3 +106,59 @@ def structured_appnp(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float
     if K == 0:
         return x
     return _SymmetricPropagation.apply(x, graph, K, float(alpha))
+
+
+def weighted_degree(graph: SpatioTemporalGraph, weights: Tensor) -> Tensor:
+    r"""Per-frame degrees of the typed graph with one weight per edge type.
+
+    .. math::
+        d_t = w_{\text{loop}} + [\text{IF-FC}]\, w_{\text{IF}} (P - 1)
+        + [\text{TAT}]\, w_{\text{TAT}} (\mathbb{1}[t > 0] + \mathbb{1}[t < T - 1])
+
+    Args:
+        weights (torch.Tensor): ``(3,)`` positive weights of (IF-FC, TAT, self-loop) edges,
+            in the order of the edge types ``IF_FC``, ``TAT``, ``SELF_LOOP``.
+
+    Returns:
+        ``(T,)``, differentiable in ``weights``.
+    """
+    T, P = graph.T, graph.num_sites
+    w_intra, w_temporal, w_loop = weights.unbind()
+    degree = w_loop.expand(T)
+    if graph.intra == "full":
+        degree = degree + w_intra * (P - 1)
+    if graph.temporal == "aligned" and T > 1:
+        neighbours = torch.full((T,), 2.0, dtype=weights.dtype, device=weights.device)
+        neighbours[0] = neighbours[-1] = 1.0
+        degree = degree + w_temporal * neighbours
+    return degree
+
+
+def weighted_propagate(x: Tensor, graph: SpatioTemporalGraph, weights: Tensor) -> Tensor:
+    r""":math:`\hat{A}_w X` with per-edge-type weights :math:`w`, by frame sums and shifts:
+
+    .. math::
+        (\hat{A}_w X)_{t,p} = d_t^{-1/2} \Big( w_{\text{IF}} \sum_{q \neq p} Y_{t,q}
+        + w_{\text{loop}} Y_{t,p} + w_{\text{TAT}} (Y_{t-1,p} + Y_{t+1,p}) \Big),
+        \qquad Y = D^{-1/2} X,
+
+    with :math:`d_t` from :func:`weighted_degree`: the normalisation
+    :math:`D^{-1/2} (W \odot \tilde{M}) D^{-1/2}` of ``gcn_norm`` with edge weights.
+    Plain autograd (gradients reach ``x`` and ``weights``).
+
+    **Shapes:** input :math:`(B, N, C)`, weights :math:`(3,)`, output :math:`(B, N, C)`.
+    """
+    graph.check_node_features(x)
+    B, N, C = x.shape
+    T, P = graph.T, graph.num_sites
+    w_intra, w_temporal, w_loop = weights.to(x.dtype).unbind()
+    d_inv_sqrt = weighted_degree(graph, weights.to(x.dtype)).rsqrt().view(1, T, 1, 1)  # (1, T, 1, 1)
+    y = x.reshape(B, T, P, C) * d_inv_sqrt  # (B, T, P, C)
+    out = w_loop * y
+    if graph.intra == "full":
+        out = out + w_intra * (y.sum(dim=2, keepdim=True) - y)
+    if graph.temporal == "aligned" and T > 1:
+        zero = y.new_zeros(B, 1, P, C)
+        shifted = torch.cat([zero, y[:, :-1]], dim=1) + torch.cat([y[:, 1:], zero], dim=1)  # (B, T, P, C)
+        out = out + w_temporal * shifted
+    return (out * d_inv_sqrt).reshape(B, N, C)

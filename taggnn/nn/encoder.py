@@ -1,6 +1,9 @@
 r"""The token Transformer encoder of TAG-Head."""
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
 from torch import Tensor, nn
 
 
@@ -28,6 +31,11 @@ class TokenTransformer(nn.Module):
         norm_first (bool, optional): Pre-norm blocks. (default: :obj:`True`)
         activation (str, optional): MLP activation, ``"relu"`` (the
             PyTorch default the authors use) or ``"gelu"``. (default: ``"relu"``)
+        layer_scale (float, optional): LayerScale (Touvron et al., "Going deeper with
+            image transformers", ICCV 2021): every residual branch is multiplied by a
+            learnable per-channel vector initialised to this value,
+            :math:`U = Z + \gamma_1 \odot \mathrm{MHA}(\mathrm{LN}(Z))`; ``0`` makes every
+            layer the identity at initialisation. Pre-norm only. (default: :obj:`None`, off)
 
     **Shapes:**
         - **input:** :math:`(B, N, C)`
@@ -44,6 +52,7 @@ class TokenTransformer(nn.Module):
         dropout: float = 0.1,
         norm_first: bool = True,
         activation: str = "relu",
+        layer_scale: Optional[float] = None,
     ):
         super().__init__()
         if num_heads < 1 or channels % num_heads != 0:
@@ -71,13 +80,27 @@ class TokenTransformer(nn.Module):
         self.num_heads = num_heads
         self.ffn_dim = ffn_dim
         self.norm_first = norm_first
+        self.layer_scale = layer_scale
+        if layer_scale is not None:
+            if not norm_first:
+                raise ValueError("layer_scale needs pre-norm blocks (norm_first=True)")
+            # (layers, 2, C): gamma of the attention and MLP branches of every layer
+            self.gammas = nn.Parameter(torch.full((num_layers, 2, channels), float(layer_scale)))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.size(2) != self.channels:
             raise ValueError(f"expected tokens of shape (B, N, C={self.channels}), got {tuple(x.shape)}")
-        for layer in self.layers:
-            x = layer(x)
+        if self.layer_scale is None:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        for layer, gamma in zip(self.layers, self.gammas):
+            x = x + gamma[0] * layer._sa_block(layer.norm1(x), None, None)
+            x = x + gamma[1] * layer._ff_block(layer.norm2(x))
         return x
+
+    def no_weight_decay(self):
+        return {"gammas"} if self.layer_scale is not None else set()
 
     def extra_repr(self) -> str:
         return (

@@ -1,7 +1,7 @@
 r"""TAG-Head: Transformer + spatio-temporal graph head on 3D backbone features."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 from torch_geometric.data import Batch
@@ -9,7 +9,33 @@ from torch_geometric.data import Batch
 from ..graph import SpatioTemporalGraph
 from .encoder import TokenTransformer
 from .positional import SpatioTemporalPositionalEncoding, _check_grid
+from .readout import GraphReadout
 from .refiner import GraphRefiner
+
+POST_GRAPH = ("none", "ffn")
+
+
+class PostGraphFFN(nn.Module):
+    r"""A residual per-node MLP after propagation:
+    :math:`H \leftarrow H + \gamma \odot W_2\, \mathrm{GELU}(W_1 \mathrm{LN}(H))`
+    (:math:`\gamma = 1` unless ``layer_scale`` is set).
+
+    A non-linearity between the graph and a mean readout: the pooled embedding then depends
+    on the propagated features, not only on a fixed weighting of the tokens.
+
+    **Shapes:** input :math:`(*, C)`, output :math:`(*, C)`.
+    """
+
+    def __init__(self, channels: int, hidden: int, *, dropout: float = 0.0, layer_scale: Optional[float] = None):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, channels), nn.Dropout(dropout))
+        self.gamma = nn.Parameter(torch.full((channels,), float(layer_scale))) if layer_scale is not None else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        update = self.mlp(self.norm(x))
+        return x + (update if self.gamma is None else self.gamma * update)
 
 
 class TAGHead(nn.Module):
@@ -22,6 +48,25 @@ class TAGHead(nn.Module):
         H^{(k+1)} &= (1 - \alpha) \hat{A} H^{(k)} + \alpha H^{(0)}, \quad
         H^{(0)} = Z^{(K)} \qquad \text{(APPNP on IF-FC + TAT edges)} \\
         \hat{y} &= W_o \Big( \tfrac{1}{N} \textstyle\sum_n H^{(K_p)}_n \Big) + b_o
+
+    The forward pass is PyG's: the Transformer tokens become a
+    :class:`~torch_geometric.data.Batch` of the clips' graphs (from the cached
+    template of :class:`~taggnn.graph.SpatioTemporalGraph`, no per-clip objects),
+    PyG's :class:`~torch_geometric.nn.conv.APPNP` refines the batch's node
+    features on its cached sparse adjacency, and a
+    :mod:`torch_geometric.nn.aggr` aggregation reads out each graph over the
+    batch's ``batch`` / ``ptr`` vectors.
+
+    .. note::
+        APPNP is linear and the paper's readout is the mean, so with the paper's
+        options the pooled embedding is a *fixed* weighted mean of the
+        Transformer tokens, :math:`\sum_n w_n H^{(0)}_n` with
+        :math:`w = \frac{1}{N} g_K(\hat{A}) \mathbb{1}` (uniform up to
+        :math:`\pm 10^{-3}` on the paper's grids): the graph cannot change what
+        the classifier sees (:func:`taggnn.analysis.pooled_token_weights`). The
+        options ``readout``, ``post_graph``, ``edge_weights`` and
+        ``propagation`` give graph stages whose effect survives the readout
+        (:func:`taggnn.analysis.graph_sensitivity` measures it).
 
     The switches give every row of the paper's Table 4:
 
@@ -58,7 +103,9 @@ class TAGHead(nn.Module):
         intra (bool, optional): IF-FC edges. (default: :obj:`True`)
         temporal (bool, optional): TAT edges. (default: :obj:`True`)
         propagation (str, optional): ``"appnp"`` (paper), ``"gcn"``,
-            ``"gat"`` or ``"none"``. (default: ``"appnp"``)
+            ``"gat"``, ``"none"`` or the name of a ``torch_geometric.nn``
+            convolution (``"SAGEConv"``, ``"RGCNConv"``, ...; see
+            :class:`GraphRefiner`). (default: ``"appnp"``)
         K (int, optional): APPNP steps. (default: ``2``)
         alpha (float, optional): APPNP teleport. (default: ``0.1``)
         backend (str, optional): Propagation back-end, see
@@ -70,6 +117,30 @@ class TAGHead(nn.Module):
             (default: ``0.0``)
         pos_init_std (float, optional): Initial std of the positional table.
             (default: ``0.02``)
+        readout (str, optional): Graph readout, ``"mean"`` (paper),
+            ``"max"``, ``"softmax"``, ``"powermean"``, ``"attention"`` or
+            ``"set2set"`` (:class:`GraphReadout`). (default: ``"mean"``)
+        post_graph (str, optional): ``"none"`` (paper) or ``"ffn"``: a
+            residual per-node MLP after propagation,
+            :math:`H \leftarrow H + \mathrm{MLP}(\mathrm{LN}(H))` (width
+            ``ffn_dim``), so that even the mean readout sees the graph.
+            (default: ``"none"``)
+        edge_weights (str, optional): ``"fixed"`` (paper) or ``"learned"``: one
+            learnable positive weight per edge type. (default: ``"fixed"``)
+        graph_kwargs (dict, optional): Extra arguments of a
+            ``torch_geometric.nn`` convolution class.
+        graph_activation (str, optional): Activation between the layers of a
+            convolution stack. (default: ``"relu"``)
+        graph_residual (bool, optional): Residual connections in a convolution
+            stack. (default: :obj:`False`)
+        layer_scale (float, optional): Start the head as (nearly) the identity
+            on the backbone: every residual branch of the Transformer, the
+            positional table, the graph stage (:math:`H^{(0)} + \gamma \odot
+            (\mathrm{graph}(H^{(0)}) - H^{(0)})`) and the post-graph MLP are
+            scaled by learnable per-channel vectors initialised to this value
+            (LayerScale). ``0`` makes the pooled embedding at initialisation
+            exactly the mean of the backbone tokens, row B's readout. Needs
+            ``norm_first=True``. (default: :obj:`None`, the paper's head)
         embed_dim (int, optional): Project the backbone features to this width
             with a linear layer before the positional encoding (e.g. 512 for the
             2048-channel I3D / Slow / CSN backbones, which would otherwise give a
@@ -106,6 +177,13 @@ class TAGHead(nn.Module):
         head_dropout: float = 0.0,
         pos_init_std: float = 0.02,
         embed_dim: Optional[int] = None,
+        readout: str = "mean",
+        post_graph: str = "none",
+        edge_weights: str = "fixed",
+        graph_kwargs: Optional[Mapping[str, Any]] = None,
+        graph_activation: str = "relu",
+        graph_residual: bool = False,
+        layer_scale: Optional[float] = None,
     ):
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -127,24 +205,38 @@ class TAGHead(nn.Module):
             SpatioTemporalPositionalEncoding(self.grid, width, init_std=pos_init_std)
             if use_pos_embed else None
         )
+        if post_graph not in POST_GRAPH:
+            raise ValueError(f"post_graph must be one of {', '.join(POST_GRAPH)}, got {post_graph!r}")
+        if layer_scale is not None and (isinstance(layer_scale, bool) or not layer_scale >= 0):
+            raise ValueError(f"layer_scale must be a number >= 0 or None, got {layer_scale!r}")
+        self.layer_scale = layer_scale
         self.transformer = (
             TokenTransformer(
                 width, num_layers=num_layers, num_heads=num_heads,
-                ffn_dim=ffn_dim, dropout=dropout, norm_first=norm_first,
+                ffn_dim=ffn_dim, dropout=dropout, norm_first=norm_first, layer_scale=layer_scale,
             )
             if self.use_transformer else None
         )
+        # LayerScale of the positional table and of the graph stage (identity at 0)
+        self.pos_gamma = (nn.Parameter(torch.full((width,), float(layer_scale)))
+                          if layer_scale is not None and self.pos_embed is not None else None)
         self.graph = SpatioTemporalGraph(
             *self.grid, intra="full" if intra else "none", temporal="aligned" if temporal else "none"
         )
         self._refiner_options = dict(
             propagation=propagation, K=K, alpha=alpha, backend=backend,
-            channels=width, num_layers=num_graph_layers, heads=graph_heads,
+            channels=width, num_layers=num_graph_layers, heads=graph_heads, edge_weights=edge_weights,
+            activation=graph_activation, residual=graph_residual, conv_kwargs=graph_kwargs,
         )
         uses_graph = (intra or temporal) and propagation != "none"
         # Built even when unused so that bad options fail here, not later.
         refiner = GraphRefiner(self.graph, **self._refiner_options)
         self.refiner = refiner if uses_graph else None
+        self.graph_gamma = (nn.Parameter(torch.full((width,), float(layer_scale)))
+                            if layer_scale is not None and self.refiner is not None else None)
+        self.post_graph = PostGraphFFN(width, ffn_dim, dropout=dropout, layer_scale=layer_scale) \
+            if post_graph == "ffn" else None
+        self.readout = GraphReadout(readout, width)
 
         self.norm = nn.LayerNorm(width) if pre_classifier_norm else None
         self.head_dropout = nn.Dropout(head_dropout)
@@ -212,36 +304,58 @@ class TAGHead(nn.Module):
         """Tokens after positional encoding and Transformer: :math:`H^{(0)}`, ``(B, N, C)``."""
         x = self.tokens(features)
         if self.pos_embed is not None:
-            x = self.pos_embed(x)
+            if self.pos_gamma is None:
+                x = self.pos_embed(x)
+            else:
+                x = x + self.pos_gamma * (self.pos_embed(x) - x)  # gamma * E, without materialising E twice
         if self.transformer is not None:
             x = self.transformer(x)
         return x
 
-    def forward_nodes(self, features: Tensor) -> Tensor:
-        """Refined node features :math:`H^{(K_p)}`, ``(B, N, C)``."""
-        x = self.encode(features)
+    def batch(self, h0: Tensor) -> Batch:
+        """The clips' graphs as one PyG :class:`Batch` with node features ``h0`` ``(B, N, C)``
+        (cached template: ``x`` is a view; the edge list is attached unless the graph stage
+        is the structured propagation, which never reads it)."""
+        edges = self.refiner is not None and self.refiner.backend != "structured"
+        return self.graph.batch(h0, edges=edges)
+
+    def graph_stage(self, batch: Batch) -> Tensor:
+        """Refinement, LayerScale gate and post-graph MLP on the batch's nodes, ``(B N, C)``."""
+        x = batch.x
         if self.refiner is not None:
-            x = self.refiner(x)
+            refined = self.refiner(batch)  # (B*N, C)
+            x = refined if self.graph_gamma is None else x + self.graph_gamma * (refined - x)
+        if self.post_graph is not None:
+            x = self.post_graph(x)
         return x
+
+    def forward_nodes(self, features: Tensor) -> Tensor:
+        """Node features after the graph stage, ``(B, N, C)``."""
+        h0 = self.encode(features)
+        return self.graph_stage(self.batch(h0)).view(h0.shape)
 
     def graph_batch(self, features: Tensor) -> Batch:
         """The refined nodes as a PyG :class:`Batch` for analysis.
 
-        :obj:`x` holds :math:`H^{(K_p)}`, :obj:`h0` the Transformer output
+        :obj:`x` holds the graph stage's output, :obj:`h0` the Transformer output
         :math:`H^{(0)}` (both ``(B N, C)``), with :obj:`edge_index`,
         :obj:`edge_type`, :obj:`batch`, :obj:`ptr` and :obj:`pos`.
         """
         h0 = self.encode(features)
-        refined = self.refiner(h0) if self.refiner is not None else h0
-        batch = self.graph.batch(refined)
+        refined = self.graph_stage(self.batch(h0))
+        batch = self.graph.batch(refined.view(h0.shape))
         B = h0.size(0)
         batch.h0 = h0.reshape(B * self.num_nodes, -1)  # (B*N, C)
         batch.pos = self.graph.pos_on(h0.device).repeat(B, 1)  # (B*N, 3)
         return batch
 
     def forward_features(self, features: Tensor) -> Tensor:
-        """The pooled clip embedding, ``(B, embed_dim)`` (global spatio-temporal mean)."""
-        return self.forward_nodes(features).mean(dim=1)
+        """The pooled clip embedding, ``(B, embed_dim)``: the readout of the graph stage's
+        nodes over the batch vector (the paper: global spatio-temporal mean)."""
+        h0 = self.encode(features)
+        batch = self.batch(h0)
+        nodes = self.graph_stage(batch)  # (B*N, C)
+        return self.readout(nodes, batch.batch, batch.ptr, h0.size(0))
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         """Classifier on pooled features ``(B, C)`` -> logits ``(B, num_classes)``."""

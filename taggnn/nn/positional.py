@@ -83,5 +83,9 @@ class SpatioTemporalPositionalEncoding(nn.Module):
         self.weight.data = self.interpolate(grid).detach().clone()  # same Parameter, new (T', H', W', C) data
         self.grid = grid
 
+    def no_weight_decay(self):
+        """The table takes no weight decay (timm's convention for position embeddings)."""
+        return {"weight"}
+
     def extra_repr(self) -> str:
         return f"grid={self.grid}, channels={self.channels}"

@@ -84,10 +84,12 @@ def test_none_is_identity_and_defaults():
     g = SpatioTemporalGraph(2, 2, 2)
     x = torch.randn(1, 8, 4)
     assert GraphRefiner(g, propagation="none")(x) is x
-    assert default_backend("appnp") == "structured"
-    assert default_backend("gcn") == "structured"
+    # the default is PyG's own layer on the batch's cached sparse adjacency
+    assert default_backend("appnp") == "csr"
+    assert default_backend("gcn") == "csr"
     assert default_backend("gat") == "edge_index"
-    assert "backend='structured'" in repr(GraphRefiner(g))
+    assert default_backend("SAGEConv") == "edge_index"
+    assert "backend='csr'" in repr(GraphRefiner(g))
 
 
 def test_refiner_learns_nothing_for_appnp():
@@ -151,7 +153,7 @@ def test_layer_outputs_end_with_forward(propagation, backend):
     outputs = list(refiner.layer_outputs(x))
     assert len(outputs) == 3 and all(o.shape == (2, 8, 8) for o in outputs)
     torch.testing.assert_close(outputs[-1], refiner(x))
-    with pytest.raises(ValueError, match="layer_outputs needs a GCN or GAT stack, this refiner is 'appnp'"):
+    with pytest.raises(ValueError, match="layer_outputs needs a convolution stack, this refiner is 'appnp'"):
         list(GraphRefiner(SpatioTemporalGraph(2, 2, 2)).layer_outputs(x))
 
 
