@@ -109,7 +109,7 @@ def checkpoint_features(path: Path, batch: int, device):
 
 
 def check_theory(results: List[dict]) -> List[str]:
-    """The two facts of REFERENCE sect. 8 on the 7x7 grids of this run."""
+    """The two facts of the oversmoothing theory (README, "Theory") on the 7x7 grids of this run."""
     lines = []
     for row in results:
         if row["grid"].endswith("7x7") and row["mode"] == "propagation":

@@ -1,4 +1,4 @@
-"""Analysis tools: oversmoothing measures on the spatio-temporal graph."""
+"""Analysis tools: oversmoothing measures, and when the graph stage reaches the classifier."""
 from .oversmoothing import (
     dirichlet_energy,
     effective_rank,
@@ -7,6 +7,7 @@ from .oversmoothing import (
     oversmoothing_measures,
     pairwise_cosine,
 )
+from .readout import graph_sensitivity, pooled_token_weights
 
 __all__ = ["dirichlet_energy", "mad", "pairwise_cosine", "effective_rank", "numerical_rank",
-           "oversmoothing_measures"]
+           "oversmoothing_measures", "pooled_token_weights", "graph_sensitivity"]

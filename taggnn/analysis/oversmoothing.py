@@ -18,7 +18,7 @@ counted and in the official variant that drops them, mean pairwise cosine
 similarity within and across frames, effective rank (Roy & Vetterli 2007) and
 numerical rank :math:`\lVert X \rVert_F^2 / \lVert X \rVert_2^2`.
 
-Theory (REFERENCE sect. 8): a frame's clique with self-loops has
+Theory (derived in the README, "Theory"): a frame's clique with self-loops has
 :math:`\hat{A} = J / P`, so one GCN step replaces every token by (almost) its
 frame mean and within-frame energy collapses by :math:`\sim (P + 2)^2 / 2`;
 APPNP's filter :math:`g_K(\mu) = ((1-\alpha)\mu)^K + \alpha \sum_{k<K}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
