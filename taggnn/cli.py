@@ -223,6 +223,26 @@ def cmd_tsne(args) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    from .engine.config import load_config
+    from .engine.features import extract_features
+
+    import torch
+
+    from .errors import ConfigError
+
+    config = load_config(args.config, args.overrides)
+    if config.data.features is not None:
+        raise ConfigError("data.features is set: features are extracted from videos, not from cached features")
+    paths = extract_features(config, Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                             splits=args.split or None, device=_device(args.device), progress=not args.no_progress,
+                             dtype=torch.float32 if args.float32 else torch.float16)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    print(f"train the head alone on them: taggnn train --config {args.config} --set data.features={args.out}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .data.synthgym import run
 
@@ -286,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="tsne.png")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser("features", help="cache the backbone's token grids of every split for head-only training",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
+    _add_set(p)
+    p.add_argument("--checkpoint", help="take the backbone of this taggnn checkpoint (default: the config's "
+                                        "model.backbone with model.weights)")
+    p.add_argument("--out", required=True, help="folder for <split>.pt and info.json")
+    p.add_argument("--split", action="append", help="only these splits (repeatable; default: train, val, test)")
+    p.add_argument("--float32", action="store_true", help="store float32 instead of float16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
                        description="Write SynthGym clips as mp4 files + a VideoCSV file.")

@@ -61,6 +61,10 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
 
 def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]]) -> Dataset:
     d = config.data
+    if d.features is not None:  # cached backbone features: the head trains alone
+        from .features import FeatureDataset
+
+        return FeatureDataset(d.features, split, config)
     if train:
         transform = train_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
                                     normalization=d.normalization, flip=d.flip)
@@ -73,8 +77,10 @@ def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional
         sizes = {"train": d.synth_train, "val": d.synth_val, "test": d.synth_test}
         if split not in sizes:
             raise ConfigError(f"SynthGym has splits {sorted(sizes)}, got {split!r}")
-        return SynthGym(split, size=d.synth_size, num_classes=d.num_classes, seed=d.seed,
-                        length=sizes[split], long_tail=d.synth_long_tail, **common)
+        pretrain = d.synth_task == "pretrain"  # disjoint clips, coarse (group) labels
+        return SynthGym(f"pretrain_{split}" if pretrain else split, size=d.synth_size, num_classes=d.num_classes,
+                        seed=d.seed, length=sizes[split], long_tail=d.synth_long_tail,
+                        labels="coarse" if pretrain else "fine", **common)
     if d.root is None:
         raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
     video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)

@@ -210,7 +210,7 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
 # ------------------------------------------------------------------------- train
 
 #: Files a run writes into its folder (an ``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json")
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "backbone.pt")
 RUN_PATTERNS = ("metrics_*.json", "per_class_*.csv", "confusion_*.png", "skipped_*.txt")
 LOCK_NAME = ".taggnn.lock"
 
@@ -555,6 +555,18 @@ class Trainer:
                         if "val_top1" in record else "")
         self.save_last(self.epoch, 0)
 
+    def export_backbone(self, path: Path) -> None:
+        """The best weights' backbone as a plain state dict, loadable with ``model.weights=<path>``
+        (the same loading path and checks as released weights)."""
+        if not hasattr(self.model, "backbone"):
+            raise ConfigError("train.export_backbone needs a model with a backbone (not data.features)")
+        state = {k[len("backbone."):]: v for k, v in self.best_state.items() if k.startswith("backbone.")}
+        save_weights = {k: v.clone() for k, v in state.items()}
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(save_weights, tmp)
+        tmp.replace(path)
+        logger.info("wrote the backbone weights of the best epoch to %s (use --set model.weights=%s)", path, path)
+
     # -------------------------------------------------------- final test
     def final_test(self) -> Dict[str, Any]:
         """The test split, once, with the best validation weights (held in memory)."""
@@ -570,6 +582,8 @@ class Trainer:
             return {}
         metrics = write_evaluation(self.out, self.config.data.test_split, meter, self.names, t.mca,
                                    {"checkpoint": str(self.out / "best.pt"), "best_epoch": self.best["epoch"]})
+        if t.export_backbone:
+            self.export_backbone(self.out / "backbone.pt")
         logger.info("test (%s, best val epoch %d): top-1 %.4f, top-5 %.4f, MCA (%s) %.4f, %d clips%s",
                     self.config.data.test_split, self.best["epoch"], metrics["top1"], metrics["top5"], t.mca,
                     metrics["mca"], metrics["count"],

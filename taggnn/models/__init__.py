@@ -10,12 +10,12 @@ from .backbones import (
     register_backbone,
 )
 from .reference import REFERENCE_SETUPS, convert_reference_state_dict, load_reference_checkpoint, reference_model
-from .tagnet import TAGNet, build_model, build_model_from_config, head_options
+from .tagnet import HeadOnly, TAGNet, build_model, build_model_from_config, head_options
 from .weights import WeightsEntry, WeightsError, fetch, load_state_dict
 
 __all__ = [
     "VideoBackbone", "TinyR2Plus1D", "BackboneInfo", "build_backbone", "list_backbones", "backbone_info",
-    "register_backbone", "r2plus1d_34", "TAGNet", "build_model", "build_model_from_config", "head_options",
+    "register_backbone", "r2plus1d_34", "TAGNet", "HeadOnly", "build_model", "build_model_from_config", "head_options",
     "WeightsEntry", "WeightsError", "fetch", "load_state_dict", "load_reference_checkpoint", "reference_model",
     "convert_reference_state_dict", "REFERENCE_SETUPS",
 ]

@@ -114,6 +114,36 @@ def build_model(
     return TAGNet(feature_extractor, head, freeze_backbone=freeze_backbone)
 
 
+class HeadOnly(nn.Module):
+    r"""A :class:`~taggnn.nn.TAGHead` trained on cached backbone features: :class:`TAGNet`'s
+    interface without the backbone (``forward_backbone`` is the identity).
+
+    **Shapes:**
+        - **input:** :math:`(B, C, T', H', W')` backbone features
+        - **output:** :math:`(B, \text{num\_classes})`
+    """
+
+    def __init__(self, head: TAGHead):
+        super().__init__()
+        self.head = head
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def forward_backbone(self, features: Tensor) -> Tensor:
+        return features
+
+    def forward_features(self, features: Tensor) -> Tensor:
+        return self.head.forward_features(features)
+
+    def forward_head(self, pooled: Tensor) -> Tensor:
+        return self.head.forward_head(pooled)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head(features)
+
+
 def head_options(model_config: Any) -> dict:
     """The :class:`~taggnn.nn.TAGHead` keyword options held by a ``ModelConfig``-like object:
     every field whose name is a keyword parameter of ``TAGHead`` (the head's signature is the
@@ -130,6 +160,11 @@ def build_model_from_config(config: Any, num_classes: int, *, load_weights: bool
     checkpoint, which holds every weight itself).
     """
     m, d = config.model, config.data
+    if d.features is not None:  # the head alone, on cached features
+        from ..engine.features import read_info
+
+        info = read_info(d.features)
+        return HeadOnly(TAGHead(info["channels"], num_classes, tuple(info["grid"]), **head_options(m)))
     return build_model(
         m.backbone, num_classes, num_frames=d.num_frames, crop_size=d.crop_size,
         weights=m.weights if load_weights else None, freeze_backbone=m.freeze_backbone,
