@@ -224,11 +224,10 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from .engine.config import load_config
-    from .engine.features import extract_features
-
     import torch
 
+    from .engine.config import load_config
+    from .engine.features import extract_features
     from .errors import ConfigError
 
     config = load_config(args.config, args.overrides)

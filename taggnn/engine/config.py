@@ -68,6 +68,7 @@ class ModelConfig:
     alpha: float = 0.1
     backend: Optional[str] = None
     num_graph_layers: int = 2
+    graph_heads: int = 8  # attention heads of GAT stacks
     pre_classifier_norm: bool = False
     head_dropout: float = 0.0
     pos_init_std: float = 0.02
@@ -216,6 +217,7 @@ RANGES: Dict[str, Range] = {
     "model.K": AT_LEAST_0,
     "model.alpha": Range(0, 1, low_open=True),
     "model.num_graph_layers": AT_LEAST_1,
+    "model.graph_heads": AT_LEAST_1,
     "model.head_dropout": FRACTION,
     "model.pos_init_std": AT_LEAST_0,
     "model.embed_dim": AT_LEAST_1,

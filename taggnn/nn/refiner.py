@@ -12,7 +12,6 @@ from torch_geometric.nn import APPNP, GATConv, GCNConv
 from torch_geometric.nn.conv import MessagePassing
 
 from ..graph import SpatioTemporalGraph, structured_appnp, structured_propagate
-from ..graph.builder import SELF_LOOP
 from ..graph.structured import weighted_propagate
 from ..utils.optional import require_torch_sparse
 

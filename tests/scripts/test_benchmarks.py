@@ -1,0 +1,46 @@
+"""The benchmarks run end to end at tiny sizes (their figures come from full runs, see README)."""
+import json
+
+import torch
+
+from benchmarks import ablation, readout, training
+
+
+def test_ablation_protocols_pair_seeds_and_report_intervals(tmp_path):
+    from taggnn.models import build_backbone
+
+    weights = tmp_path / "backbone.pt"
+    torch.save(build_backbone("r2plus1d_tiny").state_dict(), weights)
+    for protocol in ("frozen", "scratch"):
+        out = tmp_path / f"{protocol}.json"
+        ablation.main(["--protocol", protocol, "--train", "32", "--test", "16", "--epochs", "1", "--seeds", "2",
+                       "--rows", "B", "B+TE", "Full+attention", "--pretrained", str(weights), "--out", str(out)])
+        result = json.loads(out.read_text())
+        assert [r["row"] for r in result["table"]] == ["B", "B+TE", "Full+attention"]
+        assert {(r["row"], r["seed"]) for r in result["runs"]} == {(row, s) for row in ("B", "B+TE", "Full+attention")
+                                                                   for s in (0, 1)}
+        row = result["table"][2]
+        assert row["summary_top1"]["n"] == 2 and row["diff_B"]["verdict"] in ("higher", "lower", "no difference")
+
+
+def test_tabulate_paired_differences():
+    runs = [{"row": r, "seed": s, "top1": t, "mca": t, "seconds": 1.0}
+            for r, values in (("B", [0.5, 0.6, 0.7]), ("B+TE", [0.6, 0.7, 0.8])) for s, t in enumerate(values)]
+    table = ablation.tabulate(runs, ["B", "B+TE"], 3)
+    difference = table[1]["diff_B"]
+    assert abs(difference["mean"] - 10.0) < 1e-9 and difference["std"] < 1e-9
+
+
+def test_training_step_benchmark_runs_every_path(tmp_path):
+    out = tmp_path / "training.json"
+    training.main(["--models", "demo", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["path"] for r in rows] == list(training.PATHS) and rows[0]["vs_default"] == 1.0
+
+
+def test_readout_benchmark(tmp_path, monkeypatch):
+    monkeypatch.setattr(readout, "PROPAGATIONS", {"APPNP K=2 (paper)": dict(propagation="appnp")})
+    out = tmp_path / "readout.json"
+    readout.main(["--no-latency", "--device", "cpu", "--pretrained", str(tmp_path / "none.pt"), "--out", str(out)])
+    rows = {(r["readout"], r["post_graph"]): r["sensitivity_random"] for r in json.loads(out.read_text())["rows"]}
+    assert rows[("mean", "none")] < 1e-3 and rows[("max", "none")] > 1e-2 and rows[("mean", "ffn")] > 1e-2
