@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Torch releases this project is tested with (CUDA build on x86_64 Linux; runs on CPU too).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install install-ext test demo bench clean
+.PHONY: install install-ext test lint demo bench bench-cuda clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install-ext: install
 
 test: install
 	$(PY) -m pytest -q
+
+# ruff (pinned in the 'lint' extra); one line length (120) for the whole tree, see pyproject.toml.
+lint: install
+	$(PY) -m pip install -q 'ruff>=0.6'
+	$(PY) -m ruff check .
 
 # Train TAG-Head (tiny R(2+1)D) on SynthGym on CPU, then evaluate it on the test split.
 demo: install

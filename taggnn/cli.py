@@ -97,17 +97,57 @@ def results_tag(split: str, overrides: List[str]) -> str:
     return split + "." + "_".join(re.sub(r"[^A-Za-z0-9=._-]+", "-", item) for item in overrides)[:150]
 
 
+def cmd_eval_reference(args) -> int:
+    """The authors' released checkpoint with their architecture and preprocessing."""
+    from .engine.config import load_config
+    from .engine.data import build_dataset
+    from .engine.trainer import evaluate, write_evaluation
+    from .errors import ConfigError
+    from .models import REFERENCE_SETUPS, load_reference_checkpoint
+
+    if args.dataset not in REFERENCE_SETUPS:
+        raise ConfigError(f"--reference needs --dataset, one of {', '.join(REFERENCE_SETUPS)}")
+    if args.data_root is None:
+        raise ConfigError("--reference needs --data-root (the FineGym / HAA500 root, or the video root of --csv)")
+    overrides = [f"data.root={args.data_root}", *args.overrides]
+    if args.csv:  # their split CSV: <data-root>/<Class>/<FileName>
+        overrides += ["data.dataset=csv", f"data.test_csv={args.csv}", "data.csv_layout=authors"]
+    config = load_config(f"{args.dataset}_authors", overrides)
+    config.model.weights = None
+    device = _device(args.device)
+    model, setup = load_reference_checkpoint(args.reference, args.dataset)
+    split = "test" if args.csv else args.split
+    dataset = build_dataset(config, split, train=False)
+    meter = evaluate(model.to(device), dataset, batch_size=config.train.eval_batch_size, device=device,
+                     num_classes=setup.num_classes, config=config, progress=not args.no_progress)  # float32
+    out = Path(args.out) if args.out else Path(args.reference).parent
+    tag = f"reference_{args.dataset}_{split}"
+    metrics = write_evaluation(out, split, meter, getattr(dataset, "classes", None), "present",
+                               {"checkpoint": str(args.reference), "preprocessing": "authors"}, tag=tag)
+    print(f"{args.dataset} ({Path(args.reference).name}, the authors' preprocessing: {setup.num_frames} frames by "
+          f"linspace, short side 128, centre 112, mean/std 0.45/0.225, float32): top-1 {metrics['top1']:.4f}  "
+          f"MCA (classes present, their convention) {metrics['mca_present']:.4f}  clips {metrics['count']}"
+          f"  -> {out}/metrics_{tag}.json")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .engine.data import build_dataset
-    from .engine.trainer import autocast_dtype, evaluate, load_trained, write_evaluation
+    from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
 
+    if args.reference:
+        return cmd_eval_reference(args)
+    if not args.checkpoint:
+        from .errors import ConfigError
+
+        raise ConfigError("eval needs --checkpoint (a taggnn checkpoint) or --reference (an authors' .pth)")
     checkpoint = Path(args.checkpoint)
     config = _overridden_config(checkpoint, args.overrides)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
     dataset = build_dataset(config, args.split, train=False, classes=names)
     meter = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
-                     num_classes=model.num_classes, amp_dtype=autocast_dtype(config.train.amp, device), config=config,
+                     num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
                      progress=not args.no_progress)
     out = Path(args.out) if args.out else checkpoint.parent
     tag = results_tag(args.split, args.overrides)
@@ -271,7 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt)")
+    p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
+                                       "gym288_last.pth), evaluated with their architecture and preprocessing")
+    p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
+    p.add_argument("--data-root", help="--reference: the dataset root (or the video root of --csv)")
+    p.add_argument("--csv", help="--reference: their split CSV (FileName,Class,TotalFrames,ClassEncoded; "
+                                 "videos at <data-root>/<Class>/<FileName>)")
     p.add_argument("--split", default="test")
     _add_set(p)
     p.add_argument("--out", help="where to write the results (default: the checkpoint's folder)")

@@ -98,6 +98,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.failures: List[Tuple[str, str]] = []
+        self.frame_counts: Dict[str, int] = {}  # known frame counts by path (e.g. a CSV's TotalFrames)
         samples = list(samples)
         if check_files:
             samples = self._drop_missing(samples)
@@ -141,7 +142,8 @@ class VideoClipDataset(Dataset):
     def load(self, index: int) -> torch.Tensor:
         """The raw uint8 clip ``(T, H, W, 3)`` of sample ``index``."""
         path, _ = self.samples[index]
-        return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index))
+        return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index),
+                         total_frames=self.frame_counts.get(path))
 
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
@@ -233,11 +235,16 @@ class FineGym(VideoClipDataset):
         version (str): ``"v1.0"`` or ``"v1.1"`` (training split only).
         num_frames (int): Frames per clip. (default: 64, as in the paper)
         holdout (float): Fraction of each training class held out. (default: 0)
-        holdout_seed (int): Seed of the held-out choice. (default: 0)
+        holdout_seed (int): Seed of the held-out choice (a data seed, not the
+            training seed). (default: 0)
+        holdout_min_clips (int): Classes with fewer training clips keep them
+            all (Gym288's tail would otherwise lose clips it cannot spare).
+            (default: 10)
     """
 
     def __init__(self, root: PathLike, split: str = "train", *, num_classes: int = 99, version: str = "v1.1",
-                 num_frames: int = 64, holdout: float = 0.0, holdout_seed: int = 0, **kwargs):
+                 num_frames: int = 64, holdout: float = 0.0, holdout_seed: int = 0, holdout_min_clips: int = 10,
+                 **kwargs):
         if num_classes not in (99, 288):
             raise ValueError(f"num_classes must be 99 or 288, got {num_classes!r}")
         if version not in ("v1.0", "v1.1"):
@@ -261,15 +268,16 @@ class FineGym(VideoClipDataset):
         classes = read_finegym_categories(categories)
         entries = read_split_file(split_file, len(classes))
         if from_train and holdout > 0:
-            held = _held_out(entries, holdout, holdout_seed)
+            held = _held_out(entries, holdout, holdout_seed, holdout_min_clips)
             entries = [e for i, e in enumerate(entries) if (i in held) == (split == "holdout")]
         samples = [(str(root / "subactions" / f"{clip_id}.mp4"), label) for clip_id, label in entries]
         self.root, self.split, self.version = root, split, version
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
 
 
-def _held_out(entries: Sequence[Tuple[str, int]], fraction: float, seed: int) -> set:
-    """Indices of ``ceil(fraction * n_c)`` entries of every class c (at least one if n_c > 1)."""
+def _held_out(entries: Sequence[Tuple[str, int]], fraction: float, seed: int, min_clips: int = 10) -> set:
+    """Indices of ``round(fraction * n_c)`` entries (at least one) of every class c with
+    ``n_c >= min_clips`` training clips; smaller classes hold out nothing."""
     by_class: Dict[int, List[int]] = {}
     for index, (_, label) in enumerate(entries):
         by_class.setdefault(label, []).append(index)
@@ -277,7 +285,7 @@ def _held_out(entries: Sequence[Tuple[str, int]], fraction: float, seed: int) ->
     held = set()
     for label in sorted(by_class):
         indices = by_class[label]
-        if len(indices) < 2:
+        if len(indices) < max(2, min_clips):
             continue
         count = min(len(indices) - 1, max(1, int(round(fraction * len(indices)))))
         order = torch.randperm(len(indices), generator=generator)[:count].tolist()
@@ -335,13 +343,22 @@ def _label_of(name: str, classes: Sequence[str], where: str) -> int:
                                         f"(a class present only outside the training split cannot be scored)") from None
 
 
+CSV_LAYOUTS = ("flat", "authors")
+
+
 class VideoCSV(VideoClipDataset):
     """Clips listed in a CSV with the header ``FileName,Class,TotalFrames,ClassEncoded``
-    (the authors' format); paths are relative to ``video_root``.
+    (the authors' format).
+
+    The label is ``ClassEncoded``. A positive integer ``TotalFrames`` is taken as the clip's
+    frame count (frame indices are sampled over it, as the authors' code does) instead of
+    reading the count from the file.
 
     Args:
         csv_path: The split file.
-        video_root: Folder the ``FileName`` paths are relative to.
+        video_root: The videos' folder: ``<video_root>/<FileName>`` (``layout="flat"``) or
+            ``<video_root>/<Class>/<FileName>`` (``layout="authors"``, their split CSVs).
+        layout (str, optional): ``"flat"`` or ``"authors"``. (default: ``"flat"``)
         classes (sequence of str, optional): The class names of the training split (index =
             label). When given, every row's ``ClassEncoded`` must name the same class there,
             so that two files cannot number their classes differently; by default the
@@ -351,9 +368,11 @@ class VideoCSV(VideoClipDataset):
     COLUMNS = ("FileName", "Class", "TotalFrames", "ClassEncoded")
 
     def __init__(self, csv_path: PathLike, video_root: PathLike, *, num_frames: int = 32,
-                 classes: Optional[Sequence[str]] = None, **kwargs):
+                 classes: Optional[Sequence[str]] = None, layout: str = "flat", **kwargs):
+        if layout not in CSV_LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(CSV_LAYOUTS)}, got {layout!r}")
         csv_path, video_root = Path(csv_path), Path(video_root)
-        samples, names = [], {}
+        samples, names, counts = [], {}, {}
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader, None)
@@ -365,7 +384,7 @@ class VideoCSV(VideoClipDataset):
                     continue
                 if len(row) < 4:
                     raise AnnotationError(csv_path, number, f"expected 4 columns, got {len(row)}", ",".join(row))
-                file_name, class_name, _, encoded = (cell.strip() for cell in row[:4])
+                file_name, class_name, total, encoded = (cell.strip() for cell in row[:4])
                 if not encoded.isdigit():
                     raise AnnotationError(csv_path, number, f"ClassEncoded must be an integer >= 0, got {encoded!r}")
                 label = int(encoded)
@@ -379,13 +398,18 @@ class VideoCSV(VideoClipDataset):
                             csv_path, number,
                             f"ClassEncoded {label} is {class_name!r} here but {expected} in the training split "
                             f"({len(classes)} classes); the files must number their classes alike", ",".join(row))
-                samples.append((str(video_root / file_name), label))
+                path = video_root / class_name / file_name if layout == "authors" else video_root / file_name
+                samples.append((str(path), label))
+                if total.isdigit() and int(total) > 0:
+                    counts[str(path)] = int(total)
         if classes is None:
             if sorted(names) != list(range(len(names))):
                 missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
                 logger.warning("%s: no clips for class label(s) %s", csv_path, missing[:10])
             classes = [names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1)]
+        self.layout = layout
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+        self.frame_counts = counts
 
 
 class VideoFolder(VideoClipDataset):

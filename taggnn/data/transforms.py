@@ -8,8 +8,9 @@ Presets:
 
 * paper (Sec. 4): train = short side 126, random crop 112, random
   horizontal flip; test = short side 126, centre crop 112;
-* authors' code: train = short side 128, ``RandomResizedCrop(112, scale=(0.5, 1))``,
-  flip; test = short side 128, centre crop 112;
+* authors' code: train = short side 128, flip, then ``RandomResizedCrop(112,
+  scale=(0.5, 1), aspect_ratio=(1, 1))`` (square crops); test = short side 128,
+  centre crop 112;
 
 each followed by normalisation with the backbone's mean/std.
 """
@@ -77,15 +78,16 @@ def train_transform(crop_size: int = 112, *, short_side: int = None, style: str 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     mean, std = _normalization(normalization)
+    short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
+    steps = [ToFrames(), ShortSideResize(short_side)]
     if style == "paper":
-        short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
-        spatial = [ShortSideResize(short_side), v2.RandomCrop(crop_size)]
-    else:
-        short_side = short_side or round(crop_size * RESIZE_RATIOS[style])
-        spatial = [ShortSideResize(short_side), v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), antialias=True)]
-    steps = [ToFrames(), *spatial]
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
+        steps.append(v2.RandomCrop(crop_size))
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+    else:  # the authors' order: flip, then a square RandomResizedCrop of 50-100% of the area
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+        steps.append(v2.RandomResizedCrop(crop_size, scale=(0.5, 1.0), ratio=(1.0, 1.0), antialias=True))
     steps += [v2.Normalize(mean, std), ToClip()]
     return nn.Sequential(*steps)
 

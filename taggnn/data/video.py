@@ -13,7 +13,8 @@ Sampling (``sampling=``):
   :math:`i_k = \lfloor (k + \tfrac12) n / T \rfloor`;
 * ``"random"``: the training-time variant, one random frame inside each of
   the :math:`T` equal segments, :math:`i_k = \lfloor (k + u_k) n / T \rfloor`;
-* ``"linspace"``: the authors' code, ``round(linspace(0, n - 1, T))``.
+* ``"linspace"``: the authors' code, ``torch.linspace(0, n - 1, T).long()``
+  (float32 positions, truncated).
 
 A clip shorter than ``num_frames`` repeats frames (a 9-frame HAA500 clip
 sampled to 32 works). Every failure (missing, empty, corrupt, truncated,
@@ -55,10 +56,8 @@ def sample_indices(num_available: int, num_frames: int, sampling: str = "uniform
     n, T = num_available, num_frames
     if sampling == "uniform":
         return [min(n - 1, int((k + 0.5) * n / T)) for k in range(T)]
-    if sampling == "linspace":
-        if T == 1:
-            return [(n - 1) // 2]
-        return [int(round(k * (n - 1) / (T - 1))) for k in range(T)]
+    if sampling == "linspace":  # exactly the authors' torch.linspace(0, n - 1, T).long() (truncation)
+        return torch.linspace(0, n - 1, T).long().tolist()
     offsets = torch.rand(T, generator=generator).tolist()
     return [min(n - 1, int((k + u) * n / T)) for k, u in enumerate(offsets)]
 
@@ -115,7 +114,7 @@ def _frame_index(frame, stream, start_pts: int, rate: Fraction) -> int:
 
 def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str = "uniform",
               generator: Optional[torch.Generator] = None, seek_threshold: int = 64,
-              indices: Optional[Sequence[int]] = None) -> Tensor:
+              indices: Optional[Sequence[int]] = None, total_frames: Optional[int] = None) -> Tensor:
     """Decodes ``num_frames`` sampled frames of a video.
 
     Args:
@@ -129,6 +128,10 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
             (default: ``64``)
         indices (sequence of int, optional): Explicit frame indices (overrides
             ``sampling``).
+        total_frames (int, optional): The clip's frame count when known (e.g. the
+            ``TotalFrames`` column of the authors' CSVs): indices are sampled over it
+            instead of the count read from the file. If fewer frames decode, the
+            clip is resampled on what is there, as for a header that over-counts.
 
     Returns:
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
@@ -140,7 +143,7 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total = int(stream.frames or 0)
+        total = int(total_frames) if total_frames else int(stream.frames or 0)
         if total <= 0:
             total = _count_packets(path, container, stream)
             container.seek(0)

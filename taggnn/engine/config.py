@@ -25,9 +25,11 @@ class DataConfig:
     train_csv: Optional[str] = None  # csv: split files
     val_csv: Optional[str] = None
     test_csv: Optional[str] = None
+    csv_layout: str = "flat"  # csv: videos at <root>/<FileName> (flat) or <root>/<Class>/<FileName> (authors)
     num_classes: int = 16  # finegym: 99 or 288; synthgym: 4/8/12/16
     version: str = "v1.1"  # finegym training split version
     holdout: float = 0.0  # finegym: fraction of each training class held out as split "holdout"
+    holdout_min_clips: int = 10  # finegym: classes with fewer training clips hold out none
     num_frames: int = 16
     crop_size: int = 64
     short_side: Optional[int] = None  # default: crop * 126/112 (paper) or * 128/112 (authors)
@@ -72,6 +74,9 @@ class ModelConfig:
     pre_classifier_norm: bool = False
     head_dropout: float = 0.0
     pos_init_std: float = 0.02
+    pos_init: str = "trunc_normal"  # trunc_normal (ViT convention) | normal (the authors' torch.randn)
+    bn_momentum: Optional[float] = None  # override every backbone BatchNorm's momentum (authors: 0.9)
+    bn_eps: Optional[float] = None  # override every backbone BatchNorm's eps (IG-65M port: 1e-3)
     embed_dim: Optional[int] = None  # project backbone features to this width first (2048-ch backbones)
     layer_scale: Optional[float] = None  # LayerScale init of every residual branch (0: the head starts as identity)
     readout: str = "mean"  # mean (paper) | max | softmax | powermean | attention | set2set
@@ -89,6 +94,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
     scheduler: str = "cosine"  # cosine | constant
+    schedule_unit: str = "step"  # step: the schedule moves every step | epoch: once per epoch (the authors')
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     label_smoothing: float = 0.0
@@ -105,6 +111,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    eval_amp: str = "off"  # evaluation precision: off (float32, every preset) | bf16 | fp16 | train (= amp)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every_steps: int = 0  # also checkpoint every N optimiser steps (0: per epoch only)
     eval_every: int = 1  # epochs between validation passes
@@ -141,6 +148,7 @@ class Config:
 def _choices() -> Dict[str, Tuple[str, ...]]:
     """Valid values of every string option, taken from the modules that own them."""
     from ..data.constants import NORMALIZATIONS, STYLES
+    from ..data.datasets import CSV_LAYOUTS
     from ..data.video import SAMPLINGS
 
     return {
@@ -150,9 +158,13 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
         "data.sampling": SAMPLINGS,
         "data.train_sampling": SAMPLINGS,
         "data.on_error": ON_ERROR,
+        "data.csv_layout": CSV_LAYOUTS,
         "data.synth_task": SYNTH_TASKS,
         "optim.optimizer": OPTIMIZERS,
         "optim.scheduler": SCHEDULERS,
+        "optim.schedule_unit": ("step", "epoch"),
+        "train.eval_amp": ("off", "bf16", "fp16", "train"),
+        "model.pos_init": ("trunc_normal", "normal"),
         "train.amp": AMP_MODES,
         "train.mca": MCA_CONVENTIONS,
     }
@@ -200,6 +212,7 @@ FRACTION = Range(0, 1, high_open=True)  # [0, 1)
 RANGES: Dict[str, Range] = {
     "data.num_classes": AT_LEAST_1,
     "data.holdout": FRACTION,
+    "data.holdout_min_clips": AT_LEAST_1,
     "data.num_frames": AT_LEAST_1,
     "data.crop_size": AT_LEAST_1,
     "data.short_side": AT_LEAST_1,
@@ -220,6 +233,8 @@ RANGES: Dict[str, Range] = {
     "model.graph_heads": AT_LEAST_1,
     "model.head_dropout": FRACTION,
     "model.pos_init_std": AT_LEAST_0,
+    "model.bn_momentum": Range(0, 1),
+    "model.bn_eps": POSITIVE,
     "model.embed_dim": AT_LEAST_1,
     "model.layer_scale": AT_LEAST_0,
     "optim.backbone_lr_mult": AT_LEAST_0,

@@ -86,14 +86,14 @@ def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional
     video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)
     if d.dataset == "finegym":
         return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
-                       holdout_seed=d.seed, **video)
+                       holdout_seed=d.seed, holdout_min_clips=d.holdout_min_clips, **video)
     if d.dataset == "haa500":
         return HAA500(d.root, split, **video)
     if d.dataset == "csv":
         csv_path = {"train": d.train_csv, "val": d.val_csv, "test": d.test_csv}.get(split)
         if csv_path is None:
             raise ConfigError(f"data.{split}_csv must be set for dataset 'csv'")
-        return VideoCSV(csv_path, d.root, classes=classes, **video)
+        return VideoCSV(csv_path, d.root, classes=classes, layout=d.csv_layout, **video)
     if d.dataset == "folder":
         import os
 

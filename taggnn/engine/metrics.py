@@ -100,7 +100,7 @@ class ClassificationMeter:
         rows = []
         for c in range(self.num_classes):
             rows.append({
-                "class": c, "name": class_names[c] if class_names else str(c),
+                "class": c, "name": class_names[c] if class_names and c < len(class_names) else str(c),
                 "support": int(self.confusion[c].sum()), "correct": int(self.confusion[c, c]),
                 "accuracy": None if torch.isnan(recall[c]) else float(recall[c]),
             })

@@ -107,13 +107,20 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
-    """Per-step schedule: linear warm-up, then cosine annealing to ``min_lr`` (or constant)."""
+    """Linear warm-up, then cosine annealing to ``min_lr`` (or constant); the schedule moves every
+    optimiser step (``optim.schedule_unit=step``) or once per epoch (``epoch``, the authors'
+    ``CosineAnnealingLR(T_max=epochs)``)."""
     o = config.optim
     total = max(1, config.train.epochs * steps_per_epoch)
     warmup = int(round(o.warmup_epochs * steps_per_epoch))
     floor = o.min_lr / o.lr if o.lr > 0 else 0.0
 
+    if o.schedule_unit == "epoch":  # CosineAnnealingLR(T_max=epochs) stepped once per epoch
+        total, warmup = max(1, config.train.epochs), int(round(o.warmup_epochs))
+
     def factor(step: int) -> float:
+        if o.schedule_unit == "epoch":
+            step = step // steps_per_epoch
         if warmup and step < warmup:
             return (step + 1) / warmup
         if o.scheduler == "constant":
@@ -122,6 +129,12 @@ def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def eval_autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtype]:
+    """Evaluation runs in float32 unless ``train.eval_amp`` asks for autocast."""
+    mode = config.train.eval_amp
+    return autocast_dtype(config.train.amp if mode == "train" else mode, device)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -366,6 +379,7 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.amp_dtype = autocast_dtype(t.amp, self.device)
+        self.eval_dtype = eval_autocast_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.sampler = ResumableSampler(len(self.train_set), seed=t.seed, shuffle=True, rank=self.context.rank,
                                         world_size=self.context.world_size)
@@ -535,7 +549,7 @@ class Trainer:
         t, record = self.config.train, self.history[-1]
         if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
             meter = evaluate(self.model, self.val_set, batch_size=t.eval_batch_size, device=self.device,
-                             num_classes=self.num_classes, context=self.context, amp_dtype=self.amp_dtype,
+                             num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
                              config=self.config, progress=self.progress)
             metrics = meter.compute(t.mca)
             record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -576,7 +590,7 @@ class Trainer:
         self.model.load_state_dict(self.best_state)
         test_set = build_dataset(self.config, self.config.data.test_split, train=False, classes=self.names)
         meter = evaluate(self.model, test_set, batch_size=t.eval_batch_size, device=self.device,
-                         num_classes=self.num_classes, context=self.context, amp_dtype=self.amp_dtype,
+                         num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
                          config=self.config, progress=self.progress)
         if not self.context.is_main:
             return {}

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, Mapping, Tuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .tagnet import TAGNet, build_model
 from .weights import PathLike, WeightsError, load_into, load_state_dict
@@ -59,11 +59,15 @@ REFERENCE_SETUPS: Dict[str, ReferenceSetup] = {
 def reference_model(dataset: str) -> TAGNet:
     """An untrained TAGNet configured like the authors' code for ``dataset``."""
     setup = _setup(dataset)
-    return build_model(
+    model = build_model(
         "r2plus1d_34", setup.num_classes, num_frames=setup.num_frames, crop_size=setup.crop_size,
         ffn_dim=setup.ffn_dim, num_layers=2, num_heads=8, dropout=0.5, norm_first=False,
-        K=2, alpha=0.1, pre_classifier_norm=True, pos_init_std=1.0,
+        K=2, alpha=0.1, pre_classifier_norm=True, pos_init_std=1.0, pos_init="normal",
     )
+    for module in model.backbone.modules():  # the IG-65M port's BatchNorm: eps 1e-3, momentum 0.9
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eps, module.momentum = 1e-3, 0.9
+    return model
 
 
 def _setup(dataset: str) -> ReferenceSetup:
@@ -78,6 +82,10 @@ def convert_reference_state_dict(state: Mapping[str, Tensor], grid: Tuple[int, i
     stage_names = {"0": "stem", "1": "layer1", "2": "layer2", "3": "layer3", "4": "layer4"}
     for key, value in state.items():
         prefix, _, rest = key.partition(".")
+        if key == "edge_index" or key.endswith(".edge_index"):
+            # the first revision of their model.py registered the (fixed) graph as a buffer
+            logger.info("skipping the saved graph buffer %r (taggnn builds the graph itself)", key)
+            continue
         if prefix in ("backbone", "csnmodel"):
             index, _, tail = rest.partition(".")
             if index not in stage_names:

@@ -165,8 +165,15 @@ def build_model_from_config(config: Any, num_classes: int, *, load_weights: bool
 
         info = read_info(d.features)
         return HeadOnly(TAGHead(info["channels"], num_classes, tuple(info["grid"]), **head_options(m)))
-    return build_model(
+    model = build_model(
         m.backbone, num_classes, num_frames=d.num_frames, crop_size=d.crop_size,
         weights=m.weights if load_weights else None, freeze_backbone=m.freeze_backbone,
         **head_options(m),
     )
+    for module in model.backbone.modules():  # e.g. the authors' IG-65M port: momentum 0.9, eps 1e-3
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if m.bn_momentum is not None:
+                module.momentum = m.bn_momentum
+            if m.bn_eps is not None:
+                module.eps = m.bn_eps
+    return model

@@ -118,6 +118,8 @@ class TAGHead(nn.Module):
             (default: ``0.0``)
         pos_init_std (float, optional): Initial std of the positional table.
             (default: ``0.02``)
+        pos_init (str, optional): ``"trunc_normal"`` or ``"normal"`` (the
+            authors' ``torch.randn``). (default: ``"trunc_normal"``)
         readout (str, optional): Graph readout, ``"mean"`` (paper),
             ``"max"``, ``"softmax"``, ``"powermean"``, ``"attention"`` or
             ``"set2set"`` (:class:`GraphReadout`). (default: ``"mean"``)
@@ -177,6 +179,7 @@ class TAGHead(nn.Module):
         pre_classifier_norm: bool = False,
         head_dropout: float = 0.0,
         pos_init_std: float = 0.02,
+        pos_init: str = "trunc_normal",
         embed_dim: Optional[int] = None,
         readout: str = "mean",
         post_graph: str = "none",
@@ -203,7 +206,7 @@ class TAGHead(nn.Module):
         use_pos_embed = self.use_transformer if use_pos_embed is None else bool(use_pos_embed)
 
         self.pos_embed = (
-            SpatioTemporalPositionalEncoding(self.grid, width, init_std=pos_init_std)
+            SpatioTemporalPositionalEncoding(self.grid, width, init_std=pos_init_std, init=pos_init)
             if use_pos_embed else None
         )
         if post_graph not in POST_GRAPH:

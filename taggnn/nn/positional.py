@@ -36,25 +36,33 @@ class SpatioTemporalPositionalEncoding(nn.Module):
         init_std (float, optional): Standard deviation of the (truncated)
             normal initialisation. The paper does not state it; ``0.02`` is
             the ViT convention. The authors' code uses ``torch.randn``
-            (std ``1.0``). (default: ``0.02``)
+            (std ``1.0``, not truncated). (default: ``0.02``)
+        init (str, optional): ``"trunc_normal"`` (within two standard
+            deviations) or ``"normal"`` (the authors'). (default: ``"trunc_normal"``)
 
     **Shapes:**
         - **input:** :math:`(B, N, C)` with :math:`N = T H W` in node-id order
         - **output:** :math:`(B, N, C)`
     """
 
-    def __init__(self, grid: Sequence[int], channels: int, *, init_std: float = 0.02):
+    def __init__(self, grid: Sequence[int], channels: int, *, init_std: float = 0.02, init: str = "trunc_normal"):
         super().__init__()
         self.grid = _check_grid(grid)
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = channels
         self.init_std = init_std
+        if init not in ("trunc_normal", "normal"):
+            raise ValueError(f"init must be 'trunc_normal' or 'normal', got {init!r}")
+        self.init = init
         self.weight = nn.Parameter(torch.empty(*self.grid, channels))  # (T, H, W, C)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.trunc_normal_(self.weight, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
+        if self.init == "normal":  # the authors' torch.randn(1, N, C) * std
+            nn.init.normal_(self.weight, std=self.init_std)
+        else:
+            nn.init.trunc_normal_(self.weight, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
 
     def forward(self, x: Tensor) -> Tensor:
         N = self.weight[..., 0].numel()

@@ -28,6 +28,6 @@ def read_index(frame):
     return value
 
 
-def write_index_video(path, num_frames, fps=25, **kwargs):
-    write_video(path, index_frames(num_frames), fps=fps, **kwargs)
+def write_index_video(path, num_frames, fps=25, height=48, width=BITS * STRIPE, **kwargs):
+    write_video(path, index_frames(num_frames, height, width), fps=fps, **kwargs)
     return path
