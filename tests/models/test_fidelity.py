@@ -53,7 +53,8 @@ def test_authors_presets_set_their_backbone_norms_schedule_and_precision():
     assert all(m.momentum == 0.9 for m in reference.backbone.modules() if isinstance(m, torch.nn.BatchNorm3d))
     for name in ("gym99_r2plus1d34", "gym288_r2plus1d34", "haa500_r2plus1d34", "synthgym_tiny"):
         assert load_config(name).train.eval_amp == "off"  # evaluation runs in float32 for every preset
-    assert load_config("gym288_r2plus1d34").model.ffn_dim == 1024 and load_config("gym288_authors").model.ffn_dim == 2048
+    assert load_config("gym288_r2plus1d34").model.ffn_dim == 1024
+    assert load_config("gym288_authors").model.ffn_dim == 2048
     assert load_config("gym288_r2plus1d34").data.version == "v1.1"
 
 
