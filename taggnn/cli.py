@@ -213,6 +213,8 @@ def cmd_profile(args) -> int:
         ("classifier", p["classifier"], None, None),
         ("head (all of the above)", p["head_without_classifier"] + p["classifier"], m["head"], latency.get("head")),
         ("total", p["total"], m["total"], latency.get("total")),
+        ("head w/o classifier (Table 5)", p["head_without_classifier"], None, None),
+        ("total w/o classifier (Table 5)", p["backbone"] + p["head_without_classifier"], None, None),
     ]:
         print(f"{part:<28}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
               f"{'' if ms is None else f'{ms:.1f}':>10}")
@@ -226,6 +228,7 @@ def cmd_tsne(args) -> int:
     import torch
     from sklearn.manifold import TSNE
 
+    from .data import SkippedClip
     from .engine.data import build_dataset
     from .engine.plots import save_tsne
     from .engine.trainer import load_trained
@@ -234,12 +237,16 @@ def cmd_tsne(args) -> int:
     panels, labels, names = {}, None, None
     for index, path in enumerate(args.checkpoint):
         model, config, names = load_trained(Path(path), device)
-        dataset = build_dataset(config, args.split, train=False)
-        count = min(args.max_clips, len(dataset))
+        dataset = build_dataset(config, args.split, train=False, classes=names)
+        chosen = stratified_indices(getattr(dataset, "targets", None) or [dataset[i][1] for i in range(len(dataset))],
+                                    args.max_clips, seed=args.seed)
         backbone_features, head_features, split_labels = [], [], []
         with torch.no_grad():
-            for i in range(count):
-                clip, label = dataset[i]
+            for i in chosen:
+                sample = dataset[i]
+                if isinstance(sample, SkippedClip):  # an unreadable clip (on_error=skip)
+                    continue
+                clip, label = sample
                 features = model.forward_backbone(clip.unsqueeze(0).to(device))
                 backbone_features.append(features.mean(dim=(2, 3, 4)).cpu())  # transfer-learning view
                 head_features.append(model.head.forward_features(features).cpu())
@@ -248,13 +255,13 @@ def cmd_tsne(args) -> int:
         tag = Path(path).parent.name if len(args.checkpoint) > 1 else ""
         for title, features in [("backbone features (pooled)", backbone_features),
                                 ("TAG-Head features", head_features)]:
-            embedded = TSNE(n_components=2, init="pca", perplexity=min(30, count - 1),
+            embedded = TSNE(n_components=2, init="pca", perplexity=max(1, min(30, len(features) - 1)),
                             random_state=0).fit_transform(torch.cat(features).numpy())
             panels[f"{title} {tag}".strip()] = embedded
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        save_tsne(panels, labels, out, names)
+        save_tsne(panels, labels, out, names, columns=2)
     except ImportError:
         np.savez(out.with_suffix(".npz"), labels=labels, **{k.replace(" ", "_"): v for k, v in panels.items()})
         print(f"matplotlib not installed: wrote the embeddings to {out.with_suffix('.npz')}")
@@ -280,6 +287,26 @@ def cmd_features(args) -> int:
         print(f"{split}: {path}")
     print(f"train the head alone on them: taggnn train --config {args.config} --set data.features={args.out}")
     return 0
+
+
+def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[int]:
+    """Up to ``count`` indices spread over the classes (round-robin over a seeded shuffle of each
+    class), instead of the first ``count`` in file order."""
+    import random
+
+    rng = random.Random(seed)
+    by_class = {}
+    for index, label in enumerate(labels):
+        by_class.setdefault(int(label), []).append(index)
+    for members in by_class.values():
+        rng.shuffle(members)
+    chosen, depth = [], 0
+    while len(chosen) < min(count, len(labels)):
+        for label in sorted(by_class):
+            if depth < len(by_class[label]) and len(chosen) < count:
+                chosen.append(by_class[label][depth])
+        depth += 1
+    return sorted(chosen)
 
 
 def cmd_synth(args) -> int:
@@ -344,10 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("tsne", help="t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)",
+                       description="One row of two panels per --checkpoint: the backbone's pooled features "
+                                   "(left) and the TAG-Head embedding (right), coloured by class. For the "
+                                   "paper's Fig. 3 pass three checkpoints: transfer learning (frozen backbone + "
+                                   "B), fine-tuned B, and TAG-Head.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="repeatable: one row of panels each")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-clips", type=int, default=400)
+    p.add_argument("--max-clips", type=int, default=400, help="clips, sampled stratified over the classes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
     p.add_argument("--out", default="tsne.png")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tsne)

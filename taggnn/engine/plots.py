@@ -39,16 +39,32 @@ def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], p
     return path
 
 
-def save_tsne(panels: Dict[str, np.ndarray], labels: np.ndarray, path: Path,
-              names: Optional[Sequence[str]] = None) -> Path:
-    """One scatter per panel of 2D embeddings coloured by class (like the paper's Fig. 3)."""
+def class_colours(num_classes: int):
+    """``num_classes`` distinct colours: tab20 up to 20 classes, then evenly spaced hues of a
+    perceptual cyclic map (no colour repeats, unlike tab20's cycle)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, (title, points) in zip(axes[0], panels.items()):
+    if num_classes <= 20:
+        return [plt.get_cmap("tab20")(c) for c in range(num_classes)]
+    cmap = plt.get_cmap("twilight_shifted" if num_classes > 200 else "turbo")
+    return [cmap(c / num_classes) for c in range(num_classes)]
+
+
+def save_tsne(panels: Dict[str, np.ndarray], labels: np.ndarray, path: Path,
+              names: Optional[Sequence[str]] = None, *, columns: Optional[int] = None) -> Path:
+    """Scatters of 2D embeddings coloured by class (like the paper's Fig. 3), ``columns`` panels
+    per row (one row per checkpoint: its backbone panel, then its TAG-Head panel)."""
+    plt = _pyplot()
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+    num_classes = int(labels.max()) + 1 if labels.size else 0
+    colours = class_colours(max(num_classes, 1))
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, points) in zip(axes.flat, panels.items()):
         for c in np.unique(labels):
             mask = labels == c
-            ax.scatter(points[mask, 0], points[mask, 1], s=6, color=cmap(int(c) % 20),
+            ax.scatter(points[mask, 0], points[mask, 1], s=6, color=colours[int(c)],
                        label=names[c] if names is not None and len(np.unique(labels)) <= 20 else None)
         ax.set_title(title)
         ax.set_xticks([])
