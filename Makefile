@@ -38,5 +38,10 @@ bench: install
 	$(PY) -m benchmarks.complexity --no-latency
 	$(PY) -m benchmarks.oversmoothing --no-latency
 
+# Everything that needs a GPU, in one call of at most 8 minutes (tables + JSON under $$OUT or
+# results/cuda). Without CUDA it says so and exits 0.
+bench-cuda: install
+	$(PY) -m benchmarks.cuda
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

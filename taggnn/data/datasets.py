@@ -81,11 +81,13 @@ class VideoClipDataset(Dataset):
         on_error (str): ``"raise"`` or ``"skip"``.
         seed (int, optional): Makes ``"random"`` sampling reproducible per
             (seed, index, epoch); see :meth:`set_epoch`.
+        decode_threads (int, optional): PyAV decoding threads per clip (0: FFmpeg's
+            automatic choice). (default: ``0``)
     """
 
     def __init__(self, samples: Sequence[Tuple[str, int]], classes: Sequence[str], *, num_frames: int,
                  sampling: str = "uniform", transform: Optional[Callable] = None, on_error: str = "raise",
-                 seed: Optional[int] = None, check_files: bool = True):
+                 seed: Optional[int] = None, check_files: bool = True, decode_threads: int = 0):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if num_frames < 1:
@@ -96,6 +98,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.on_error = on_error
         self.seed = seed
+        self.decode_threads = decode_threads
         self.epoch = 0
         self.failures: List[Tuple[str, str]] = []
         self.frame_counts: Dict[str, int] = {}  # known frame counts by path (e.g. a CSV's TotalFrames)
@@ -143,7 +146,7 @@ class VideoClipDataset(Dataset):
         """The raw uint8 clip ``(T, H, W, 3)`` of sample ``index``."""
         path, _ = self.samples[index]
         return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index),
-                         total_frames=self.frame_counts.get(path))
+                         total_frames=self.frame_counts.get(path), threads=self.decode_threads)
 
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an

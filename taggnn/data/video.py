@@ -114,7 +114,8 @@ def _frame_index(frame, stream, start_pts: int, rate: Fraction) -> int:
 
 def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str = "uniform",
               generator: Optional[torch.Generator] = None, seek_threshold: int = 64,
-              indices: Optional[Sequence[int]] = None, total_frames: Optional[int] = None) -> Tensor:
+              indices: Optional[Sequence[int]] = None, total_frames: Optional[int] = None,
+              threads: int = 0) -> Tensor:
     """Decodes ``num_frames`` sampled frames of a video.
 
     Args:
@@ -132,6 +133,8 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
             ``TotalFrames`` column of the authors' CSVs): indices are sampled over it
             instead of the count read from the file. If fewer frames decode, the
             clip is resampled on what is there, as for a header that over-counts.
+        threads (int, optional): Decoding threads (``0``: FFmpeg's automatic
+            choice). (default: ``0``)
 
     Returns:
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
@@ -143,6 +146,8 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_count = threads
         total = int(total_frames) if total_frames else int(stream.frames or 0)
         if total <= 0:
             total = _count_packets(path, container, stream)
@@ -164,6 +169,8 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
                     container = _open(path)
                     stream = container.streams.video[0]
                     stream.thread_type = "AUTO"
+                    if threads:
+                        stream.thread_count = threads
                 frames, decoded = _decode_sequentially(container, stream, wanted)
                 if decoded < total and max(wanted) >= decoded:
                     # The header over-counted (or the file is truncated): resample on what is there.

@@ -40,6 +40,10 @@ class DataConfig:
     train_sampling: str = "random"  # uniform | random | linspace
     on_error: str = "raise"  # raise | skip
     num_workers: int = 0
+    decode_threads: int = 0  # PyAV decoding threads per worker (0: FFmpeg's automatic choice)
+    persistent_workers: bool = False  # keep DataLoader workers alive between epochs
+    pin_memory: Optional[bool] = None  # page-locked batches (default: on for CUDA)
+    prefetch_factor: int = 2  # batches loaded ahead by each worker
     synth_train: int = 1600  # SynthGym split sizes
     synth_val: int = 320
     synth_test: int = 640
@@ -217,6 +221,8 @@ RANGES: Dict[str, Range] = {
     "data.crop_size": AT_LEAST_1,
     "data.short_side": AT_LEAST_1,
     "data.num_workers": AT_LEAST_0,
+    "data.decode_threads": AT_LEAST_0,
+    "data.prefetch_factor": AT_LEAST_1,
     "data.synth_train": AT_LEAST_1,
     "data.synth_val": AT_LEAST_1,
     "data.synth_test": AT_LEAST_1,

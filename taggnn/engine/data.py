@@ -83,7 +83,8 @@ def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional
                         labels="coarse" if pretrain else "fine", **common)
     if d.root is None:
         raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
-    video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed)
+    video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed,
+                 decode_threads=d.decode_threads)
     if d.dataset == "finegym":
         return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
                        holdout_seed=d.seed, holdout_min_clips=d.holdout_min_clips, **video)
@@ -105,11 +106,14 @@ def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, co
                 device: torch.device, epoch: int = 0) -> DataLoader:
     """A loader whose own seed comes from (seed, epoch): creating it leaves the global RNG
     (dropout, ...) untouched, which an exact resume needs."""
-    workers = config.data.num_workers
+    d = config.data
+    workers = d.num_workers
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
+    pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
-                      pin_memory=device.type == "cuda", drop_last=False, generator=generator,
-                      persistent_workers=False, prefetch_factor=2 if workers > 0 else None)
+                      pin_memory=pin, drop_last=False, generator=generator,
+                      persistent_workers=d.persistent_workers and workers > 0,
+                      prefetch_factor=d.prefetch_factor if workers > 0 else None)
 
 
 def eval_sampler(dataset: Dataset, context: DistributedContext) -> ResumableSampler:
