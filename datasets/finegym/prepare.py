@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     parser.add_argument("--videos", type=Path, required=True, help="folder of full-length <yt_id>.mp4 videos")
     parser.add_argument("--out", type=Path, required=True, help="dataset root; clips go to OUT/subactions/")
     parser.add_argument("--only", type=Path, nargs="*", default=[], help="split files: trim only their clip ids")
-    parser.add_argument("--short-side", type=int, default=None, help="resize so the short side is this (recommended: 128, the authors' resolution)")
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="resize so the short side is this (recommended: 128, the authors' resolution)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
