@@ -41,6 +41,7 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     num_workers: int = 0
     decode_threads: int = 0  # PyAV decoding threads per worker (0: FFmpeg's automatic choice)
+    sampler: str = "random"  # random | balanced (classes equally likely) | sqrt (P ~ n_c^-1/2)
     persistent_workers: bool = False  # keep DataLoader workers alive between epochs
     pin_memory: Optional[bool] = None  # page-locked batches (default: on for CUDA)
     prefetch_factor: int = 2  # batches loaded ahead by each worker
@@ -104,6 +105,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
     grad_clip: Optional[float] = None  # max global grad norm
     accumulate: int = 1  # gradient accumulation steps
+    class_weights: str = "none"  # none | inverse | effective_number (loss weight per class)
     backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (the paper fine-tunes at 1e-5)
     no_decay_norm_bias: bool = True  # no weight decay on biases, norm weights, positional table, LayerScale
 
@@ -163,6 +165,8 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
         "data.train_sampling": SAMPLINGS,
         "data.on_error": ON_ERROR,
         "data.csv_layout": CSV_LAYOUTS,
+        "data.sampler": ("random", "balanced", "sqrt"),
+        "optim.class_weights": ("none", "inverse", "effective_number"),
         "data.synth_task": SYNTH_TASKS,
         "optim.optimizer": OPTIMIZERS,
         "optim.scheduler": SCHEDULERS,

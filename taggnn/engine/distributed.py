@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -66,6 +66,33 @@ def broadcast_flag(value: bool, context: DistributedContext) -> bool:
     return bool(flag.item())
 
 
+def sample_weights(targets, mode: str) -> Optional[torch.Tensor]:
+    """Per-sample weights of a class-aware sampler: ``"balanced"`` (each class equally likely,
+    :math:`w_i = 1 / n_{c_i}`), ``"sqrt"`` (:math:`w_i = n_{c_i}^{-1/2}`, mmaction2's
+    ``power=0.5``) or ``"random"`` (None: a plain permutation)."""
+    if mode == "random":
+        return None
+    targets = torch.as_tensor(list(targets), dtype=torch.long)
+    counts = torch.bincount(targets).double()
+    power = {"balanced": 1.0, "sqrt": 0.5}[mode]
+    return counts[targets].pow(-power)
+
+
+def class_weights(targets, num_classes: int, mode: str, beta: float = 0.999) -> Optional[torch.Tensor]:
+    """Loss weights per class, mean 1 over the classes with samples: ``"inverse"``
+    (:math:`\propto 1 / n_c`), ``"effective_number"`` (Cui et al., CVPR 2019:
+    :math:`\propto (1 - \beta) / (1 - \beta^{n_c})`), or ``"none"`` (None)."""
+    if mode == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(list(targets), dtype=torch.long), minlength=num_classes).double()
+    present = counts > 0
+    if mode == "inverse":
+        weights = torch.where(present, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    else:
+        weights = torch.where(present, (1 - beta) / (1 - beta ** counts), torch.zeros_like(counts))
+    return (weights / weights[present].mean()).float()
+
+
 class ResumableSampler(Sampler[int]):
     """A seeded per-epoch permutation, sharded across ranks, that can start mid-epoch.
 
@@ -73,11 +100,18 @@ class ResumableSampler(Sampler[int]):
     padded by repetition to a multiple of ``world_size`` when ``pad``; rank ``r`` takes
     positions ``r, r + world_size, ...``. ``start`` skips the first samples of this rank's
     shard, so a resumed run continues with exactly the batches it had not seen.
+
+    With ``weights`` (one per sample) an epoch is ``length`` draws with replacement,
+    :math:`P(i) \propto w_i`, seeded by ``seed + epoch``: the class-balanced samplers of
+    :func:`sample_weights`, resumable and sharded like the permutation.
     """
 
     def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0,
-                 world_size: int = 1, pad: bool = True):
+                 world_size: int = 1, pad: bool = True, weights: Optional[torch.Tensor] = None):
         self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        if self.weights is not None and (self.weights.shape != (length,) or not bool((self.weights >= 0).all())):
+            raise ValueError(f"weights must be {length} non-negative numbers, got shape {tuple(self.weights.shape)}")
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start = 0, 0
 
@@ -85,7 +119,10 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def indices(self) -> List[int]:
-        if self.shuffle:
+        if self.weights is not None:  # class-balanced: draw with replacement, seeded per epoch
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(self.weights, self.length, replacement=True, generator=generator).tolist()
+        elif self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.length, generator=generator).tolist()
         else:

@@ -34,7 +34,9 @@ from .distributed import (
     all_reduce_sum,
     barrier,
     broadcast_flag,
+    class_weights,
     init_distributed,
+    sample_weights,
 )
 from .metrics import ClassificationMeter
 
@@ -381,8 +383,15 @@ class Trainer:
         self.amp_dtype = autocast_dtype(t.amp, self.device)
         self.eval_dtype = eval_autocast_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        targets = getattr(self.train_set, "targets", None)
+        needs_targets = config.data.sampler != "random" or config.optim.class_weights != "none"
+        if needs_targets and targets is None:
+            raise ConfigError("data.sampler / optim.class_weights need a dataset with class targets")
         self.sampler = ResumableSampler(len(self.train_set), seed=t.seed, shuffle=True, rank=self.context.rank,
-                                        world_size=self.context.world_size)
+                                        world_size=self.context.world_size,
+                                        weights=sample_weights(targets, config.data.sampler) if needs_targets else None)
+        weights = class_weights(targets, self.num_classes, config.optim.class_weights) if needs_targets else None
+        self.loss_weights = None if weights is None else weights.to(self.device)
         self.batches_per_epoch = math.ceil(len(self.sampler.indices()) / t.batch_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.optim.accumulate)
         self.optimizer = build_optimizer(config, self.model)
@@ -524,7 +533,8 @@ class Trainer:
         with sync:
             with torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
                 logits = self.ddp_model(clips)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.optim.label_smoothing)
+                loss = F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
+                                       label_smoothing=config.optim.label_smoothing)
             if broadcast_flag(not torch.isfinite(loss).item(), context):
                 raise TrainingError(self._diverged(
                     f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, batch {self.batches_done}"))

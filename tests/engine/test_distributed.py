@@ -3,6 +3,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -69,3 +70,37 @@ def test_sampler_shards_and_resumes():
     assert list(sampler) == list(full)[3:] and len(sampler) == 7
     unpadded = [ResumableSampler(10, shuffle=False, rank=r, world_size=3, pad=False).indices() for r in range(3)]
     assert sorted(sum(unpadded, [])) == list(range(10))
+
+
+def test_balanced_sampler_is_seeded_resumable_and_sharded():
+    from taggnn.engine.distributed import class_weights, sample_weights
+
+    targets = [0] * 90 + [1] * 10
+    weights = sample_weights(targets, "balanced")
+    sampler = ResumableSampler(100, seed=3, weights=weights)
+    sampler.set_epoch(2)
+    drawn = torch.tensor(sampler.indices())
+    share = float((drawn >= 90).float().mean())
+    assert 0.3 < share < 0.7  # the 10% class is drawn about half the time
+    resumed = ResumableSampler(100, seed=3, weights=weights)
+    resumed.set_epoch(2, start=40)
+    assert list(resumed) == drawn.tolist()[40:]
+    ranks = [ResumableSampler(100, seed=3, weights=weights, rank=r, world_size=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    assert sorted(ranks[0].indices() + ranks[1].indices()) == sorted(drawn.tolist())
+    sqrt = sample_weights(targets, "sqrt")
+    assert float(sqrt[95] / sqrt[0]) == pytest.approx(3.0)
+    assert sample_weights(targets, "random") is None
+    inverse = class_weights(targets, 3, "inverse")
+    assert inverse[2] == 0 and float(inverse[1] / inverse[0]) == pytest.approx(9.0) and float(inverse[:2].mean()) == 1
+    effective = class_weights(targets, 2, "effective_number")
+    assert 1 < float(effective[1] / effective[0]) < 9
+
+
+def test_training_with_a_balanced_sampler_and_class_weights(tmp_path):
+    from .test_trainer import small_config
+
+    summary = train(small_config("data.synth_long_tail=10", "data.sampler=sqrt", "optim.class_weights=inverse",
+                                 "train.epochs=1"), tmp_path, progress=False)
+    assert summary["steps"] == 6 and "test" in summary
