@@ -79,7 +79,7 @@ def sample_weights(targets, mode: str) -> Optional[torch.Tensor]:
 
 
 def class_weights(targets, num_classes: int, mode: str, beta: float = 0.999) -> Optional[torch.Tensor]:
-    """Loss weights per class, mean 1 over the classes with samples: ``"inverse"``
+    r"""Loss weights per class, mean 1 over the classes with samples: ``"inverse"``
     (:math:`\propto 1 / n_c`), ``"effective_number"`` (Cui et al., CVPR 2019:
     :math:`\propto (1 - \beta) / (1 - \beta^{n_c})`), or ``"none"`` (None)."""
     if mode == "none":
@@ -94,7 +94,7 @@ def class_weights(targets, num_classes: int, mode: str, beta: float = 0.999) -> 
 
 
 class ResumableSampler(Sampler[int]):
-    """A seeded per-epoch permutation, sharded across ranks, that can start mid-epoch.
+    r"""A seeded per-epoch permutation, sharded across ranks, that can start mid-epoch.
 
     Order of epoch ``e``: ``randperm(n, seed + e)`` (or ``range(n)`` without shuffling),
     padded by repetition to a multiple of ``world_size`` when ``pad``; rank ``r`` takes
