@@ -86,6 +86,36 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
     return validate(config)
 
 
+def dump_scores(path: Path, dataset, meter, scores, names, config) -> None:
+    """Per-video scores (after view averaging), labels and paths as ``.npz`` or ``.csv``."""
+    import csv
+
+    import numpy as np
+
+    skipped = set(meter.skipped)
+    samples = [s for s in getattr(dataset, "samples", [])]
+    paths = [p for p, _ in samples if p not in skipped] if samples else [str(i) for i in range(len(scores))]
+    labels = [label for p, label in samples if p not in skipped] if samples else []
+    if len(paths) != len(scores):
+        raise ValueError(f"--dump: {len(scores)} scores for {len(paths)} videos (multi-process evaluation "
+                         f"cannot dump; run it in one process)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    e = config.eval
+    already = e.average == "prob" and e.num_clips * e.num_crops > 1  # averaged view probabilities
+    probabilities = scores if already else scores.float().softmax(1)
+    if path.suffix == ".csv":
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "predicted", *(names or [str(c) for c in range(scores.shape[1])])])
+            for p, label, row in zip(paths, labels, probabilities.tolist()):
+                writer.writerow([p, label, int(np.argmax(row)), *(f"{v:.6g}" for v in row)])
+    else:
+        np.savez_compressed(path if path.suffix == ".npz" else path.with_suffix(".npz"),
+                            probabilities=probabilities.numpy(), labels=np.array(labels), paths=np.array(paths),
+                            classes=np.array(names or []), views=np.array(f"{e.num_clips}x{e.num_crops} {e.average}"))
+    print(f"dumped {len(paths)} videos' scores to {path}")
+
+
 def results_tag(split: str, overrides: List[str]) -> str:
     """File-name tag of an evaluation: the split, plus the overrides when there are any
     (``test`` or ``test.data.num_frames=32``), so that an evaluation with other settings
@@ -145,14 +175,19 @@ def cmd_eval(args) -> int:
     config = _overridden_config(checkpoint, args.overrides)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
-    dataset = build_dataset(config, args.split, train=False, classes=names)
-    meter = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
-                     num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
-                     progress=not args.no_progress)
+    dataset = build_dataset(config, args.split, train=False, classes=names, views=True)
+    result = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
+                      num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
+                      progress=not args.no_progress, collect_logits=bool(args.dump))
+    meter, scores = result if args.dump else (result, None)
+    if args.dump:
+        dump_scores(Path(args.dump), dataset, meter, scores, names, config)
     out = Path(args.out) if args.out else checkpoint.parent
     tag = results_tag(args.split, args.overrides)
+    e = config.eval
     metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
-                               {"checkpoint": str(checkpoint), "overrides": list(args.overrides)}, tag=tag)
+                               {"checkpoint": str(checkpoint), "overrides": list(args.overrides),
+                                "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
     skipped = f"  skipped {metrics['skipped']} unreadable (-> skipped_{tag}.txt)" if metrics["skipped"] else ""
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
           f"MCA (present) {metrics['mca_present']:.4f}  MCA (union) {metrics['mca_union']:.4f}  "
@@ -163,19 +198,31 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     import torch
 
-    from .data import eval_transform, load_clip
+    from .data import count_frames, eval_transform, load_clip
+    from .data.views import MultiCropTransform, average_views, view_indices
     from .engine.trainer import load_trained
 
     device = _device(args.device)
-    model, config, names = load_trained(Path(args.checkpoint), device)
-    d = config.data
+    config = _overridden_config(Path(args.checkpoint), args.overrides)
+    model, config, names = load_trained(Path(args.checkpoint), device, config)
+    d, e = config.data, config.eval
     transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
                                normalization=d.normalization)
+    crops = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                               normalization=d.normalization, num_crops=e.num_crops)
     results = []
     for path in args.videos:
-        clip = transform(load_clip(path, d.num_frames, sampling=d.sampling)).unsqueeze(0).to(device)
+        if e.num_clips * e.num_crops == 1:
+            views = transform(load_clip(path, d.num_frames, sampling=d.sampling)).unsqueeze(0)  # (1, 3, T, S, S)
+        else:
+            total = count_frames(path)
+            views = torch.cat([crops(load_clip(path, d.num_frames, indices=view_indices(total, d.num_frames, v,
+                                                                                         e.num_clips)))
+                               for v in range(e.num_clips)])  # (V, 3, T, S, S)
         with torch.no_grad():
-            probabilities = model(clip).float().softmax(1)[0]
+            logits = model(views.to(device)).float().unsqueeze(0)  # (1, V, C)
+            probabilities = average_views(logits, e.average).softmax(1)[0] if e.average == "logits" \
+                else average_views(logits, "prob")[0]
         top = probabilities.topk(min(args.topk, probabilities.numel()))
         predictions = [{"label": int(i), "name": names[int(i)] if names else str(int(i)), "probability": float(p)}
                        for p, i in zip(top.values, top.indices)]
@@ -348,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     _add_set(p)
     p.add_argument("--out", help="where to write the results (default: the checkpoint's folder)")
+    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -357,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--topk", type=int, default=5)
+    _add_set(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)

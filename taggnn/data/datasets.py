@@ -148,6 +148,26 @@ class VideoClipDataset(Dataset):
         return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index),
                          total_frames=self.frame_counts.get(path), threads=self.decode_threads)
 
+    def load_view(self, index: int, view: int, num_views: int):
+        """The raw uint8 clip of temporal view ``view`` of ``num_views`` (see
+        :mod:`taggnn.data.views`) and its label, or a :class:`SkippedClip`."""
+        from .video import count_frames
+        from .views import view_indices
+
+        path, label = self.samples[index]
+        try:
+            total = self.frame_counts.get(path) or count_frames(path)
+            indices = view_indices(total, self.num_frames, view, num_views)
+            clip = load_clip(path, self.num_frames, indices=indices, total_frames=total,
+                             threads=self.decode_threads)
+        except VideoError as error:
+            if self.on_error == "raise":
+                raise
+            self.failures.append((path, error.cause))
+            logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
+            return SkippedClip(path, error.cause)
+        return clip, label
+
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
         unreadable clip (never another clip in its place)."""

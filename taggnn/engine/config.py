@@ -129,11 +129,19 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    num_clips: int = 1  # temporal views per video at evenly spaced offsets (the paper: 1)
+    num_crops: int = 1  # 1: centre crop (the paper) | 3: three crops along the long side
+    average: str = "prob"  # combine the views' scores: prob (mean softmax) | logits (mean logit)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     name: str = "run"
 
     def to_dict(self) -> Dict[str, Any]:
@@ -175,6 +183,7 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
         "model.pos_init": ("trunc_normal", "normal"),
         "train.amp": AMP_MODES,
         "train.mca": MCA_CONVENTIONS,
+        "eval.average": ("prob", "logits"),
     }
 
 
@@ -264,6 +273,8 @@ RANGES: Dict[str, Range] = {
     "train.eval_every": AT_LEAST_1,
     "train.log_every": AT_LEAST_1,
     "train.max_steps": AT_LEAST_1,
+    "eval.num_clips": AT_LEAST_1,
+    "eval.num_crops": Range(1, 3),
 }
 
 
@@ -289,6 +300,8 @@ def validate(config: "Config") -> "Config":
     o, d = config.optim, config.data
     if o.min_lr > o.lr:
         problems.append(f"optim.min_lr={o.min_lr!r} exceeds optim.lr={o.lr!r}")
+    if config.eval.num_crops not in (1, 3):
+        problems.append(f"eval.num_crops={config.eval.num_crops} is not 1 (centre) or 3 (along the long side)")
     if d.short_side is not None and d.short_side < d.crop_size:
         problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
     if problems:

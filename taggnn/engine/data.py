@@ -40,12 +40,14 @@ class EpochSeeded(Dataset):
         return getattr(self.dataset, name)
 
 
-def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]] = None) -> Dataset:
+def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]] = None,
+                  views: bool = False) -> Dataset:
     """The dataset of ``split`` with the train or test transform of the config.
 
     ``classes`` (the training split's class names, or a checkpoint's) fixes the label of
     every class name: a split whose classes disagree with them raises an error naming the
-    class, never renumbers labels silently.
+    class, never renumbers labels silently. ``views=True`` (testing) applies ``eval.num_clips`` x
+    ``eval.num_crops``: each item is then ``(V, 3, T, S, S)``.
     """
     dataset = _build_dataset(config, split, train=train, classes=classes)
     if classes is not None:
@@ -56,6 +58,16 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
                 f"split {split!r} of {config.data.dataset!r} has {len(found)} classes that do not match the "
                 f"{len(classes)} expected (training split or checkpoint)"
                 + (f"; first differences: {', '.join(differ)}" if differ else ""))
+    e, d = config.eval, config.data
+    if views and not train and (e.num_clips > 1 or e.num_crops > 1):
+        from ..data.views import MultiCropTransform, MultiViewClips
+
+        if not hasattr(dataset, "load_view"):
+            raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
+                              f"{' with data.features' if d.features else ''} has none")
+        transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                       normalization=d.normalization, num_crops=e.num_crops)
+        dataset = MultiViewClips(dataset, transform, e.num_clips)
     return dataset
 
 

@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption without changing what is computed.
 # A lower ``optim.lr`` (and a gradient clip) may be set to continue a run that diverged.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.num_workers", "train.log_every",
-                     "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr",
-                     "optim.grad_clip"}
+                     "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr", "optim.grad_clip",
+                     "eval.num_clips", "eval.num_crops", "eval.average", "train.eval_amp", "data.decode_threads",
+                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor"}
 
 
 from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
@@ -168,8 +169,13 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
         if clips is None:
             continue
         clips = clips.to(device, non_blocking=True)
+        views = clips.dim() == 6  # (B, V, 3, T, H, W): multi-view testing
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = model(clips)
+            logits = model(clips.flatten(0, 1) if views else clips)
+        if views:
+            from ..data.views import average_views
+
+            logits = average_views(logits.view(clips.size(0), clips.size(1), -1), cfg.eval.average)
         meter.update(logits.float(), labels)
         if collect_logits:
             logits_all.append(logits.float().cpu())
@@ -598,7 +604,8 @@ class Trainer:
         if self.best_state is None:
             return {}
         self.model.load_state_dict(self.best_state)
-        test_set = build_dataset(self.config, self.config.data.test_split, train=False, classes=self.names)
+        test_set = build_dataset(self.config, self.config.data.test_split, train=False, classes=self.names,
+                                 views=True)
         meter = evaluate(self.model, test_set, batch_size=t.eval_batch_size, device=self.device,
                          num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
                          config=self.config, progress=self.progress)

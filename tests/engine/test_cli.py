@@ -68,3 +68,34 @@ def test_help_everywhere(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
     assert "--checkpoint" in capsys.readouterr().out
+
+
+def test_multi_view_eval_predict_and_dump(tmp_path, capsys):
+    import numpy as np
+
+    for split, count in (("train", 16), ("val", 8), ("test", 6)):
+        write_split(tmp_path / "v", split, count=count, num_frames=12, size=40)
+    out = tmp_path / "run"
+    csvs = [item for s in ("train", "val", "test")
+            for item in ("--set", f"data.{s}_csv={tmp_path / 'v' / (s + '.csv')}")]
+    assert main(["train", "--out", str(out), "--no-progress", *SMALL, "--set", "data.dataset=csv", "--set",
+                 f"data.root={tmp_path / 'v'}", "--set", "data.short_side=40", *csvs]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--no-progress", "--set", "eval.num_clips=3",
+                 "--set", "eval.num_crops=3", "--dump", str(tmp_path / "scores.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "clips 6" in text
+    dump = np.load(tmp_path / "scores.npz")
+    assert dump["probabilities"].shape == (6, 16) and np.allclose(dump["probabilities"].sum(1), 1, atol=1e-5)
+    assert len(dump["paths"]) == 6 and str(dump["views"]) == "3x3 prob"
+    metrics = json.loads((out / "metrics_test.eval.num_clips=3_eval.num_crops=3.json").read_text())
+    assert metrics["views"] == "3x3 (prob)" and metrics["count"] == 6
+    assert main(["eval", "--checkpoint", str(out / "best.pt"), "--no-progress", "--dump",
+                 str(tmp_path / "scores.csv")]) == 0
+    assert (tmp_path / "scores.csv").read_text().splitlines()[0].startswith("path,label,predicted,")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "v" / "test" / "000000.mp4"), "--checkpoint", str(out / "best.pt"),
+                 "--set", "eval.num_clips=2", "--set", "eval.num_crops=3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    top = [p["probability"] for p in result[0]["predictions"]]
+    assert len(top) == 5 and 0 < sum(top) <= 1 + 1e-6 and top == sorted(top, reverse=True)

@@ -47,7 +47,7 @@ def test_every_numeric_key_has_a_range():
     from taggnn.engine.config import RANGES, Config
 
     config = Config()
-    numeric = {f"{section}.{f.name}" for section in ("data", "model", "optim", "train")
+    numeric = {f"{section}.{f.name}" for section in ("data", "model", "optim", "train", "eval")
                for f in fields(getattr(config, section)) if "int" in str(f.type) or "float" in str(f.type)}
     assert numeric - set(RANGES) == set()
 
