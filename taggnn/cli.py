@@ -356,6 +356,30 @@ def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[
     return sorted(chosen)
 
 
+def cmd_export(args) -> int:
+    import torch
+
+    from .engine.trainer import load_trained
+    from .models.export import FORMATS, export_model
+
+    model, config, _ = load_trained(Path(args.checkpoint), torch.device("cpu"))
+    d = config.data
+    frames, crop = args.frames or d.num_frames, args.crop or d.crop_size
+    if hasattr(model, "backbone"):
+        grid = model.backbone.feature_grid(frames, crop, crop)
+        if grid != model.head.grid:
+            model.head.set_grid(grid)  # interpolates the positional table
+        example = torch.randn(args.batch, 3, frames, crop, crop)
+    else:  # a head trained on cached features
+        example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(FORMATS[args.format])
+    result = export_model(model, example, out, args.format)
+    check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
+             else "not verified (onnxruntime missing)")
+    print(f"wrote {out} ({args.format}, input {tuple(example.shape)}); {check}")
+    return 0
+
+
 def cmd_synth(args) -> int:
     from .data.synthgym import run
 
@@ -445,6 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("export", help="write a checkpoint as TorchScript, a torch.export program or ONNX",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program"), default="exported-program")
+    p.add_argument("--frames", type=int, help="clip length of the exported model (default: the config's)")
+    p.add_argument("--crop", type=int, help="crop size of the exported model (default: the config's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
+    p.add_argument("--out", help="output file (default: the checkpoint's name with the format's suffix)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
                        description="Write SynthGym clips as mp4 files + a VideoCSV file.")

@@ -125,6 +125,7 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
     mca: str = "present"  # mean class accuracy over classes in the ground truth | union (mmaction2)
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps: for tests
+    compile: bool = False  # torch.compile the model for training
     export_backbone: bool = False  # also write the best model's backbone weights as backbone.pt (pretraining)
 
 

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.num_workers", "train.log_every",
                      "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr", "optim.grad_clip",
                      "eval.num_clips", "eval.num_crops", "eval.average", "train.eval_amp", "data.decode_threads",
-                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor"}
+                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor", "train.compile"}
 
 
 from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
@@ -386,6 +386,8 @@ class Trainer:
         if self.context.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if t.compile:  # the compiled module shares the parameters; checkpoints store self.model's
+            self.ddp_model = torch.compile(self.ddp_model)
         self.amp_dtype = autocast_dtype(t.amp, self.device)
         self.eval_dtype = eval_autocast_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)

@@ -84,6 +84,8 @@ def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
     graph.check_node_features(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):  # inference, tracing, export: plain tensor ops
+        return _apply_a_hat(x, graph)
     return _SymmetricPropagation.apply(x, graph, 1, 0.0)
 
 
@@ -105,6 +107,8 @@ def structured_appnp(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float
     graph.check_node_features(x)
     if K == 0:
         return x
+    if not (torch.is_grad_enabled() and x.requires_grad):  # inference, tracing, export: plain tensor ops
+        return _appnp_no_grad(x, graph, K, float(alpha))
     return _SymmetricPropagation.apply(x, graph, K, float(alpha))
 
 

@@ -1,7 +1,7 @@
 r"""TAG-Head: Transformer + spatio-temporal graph head on 3D backbone features."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,17 @@ from .readout import GraphReadout
 from .refiner import GraphRefiner
 
 POST_GRAPH = ("none", "ffn")
+
+
+class NodeBatch(NamedTuple):
+    """The fields of a PyG :class:`~torch_geometric.data.Batch` the graph stage reads, as a plain
+    tuple: used while ``torch.compile`` / ``torch.export`` trace the head (they cannot trace
+    PyG's attribute storage); equal in content to :meth:`SpatioTemporalGraph.batch`."""
+
+    x: Tensor  # (B*N, C)
+    batch: Tensor  # (B*N,)
+    ptr: Tensor  # (B+1,)
+    num_graphs: int
 
 
 class PostGraphFFN(nn.Module):
@@ -316,14 +327,20 @@ class TAGHead(nn.Module):
             x = self.transformer(x)
         return x
 
-    def batch(self, h0: Tensor) -> Batch:
+    def batch(self, h0: Tensor) -> Union[Batch, NodeBatch]:
         """The clips' graphs as one PyG :class:`Batch` with node features ``h0`` ``(B, N, C)``
         (cached template: ``x`` is a view; the edge list is attached unless the graph stage
-        is the structured propagation, which never reads it)."""
+        is the structured propagation, which never reads it). While ``torch.compile`` traces,
+        a :class:`NodeBatch` with the same fields."""
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            B, N, C = h0.shape
+            nodes = torch.arange(B, device=h0.device).repeat_interleave(N)  # (B*N,)
+            ptr = torch.arange(B + 1, device=h0.device) * N  # (B+1,)
+            return NodeBatch(h0.reshape(B * N, C), nodes, ptr, B)
         edges = self.refiner is not None and self.refiner.backend != "structured"
         return self.graph.batch(h0, edges=edges)
 
-    def graph_stage(self, batch: Batch) -> Tensor:
+    def graph_stage(self, batch: Union[Batch, NodeBatch]) -> Tensor:
         """Refinement, LayerScale gate and post-graph MLP on the batch's nodes, ``(B N, C)``."""
         x = batch.x
         if self.refiner is not None:

@@ -9,6 +9,12 @@ from torch_geometric.nn import aggr
 READOUTS = ("mean", "max", "softmax", "powermean", "attention", "set2set")
 
 
+def _tracing() -> bool:
+    import torch
+
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 class GraphReadout(nn.Module):
     r"""Pools the nodes of every graph of a batch into one vector with an aggregation of
     :mod:`torch_geometric.nn.aggr`, over the batch's ``batch`` / ``ptr`` vectors.
@@ -80,6 +86,11 @@ class GraphReadout(nn.Module):
     def forward(self, x: Tensor, batch: Tensor, ptr: Optional[Tensor], num_graphs: int) -> Tensor:
         if x.dim() != 2:
             raise ValueError(f"expected node features of shape (B*N, C), got {tuple(x.shape)}")
+        if self.name in ("mean", "max") and _tracing():
+            # Every clip has the same N nodes: reduce a (B, N, C) view (equal to the aggregation),
+            # which exports to ONNX (PyG's ptr path lowers to segment_reduce, which does not).
+            dense = x.view(num_graphs, -1, x.size(-1))  # (B, N, C)
+            return dense.mean(1) if self.name == "mean" else dense.amax(1)
         if self.name in ("mean", "max", "softmax", "powermean"):
             out = self.aggr(x, index=batch, ptr=ptr, dim_size=num_graphs)  # (B, C)
         else:  # attention / Set2Set work on the index vector

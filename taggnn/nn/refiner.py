@@ -354,7 +354,7 @@ class GraphRefiner(nn.Module):
 
     # ------------------------------------------------------------- forward
     def forward(self, x: Union[Tensor, Batch]) -> Tensor:
-        if isinstance(x, Batch):  # PyG Batch of B clips of this graph: x is (B*N, C)
+        if not isinstance(x, Tensor):  # a PyG Batch (or NodeBatch) of B clips of this graph: x is (B*N, C)
             N = self.graph.num_nodes
             B = x.num_graphs
             return self._refine(x.x.view(B, N, -1)).reshape(B * N, -1)
