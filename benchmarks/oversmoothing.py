@@ -141,6 +141,9 @@ def main(argv=None) -> None:
                         help="instead: Top-1 of heads with GCN/GAT stacks of depth 1-16 and APPNP K 1-64 on the "
                              "frozen-feature SynthGym protocol (benchmarks.ablation), mean and 95%% CI over seeds")
     parser.add_argument("--seeds", type=int, default=3, help="--end-to-end: paired seeds per row")
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4, 8, 16],
+                        help="--end-to-end: GCN / GAT stack depths")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 16, 64], help="--end-to-end: APPNP K values")
     parser.add_argument("--pretrained", type=Path, default=Path("runs/synthgym_pretrain/backbone.pt"),
                         help="--end-to-end: backbone of synthgym_pretrain")
     args = parser.parse_args(argv)
@@ -206,10 +209,6 @@ def main(argv=None) -> None:
         print("matplotlib not installed: no plots")
 
 
-END_TO_END_DEPTHS = (1, 2, 4, 8, 16)
-END_TO_END_K = (1, 2, 4, 16, 64)
-
-
 def end_to_end(args, device, env) -> None:
     """Oversmoothing tied to accuracy: Top-1 on the frozen-feature protocol per depth / K."""
     from .ablation import run_protocol
@@ -218,9 +217,9 @@ def end_to_end(args, device, env) -> None:
         raise SystemExit(f"--pretrained {args.pretrained} not found: run taggnn train --config synthgym_pretrain "
                          f"--out runs/synthgym_pretrain first")
     rows = {"B+TE": dict(intra=False, temporal=False)}  # no graph stage
-    rows.update({f"APPNP K={k}": dict(K=k) for k in END_TO_END_K})
-    rows.update({f"GCN x{d}": dict(propagation="gcn", num_graph_layers=d) for d in END_TO_END_DEPTHS})
-    rows.update({f"GAT x{d}": dict(propagation="gat", num_graph_layers=d, graph_heads=4) for d in END_TO_END_DEPTHS})
+    rows.update({f"APPNP K={k}": dict(K=k) for k in args.ks})
+    rows.update({f"GCN x{d}": dict(propagation="gcn", num_graph_layers=d) for d in args.depths})
+    rows.update({f"GAT x{d}": dict(propagation="gat", num_graph_layers=d, graph_heads=4) for d in args.depths})
     result = run_protocol("frozen", rows, args.seeds, train=1600, test=640, epochs=None, pretrained=args.pretrained,
                           device=device)
     print(describe_environment(env))

@@ -148,41 +148,40 @@ class VideoClipDataset(Dataset):
         return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index),
                          total_frames=self.frame_counts.get(path), threads=self.decode_threads)
 
+    def _read(self, index: int, load: Callable[[str], torch.Tensor]):
+        """``(raw clip, label)`` of sample ``index`` read by ``load(path)``, or, with
+        ``on_error="skip"``, a :class:`SkippedClip` (never another clip in its place)."""
+        path, label = self.samples[index]
+        try:
+            return load(path), label
+        except VideoError as error:
+            if self.on_error == "raise":
+                raise
+            self.failures.append((path, error.cause))
+            logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
+            return SkippedClip(path, error.cause)
+
     def load_view(self, index: int, view: int, num_views: int):
         """The raw uint8 clip of temporal view ``view`` of ``num_views`` (see
         :mod:`taggnn.data.views`) and its label, or a :class:`SkippedClip`."""
         from .video import count_frames
         from .views import view_indices
 
-        path, label = self.samples[index]
-        try:
+        def load(path: str) -> torch.Tensor:
             total = self.frame_counts.get(path) or count_frames(path)
-            indices = view_indices(total, self.num_frames, view, num_views)
-            clip = load_clip(path, self.num_frames, indices=indices, total_frames=total,
-                             threads=self.decode_threads)
-        except VideoError as error:
-            if self.on_error == "raise":
-                raise
-            self.failures.append((path, error.cause))
-            logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
-            return SkippedClip(path, error.cause)
-        return clip, label
+            return load_clip(path, self.num_frames, indices=view_indices(total, self.num_frames, view, num_views),
+                             total_frames=total, threads=self.decode_threads)
+
+        return self._read(index, load)
 
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
         unreadable clip (never another clip in its place)."""
-        path, label = self.samples[index]
-        try:
-            clip = self.load(index)
-        except VideoError as error:
-            if self.on_error == "raise":
-                raise
-            self.failures.append((path, error.cause))
-            logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
-            return SkippedClip(path, error.cause)
-        if self.transform is not None:
-            clip = self.transform(clip)
-        return clip, label
+        sample = self._read(index, lambda path: self.load(index))
+        if isinstance(sample, SkippedClip) or self.transform is None:
+            return sample
+        clip, label = sample
+        return self.transform(clip), label
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(samples={len(self)}, classes={len(self.classes)}, "
