@@ -20,13 +20,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torchvision.models import video as tv_video
 
+from ..data.constants import IG65M_MEAN, IG65M_STD, KINETICS_MEAN, KINETICS_STD, SLOWFAST_MEAN, SLOWFAST_STD
 from .weights import (
-    IG65M_MEAN,
-    IG65M_STD,
-    KINETICS_MEAN,
-    KINETICS_STD,
-    SLOWFAST_MEAN,
-    SLOWFAST_STD,
     PathLike,
     WeightsEntry,
     WeightsError,

@@ -24,14 +24,6 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
-from ..data.constants import (  # noqa: F401  (re-exported for the weights entries)
-    IG65M_MEAN,
-    IG65M_STD,
-    KINETICS_MEAN,
-    KINETICS_STD,
-    SLOWFAST_MEAN,
-    SLOWFAST_STD,
-)
 from ..errors import WeightsError  # noqa: F401  (re-exported: taggnn.models.WeightsError)
 
 logger = logging.getLogger(__name__)
