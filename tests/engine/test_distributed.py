@@ -104,3 +104,43 @@ def test_training_with_a_balanced_sampler_and_class_weights(tmp_path):
     summary = train(small_config("data.synth_long_tail=10", "data.sampler=sqrt", "optim.class_weights=inverse",
                                  "train.epochs=1"), tmp_path, progress=False)
     assert summary["steps"] == 6 and "test" in summary
+
+
+def _collectives_worker(rank, world_size, port, out):
+    import torch.distributed as dist
+
+    from taggnn.engine.distributed import all_reduce_sum, broadcast_flag
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    # the way the CUDA path creates its group, minus NCCL: CPU tensors go to the gloo part
+    dist.init_process_group(backend="cpu:gloo", rank=rank, world_size=world_size)
+    try:
+        context = DistributedContext(rank=rank, world_size=world_size)
+        summed = all_reduce_sum(torch.full((2, 2), rank + 1, dtype=torch.long), context)  # confusion matrices
+        flag = broadcast_flag(rank == 1, context)  # the stop / non-finite flag
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, {"rank": rank})  # RNG states in checkpoints
+        best = [{"w": torch.ones(1) * 7} if rank == 0 else None]
+        dist.broadcast_object_list(best, src=0)  # the best weights on resume
+        skipped = [None] * world_size
+        dist.all_gather_object(skipped, [f"clip{rank}.mp4"])  # unreadable clips in evaluation
+        if rank == 0:
+            out.put((summed.tolist(), flag, gathered, float(best[0]["w"]), skipped))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_trainer_collective_on_a_group_created_like_the_cuda_path():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_collectives_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    summed, flag, gathered, best, skipped = queue.get(timeout=120)
+    for p in processes:
+        p.join(60)
+    assert summed == [[3, 3], [3, 3]] and flag is True and best == 7.0
+    assert gathered == [{"rank": 0}, {"rank": 1}] and skipped == [["clip0.mp4"], ["clip1.mp4"]]
