@@ -86,9 +86,10 @@ class GraphReadout(nn.Module):
     def forward(self, x: Tensor, batch: Tensor, ptr: Optional[Tensor], num_graphs: int) -> Tensor:
         if x.dim() != 2:
             raise ValueError(f"expected node features of shape (B*N, C), got {tuple(x.shape)}")
-        if self.name in ("mean", "max") and _tracing():
+        if self.name in ("mean", "max") and (_tracing() or x.device.type == "meta"):
             # Every clip has the same N nodes: reduce a (B, N, C) view (equal to the aggregation),
-            # which exports to ONNX (PyG's ptr path lowers to segment_reduce, which does not).
+            # which exports to ONNX (PyG's ptr path lowers to segment_reduce, which does not) and
+            # runs on the meta device (FLOP counting) whatever scatter library PyG picked.
             dense = x.view(num_graphs, -1, x.size(-1))  # (B, N, C)
             return dense.mean(1) if self.name == "mean" else dense.amax(1)
         if self.name in ("mean", "max", "softmax", "powermean"):
