@@ -22,6 +22,7 @@ interval contains 0 is reported as "no difference".
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -61,10 +62,11 @@ STAGES = {  # issue [F]: graph stages whose effect survives the readout
 ROWS = {**TABLE4, **STAGES}
 DEFAULT_ROWS = list(TABLE4) + ["Full+attention", "Full+ffn", "Full+learned-w", "Full+RGCN", "Full (LS=0)"]
 PRESETS = {"scratch": "synthgym_tiny", "finetune": "synthgym_finetune", "frozen": "synthgym_frozen"}
-# Sized for 2 CPU cores (<= 15 min each): frozen runs only the head, the others the whole model.
-DEFAULTS = {"frozen": dict(train=1600, test=640, seeds=5, rows=DEFAULT_ROWS),
-            "finetune": dict(train=800, test=400, seeds=3, rows=list(TABLE4)),
-            "scratch": dict(train=800, test=400, seeds=3, rows=list(TABLE4))}
+# Sized for 2 CPU cores (<= 15 min each): frozen runs only the head (~35 s a run), the others the
+# whole model (~50-65 s a run at 400 clips x 3 epochs). The README's tables add rows and seeds.
+DEFAULTS = {"frozen": dict(train=1600, test=640, seeds=4, epochs=None, rows=list(TABLE4)),
+            "finetune": dict(train=400, test=400, seeds=3, epochs=3, rows=list(TABLE4)),
+            "scratch": dict(train=400, test=400, seeds=3, epochs=3, rows=list(TABLE4))}
 
 
 def row_config(protocol: str, options: Dict[str, object], *, epochs: Optional[int],
@@ -183,7 +185,10 @@ def main(argv=None) -> None:
     parser.add_argument("--all-rows", action="store_true", help="every row above")
     parser.add_argument("--train", type=int, default=None, help="training clips (default: per protocol)")
     parser.add_argument("--test", type=int, default=None, help="test clips (default: per protocol)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the protocol preset's")
+    parser.add_argument("--epochs", type=int, default=None, help="default: per protocol (frozen: the preset's 6)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=[],
+                        help="JSON files of earlier runs of this protocol with the same seeds and settings: their "
+                             "rows join the table (runs are deterministic per seed, so they stay paired)")
     parser.add_argument("--pretrained", type=Path, default=Path("runs/synthgym_pretrain/backbone.pt"),
                         help="backbone weights of synthgym_pretrain (finetune and frozen)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
@@ -200,9 +205,16 @@ def main(argv=None) -> None:
                      f"--out runs/synthgym_pretrain` first (it writes backbone.pt)")
     device = pick_device(args.device)
     env = environment(device)
-    result = run_protocol(args.protocol, rows, seeds, train=train, test=test, epochs=args.epochs,
+    epochs = args.epochs or defaults["epochs"] or load_config(PRESETS[args.protocol]).train.epochs
+    result = run_protocol(args.protocol, rows, seeds, train=train, test=test, epochs=epochs,
                           pretrained=args.pretrained, device=device)
-    epochs = args.epochs or load_config(PRESETS[args.protocol]).train.epochs
+    for path in args.merge:
+        earlier = json.loads(Path(path).read_text())
+        keep = [r for r in earlier["runs"] if r["row"] not in rows]
+        order = list(dict.fromkeys([r["row"] for r in keep])) + list(rows)
+        result = {"runs": keep + result["runs"], "table": None}
+        result["table"] = tabulate(result["runs"], order, seeds)
+        rows = {row: ROWS.get(row, earlier["settings"]["rows"].get(row, {})) for row in order}
     print(describe_environment(env))
     print(f"protocol {args.protocol} (preset {PRESETS[args.protocol]}), SynthGym 16 classes, train {train} / test "
           f"{test} clips, {epochs} epochs, {seeds} paired seeds; Top-1 / MCA in %, mean [95% CI]; paired "

@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default="<data root>")
     parser.add_argument("--runs", default="runs/paper", help="where the runs go")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--device", default=None, help="train.device of the runs (default: the presets' auto)")
     args = parser.parse_args(argv)
     if args.table is None and args.figure is None:
         parser.error("give --table N (or all) and/or --figure 3")
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
             one_dataset = args.dataset not in ("all", None) and table in ("2", "3", "4")
             if one_dataset and f", {args.dataset}:" not in description:
                 continue
+            if args.device and command.startswith("taggnn train"):
+                command += f" --set train.device={args.device}"
             print(f"# {description}\n{command}")
             if not args.dry_run:
                 result = subprocess.run([sys.executable, "-m", "taggnn", *shlex.split(command)[1:]])
