@@ -99,3 +99,39 @@ def test_multi_view_eval_predict_and_dump(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     top = [p["probability"] for p in result[0]["predictions"]]
     assert len(top) == 5 and 0 < sum(top) <= 1 + 1e-6 and top == sorted(top, reverse=True)
+
+
+def test_tsne_samples_stratified_over_classes():
+    from taggnn.cli import stratified_indices
+
+    labels = [0] * 50 + [1] * 30 + [2] * 5
+    chosen = stratified_indices(labels, 12, seed=0)
+    counts = [sum(labels[i] == c for i in chosen) for c in range(3)]
+    assert len(chosen) == 12 and counts == [4, 4, 4]  # not the first 12 in file order (all class 0)
+    assert stratified_indices(labels, 12, seed=0) == chosen and stratified_indices(labels, 12, seed=1) != chosen
+    assert sorted(stratified_indices(labels, 100)) == list(range(85))
+
+
+def test_tsne_colours_do_not_repeat_beyond_20_classes():
+    pytest.importorskip("matplotlib")
+    from taggnn.engine.plots import class_colours
+
+    for n in (16, 99, 288, 500):
+        colours = [tuple(round(c, 6) for c in colour) for colour in class_colours(n)]
+        assert len(set(colours)) == n
+
+
+def test_tsne_lays_out_one_row_per_checkpoint(tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+
+    from taggnn.engine.plots import save_tsne
+
+    points = np.random.default_rng(0).normal(size=(30, 2))
+    labels = np.arange(30) % 3
+    panels = {f"{kind} model{i}": points for i in range(3) for kind in ("backbone", "head")}
+    path = save_tsne(panels, labels, tmp_path / "t.png", ["a", "b", "c"], columns=2)
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert height > width  # 3 rows x 2 columns
