@@ -34,6 +34,9 @@ PROPAGATIONS = {
     "SAGE x1 + residual": dict(propagation="SAGEConv", num_graph_layers=1, graph_residual=True),
 }
 POST_GRAPH = ("none", "ffn")
+# Latency is measured for these propagations (every readout / post-graph option; ~1 s a head at C=512
+# on 2 CPU cores); --latency-all times every combination.
+LATENCY_PROPAGATIONS = ("APPNP K=2 (paper)", "GCN x2", "RGCN x1 + residual")
 
 
 def synthgym_tokens(pretrained: Path, device: torch.device, clips: int = 64) -> torch.Tensor:
@@ -51,6 +54,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pretrained", type=Path, default=Path("runs/synthgym_pretrain/backbone.pt"))
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--latency-all", action="store_true", help="time every combination, not only "
+                                                                   + ", ".join(LATENCY_PROPAGATIONS))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     parser.add_argument("--out", type=Path, default=Path("results/readout.json"))
     args = parser.parse_args(argv)
@@ -70,7 +75,7 @@ def main(argv=None) -> None:
             torch.manual_seed(0)
             head = TAGHead(128, 16, tuple(real.shape[2:]), **settings).to(device).eval()
             row["sensitivity_synthgym"] = graph_sensitivity(head, real)["mean"]
-        if not args.no_latency:
+        if not args.no_latency and (args.latency_all or name in LATENCY_PROPAGATIONS):
             torch.manual_seed(0)
             big = TAGHead(512, 99, (8, 7, 7), **dict(settings, num_heads=8, ffn_dim=1024)).to(device).train()
             x = torch.randn(8, 512, 8, 7, 7, device=device)
