@@ -294,7 +294,8 @@ class GraphRefiner(nn.Module):
             torch_sparse = require_torch_sparse("backend='sparse_tensor'")
             return torch_sparse.SparseTensor(row=edge_index[1], col=edge_index[0], value=value, sparse_sizes=size)
         # (target, source) layout, so that adj @ x aggregates messages at the targets
-        return torch.sparse_coo_tensor(edge_index.flip(0), value, size, is_coalesced=False)
+        return torch.sparse_coo_tensor(edge_index.flip(0), value, size, is_coalesced=False,
+                                       check_invariants=False)  # indices built by the template: valid
 
     def _sparse_tensor(self, B: int, device: torch.device, dtype: torch.dtype):
         key = (B, device, dtype)
