@@ -113,6 +113,10 @@ class FeatureDataset(Dataset):
             :class:`~taggnn.errors.ConfigError` listing every difference).
     """
 
+    #: Items draw no random numbers (no augmentation), so :class:`~taggnn.engine.data.EpochSeeded`
+    #: need not seed anything per item.
+    stochastic = False
+
     def __init__(self, folder, split: str, config: Optional[Config] = None):
         path = Path(folder) / f"{split}.pt"
         if not path.is_file():
