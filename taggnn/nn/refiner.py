@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import APPNP, GATConv, GCNConv
+from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.nn.conv import MessagePassing
 
 from ..graph import SpatioTemporalGraph, structured_appnp, structured_propagate
+from ..graph.sparse import SymmetricAPPNP
 from ..graph.structured import weighted_propagate
 from ..utils.optional import require_torch_sparse
 
@@ -219,7 +220,9 @@ class GraphRefiner(nn.Module):
         if propagation == "appnp":
             # Parameter-free; normalisation by PyG for edge_index, precomputed (or recomputed from
             # the learned weights) in the adjacency for csr / sparse_tensor.
-            self.appnp = APPNP(K, self.alpha, normalize=backend == "edge_index")
+            # SymmetricAPPNP: PyG's APPNP whose backward reuses the cached symmetric CSR
+            # adjacency instead of sorting its transpose every step (edge_index: PyG's path).
+            self.appnp = SymmetricAPPNP(K, self.alpha, normalize=backend == "edge_index")
         elif propagation == "gcn":
             self.convs = nn.ModuleList(GCNConv(channels, channels) for _ in range(num_layers))
         elif propagation == "gat":

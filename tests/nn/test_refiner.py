@@ -171,3 +171,18 @@ def test_the_pyg_transform_is_registered_functionally():
     data = Data(x=torch.randn(8, 3))
     assert SpatioTemporalGrid(2, 2, 2)(data).edge_index.size(1) == SpatioTemporalGraph(2, 2, 2).num_edges
     assert hasattr(SpatioTemporalGrid, "__call__")
+
+
+def test_default_backend_backward_reuses_the_cached_adjacency():
+    """The csr back-end runs PyG's APPNP (SymmetricAPPNP subclasses it) and its backward pass
+    multiplies by the cached symmetric adjacency again instead of sorting a transposed copy."""
+    refiner = GraphRefiner(SpatioTemporalGraph(4, 4, 4))
+    assert refiner.backend == "csr" and isinstance(refiner.appnp, APPNP)
+    x = torch.randn(8, 64, 16, requires_grad=True)
+    refiner(x)  # builds and caches the batch's adjacency
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        refiner(x).sum().backward()
+    ops = {event.key for event in prof.key_averages()}
+    assert "aten::_to_sparse_csr" not in ops and "aten::sort" not in ops
+    expected = GraphRefiner(SpatioTemporalGraph(4, 4, 4), backend="structured")(x)
+    torch.testing.assert_close(refiner(x), expected, atol=1e-5, rtol=1e-5)
