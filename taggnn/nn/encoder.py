@@ -4,7 +4,52 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .dropout import Dropout, dropout, uses_fast_path
+
+
+class TokenEncoderLayer(nn.TransformerEncoderLayer):
+    r""":class:`torch.nn.TransformerEncoderLayer` (same parameters, state-dict keys and
+    evaluation path) whose training-mode dropouts on CPU draw their masks with
+    :func:`taggnn.nn.dropout.dropout`: the three dropout modules, and the attention
+    dropout through an explicit attention
+
+    .. math::
+        \mathrm{Attn}(X) = \mathrm{Drop}\big(\mathrm{softmax}(Q K^\top / \sqrt{d_h})\big) V,
+        \qquad [Q, K, V] = X W_{in}^\top + b_{in},
+
+    per head, followed by ``out_proj``: the computation of PyTorch's math attention path.
+    With ``fast_cpu_dropout=False``, on other devices, or with attention masks it is
+    PyTorch's layer unchanged.
+
+    **Shapes:** input and output :math:`(B, N, C)` (``batch_first``).
+    """
+
+    def __init__(self, *args, fast_cpu_dropout: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_cpu_dropout = bool(fast_cpu_dropout)
+        if self.fast_cpu_dropout:
+            p = self.dropout.p
+            self.dropout, self.dropout1, self.dropout2 = Dropout(p), Dropout(p), Dropout(p)
+
+    def _sa_block(self, x: Tensor, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                  is_causal: bool = False) -> Tensor:
+        attention = self.self_attn
+        p = attention.dropout
+        if (not self.fast_cpu_dropout or attn_mask is not None or key_padding_mask is not None or is_causal
+                or not attention.batch_first or not attention._qkv_same_embed_dim
+                or not uses_fast_path(x, p, self.training)):
+            return super()._sa_block(x, attn_mask, key_padding_mask, is_causal)
+        B, N, C = x.shape
+        heads = attention.num_heads
+        qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # (B, N, 3C)
+        q, k, v = qkv.view(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+        weights = torch.softmax((q * (C // heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)  # (B, h, N, N)
+        out = dropout(weights, p, True) @ v  # (B, h, N, d)
+        out = attention.out_proj(out.transpose(1, 2).reshape(B, N, C))  # (B, N, C)
+        return self.dropout1(out)
 
 
 class TokenTransformer(nn.Module):
@@ -31,6 +76,9 @@ class TokenTransformer(nn.Module):
         norm_first (bool, optional): Pre-norm blocks. (default: :obj:`True`)
         activation (str, optional): MLP activation, ``"relu"`` (the
             PyTorch default the authors use) or ``"gelu"``. (default: ``"relu"``)
+        fast_cpu_dropout (bool, optional): Draw the training-mode dropout masks of CPU
+            tensors in bulk (:class:`TokenEncoderLayer`): the same distribution, about
+            3x cheaper than PyTorch's CPU dropout. (default: :obj:`True`)
         layer_scale (float, optional): LayerScale (Touvron et al., "Going deeper with
             image transformers", ICCV 2021): every residual branch is multiplied by a
             learnable per-channel vector initialised to this value,
@@ -53,6 +101,7 @@ class TokenTransformer(nn.Module):
         norm_first: bool = True,
         activation: str = "relu",
         layer_scale: Optional[float] = None,
+        fast_cpu_dropout: bool = True,
     ):
         super().__init__()
         if num_heads < 1 or channels % num_heads != 0:
@@ -63,7 +112,7 @@ class TokenTransformer(nn.Module):
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if activation not in ("relu", "gelu"):
             raise ValueError(f"activation must be 'relu' or 'gelu', got {activation!r}")
-        layer = nn.TransformerEncoderLayer(
+        layer = TokenEncoderLayer(
             d_model=channels,
             nhead=num_heads,
             dim_feedforward=ffn_dim,
@@ -71,6 +120,7 @@ class TokenTransformer(nn.Module):
             activation=activation,
             batch_first=True,
             norm_first=norm_first,
+            fast_cpu_dropout=fast_cpu_dropout,
         )
         # Same module names as the authors' `transformer.layers.<i>.*` keys.
         self.layers = nn.TransformerEncoder(
