@@ -8,23 +8,28 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def _figure(**kwargs):
+    """A figure not attached to pyplot: no global backend switch (a notebook keeps its own),
+    no figure manager to close, and a quicker import than ``matplotlib.pyplot``."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _colormap(name: str):
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], path: Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (true class per row) as a PNG."""
-    plt = _pyplot()
     matrix = confusion.double()
     matrix = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
     C = matrix.shape[0]
     size = min(2 + 0.35 * C, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(figsize=(size, size))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     if names and C <= 60:
         ax.set_xticks(range(C), names, rotation=90, fontsize=7)
@@ -35,17 +40,15 @@ def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], p
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def class_colours(num_classes: int):
     """``num_classes`` distinct colours: tab20 up to 20 classes, then evenly spaced hues of a
     perceptual cyclic map (no colour repeats, unlike tab20's cycle)."""
-    plt = _pyplot()
     if num_classes <= 20:
-        return [plt.get_cmap("tab20")(c) for c in range(num_classes)]
-    cmap = plt.get_cmap("twilight_shifted" if num_classes > 200 else "turbo")
+        return [_colormap("tab20")(c) for c in range(num_classes)]
+    cmap = _colormap("twilight_shifted" if num_classes > 200 else "turbo")
     return [cmap(c / num_classes) for c in range(num_classes)]
 
 
@@ -53,10 +56,10 @@ def save_tsne(panels: Dict[str, np.ndarray], labels: np.ndarray, path: Path,
               names: Optional[Sequence[str]] = None, *, columns: Optional[int] = None) -> Path:
     """Scatters of 2D embeddings coloured by class (like the paper's Fig. 3), ``columns`` panels
     per row (one row per checkpoint: its backbone panel, then its TAG-Head panel)."""
-    plt = _pyplot()
     columns = columns or len(panels)
     rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+    fig = _figure(figsize=(5 * columns, 5 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     num_classes = int(labels.max()) + 1 if labels.size else 0
     colours = class_colours(max(num_classes, 1))
     for ax in axes.flat[len(panels):]:
@@ -76,5 +79,4 @@ def save_tsne(panels: Dict[str, np.ndarray], labels: np.ndarray, path: Path,
     else:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
