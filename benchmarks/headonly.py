@@ -57,7 +57,8 @@ def run_once(features: Path, overrides: List[str], extra: List[str], out: Path) 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, required=True, help="a `taggnn features --config synthgym_frozen` folder")
+    parser.add_argument("--features", type=Path, required=True,
+                        help="a `taggnn features --config synthgym_frozen` folder")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
