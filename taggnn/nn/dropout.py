@@ -17,6 +17,8 @@ code under :func:`torch.compile` or tracing, and probabilities below
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,29 +41,34 @@ def uses_fast_path(x: Tensor, p: float, training: bool) -> bool:
     return 0 < _keep_threshold(p) < _LANES
 
 
-def keep_mask(shape, p: float, dtype: torch.dtype = torch.float32) -> Tensor:
-    r"""A dropout multiplier of ``shape``: :math:`1 / (1 - \tilde{p})` with probability
-    :math:`1 - \tilde{p}`, else 0 (see the module docstring); one draw from torch's CPU
-    generator seeds it."""
+def keep_mask(shape, p: float) -> Tuple[Tensor, float]:
+    r"""A boolean keep mask of ``shape`` and the scale of the kept values: True with probability
+    :math:`1 - \tilde{p}`, each element independently, and :math:`1 / (1 - \tilde{p})` (see the
+    module docstring); one draw from torch's CPU generator seeds the mask."""
     threshold = _keep_threshold(p)
     numel = int(np.prod(shape, dtype=np.int64))
     seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
     raw = np.random.SFC64(seed).random_raw((numel + 3) // 4)  # 4 x 16 bits per 64-bit draw
     bits = torch.from_numpy(raw.view(np.int16)[:numel].reshape(shape))
-    return (bits >= threshold - _LANES // 2).to(dtype).mul_(_LANES / (_LANES - threshold))
+    return bits >= threshold - _LANES // 2, _LANES / (_LANES - threshold)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> Tensor:
     r"""Drop-in :func:`torch.nn.functional.dropout` with cheap CPU masks (module docstring).
 
-    **Shapes:** any; the output has the shape of ``x``.
+    **Shapes:** any; the output has the shape and dtype of ``x``.
     """
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not uses_fast_path(x, p, training):
         return F.dropout(x, p, training, inplace)
-    keep = keep_mask(x.shape, p, x.dtype)
-    return x.mul_(keep) if inplace else x * keep
+    mask, scale = keep_mask(x.shape, p)
+    if x.dtype in (torch.float32, torch.float64):  # one multiplication by a 0 / scale tensor
+        keep = mask.to(x.dtype).mul_(scale)
+        return x.mul_(keep) if inplace else x * keep
+    # reduced precision: scale each kept value (rounded once), not a rounded copy of the scale
+    out = x.masked_fill_(~mask, 0) if inplace else x.masked_fill(~mask, 0)
+    return out.mul_(scale)
 
 
 class Dropout(nn.Dropout):

@@ -56,6 +56,16 @@ def test_gradient_is_the_mask():
     assert torch.allclose(x.grad, expected)
 
 
+def test_reduced_precision_keeps_dtype_and_mean():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000, dtype=torch.bfloat16)
+    out = fast.dropout(x, 0.1)
+    assert out.dtype == torch.bfloat16
+    scale = 1 / (1 - round(0.1 * 2**16) / 2**16)
+    assert torch.equal(out[out != 0], torch.full_like(out[out != 0], scale))  # x * scale, rounded once
+    assert abs(out.double().mean().item() - float(torch.tensor(scale, dtype=torch.bfloat16)) * 0.9) < 2e-3
+
+
 def test_inplace():
     x = torch.ones(1000)
     out = fast.dropout(x, 0.5, inplace=True)
@@ -96,9 +106,9 @@ def test_layer_with_keep_all_masks_equals_pytorch(monkeypatch, norm_first, layer
     model.zero_grad()
     calls = []
 
-    def keep_all(shape, p, dtype=torch.float32):
+    def keep_all(shape, p):
         calls.append(tuple(shape))
-        return torch.ones(shape, dtype=dtype)
+        return torch.ones(shape, dtype=torch.bool), 1.0
 
     monkeypatch.setattr(fast, "keep_mask", keep_all)
     out = model.train()(x)
