@@ -27,9 +27,10 @@ lint: install
 	$(PY) -m pip install -q 'ruff>=0.6'
 	$(PY) -m ruff check .
 
-# Train TAG-Head (tiny R(2+1)D) on SynthGym on CPU, then evaluate it on the test split.
+# Train TAG-Head (tiny R(2+1)D) on SynthGym on CPU, then evaluate it on the test split (a
+# second `make demo` replaces the previous demo run).
 demo: install
-	$(PY) -m taggnn train --config synthgym_tiny --out runs/demo
+	$(PY) -m taggnn train --config synthgym_tiny --out runs/demo --overwrite
 	$(PY) -m taggnn eval --checkpoint runs/demo/best.pt --split test
 
 # The quick versions of the benchmarks (see benchmarks/README.md for the full ones).
