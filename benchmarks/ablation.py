@@ -17,7 +17,9 @@ Every row runs with the same seeds (paired): a seed changes the model initialisa
 order, never the dataset (``data.seed`` stays 0). The model after the last epoch is tested (no model
 selection). For each row: Top-1 and mean class accuracy as mean, std and 95% confidence interval
 (Student t), and the paired difference to B and to B+TE with its interval; a difference whose
-interval contains 0 is reported as "no difference".
+interval contains 0 is reported as "no difference". The "(Holm)" column adjusts the verdicts against
+B+TE for the number of rows compared (Holm's step-down procedure, 5% family-wise error rate): with
+ten rows, one per-comparison 95% interval in two excludes 0 by chance somewhere in the table.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from taggnn.analysis import paired_difference, summarize
+from taggnn.analysis import holm_adjust, paired_difference, summarize
 from taggnn.data.synthgym import SynthGym
 from taggnn.engine.config import Config, load_config, set_value
 from taggnn.engine.metrics import ClassificationMeter
@@ -173,6 +175,15 @@ def tabulate(runs: List[Dict[str, object]], rows: List[str], seeds: int) -> List
                 entry[f"vs {ref}"] = f"{d['mean']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] {d['verdict']}"
                 entry[f"diff_{ref}"] = d
         table.append(entry)
+    # Holm's adjustment over each family (every row against the same reference): the verdict
+    # that holds with a 5% family-wise error rate however many rows the table has.
+    for ref in ("B", "B+TE"):
+        members = [entry for entry in table if f"diff_{ref}" in entry]
+        for entry, adjusted in zip(members, holm_adjust([e[f"diff_{ref}"]["p"] for e in members])):
+            d = entry[f"diff_{ref}"]
+            d["p_holm"] = adjusted
+            verdict = "no difference" if not adjusted < 0.05 else ("higher" if d["mean"] > 0 else "lower")
+            entry[f"vs {ref} (Holm)"] = f"{verdict} (p {adjusted:.2g})"
     return table
 
 
@@ -218,8 +229,9 @@ def main(argv=None) -> None:
     print(describe_environment(env))
     print(f"protocol {args.protocol} (preset {PRESETS[args.protocol]}), SynthGym 16 classes, train {train} / test "
           f"{test} clips, {epochs} epochs, {seeds} paired seeds; Top-1 / MCA in %, mean [95% CI]; paired "
-          f"differences of Top-1 in points")
-    columns = ["row", "top1 [95% CI]", "top1 std", "mca [95% CI]", "vs B", "vs B+TE", "s/run"]
+          f"differences of Top-1 in points; (Holm): verdict with Holm-adjusted p-values over all rows "
+          f"compared to the same reference (5% family-wise)")
+    columns = ["row", "top1 [95% CI]", "top1 std", "mca [95% CI]", "vs B", "vs B+TE", "vs B+TE (Holm)", "s/run"]
     print(format_table(result["table"], columns))
     out = args.out or Path(f"results/ablation_{args.protocol}.json")
     path = write_json(out, {"benchmark": "ablation", "environment": env, "settings": {

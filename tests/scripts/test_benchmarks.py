@@ -44,3 +44,21 @@ def test_readout_benchmark(tmp_path, monkeypatch):
     readout.main(["--no-latency", "--device", "cpu", "--pretrained", str(tmp_path / "none.pt"), "--out", str(out)])
     rows = {(r["readout"], r["post_graph"]): r["sensitivity_random"] for r in json.loads(out.read_text())["rows"]}
     assert rows[("mean", "none")] < 1e-3 and rows[("max", "none")] > 1e-2 and rows[("mean", "ffn")] > 1e-2
+
+
+def test_tabulate_holm_adjusts_each_family():
+    # B+TE+X is 0.1-0.9 points above B+TE on every seed: significant alone (p ~ 0.03), not
+    # once the 3 comparisons with B+TE are adjusted for
+    base = [0.50, 0.52, 0.48, 0.55, 0.51]
+    rows = {"B": [b - 0.1 for b in base], "B+TE": base,
+            "B+TE+X": [b + d for b, d in zip(base, [0.002, 0.009, 0.001, 0.008, 0.005])],
+            "B+TE+Y": [b + d for b, d in zip(base, [0.01, -0.01, 0.0, 0.005, -0.005])]}
+    runs = [{"row": r, "seed": s, "top1": t, "mca": t, "seconds": 1.0}
+            for r, values in rows.items() for s, t in enumerate(values)]
+    table = {entry["row"]: entry for entry in ablation.tabulate(runs, list(rows), 5)}
+    x = table["B+TE+X"]
+    assert x["vs B+TE"].endswith("higher") and x["diff_B+TE"]["p"] < 0.05
+    assert x["diff_B+TE"]["p_holm"] > 0.05 and x["vs B+TE (Holm)"].startswith("no difference")
+    assert table["B"]["vs B+TE (Holm)"].startswith("lower")  # 10 points below on every seed
+    assert table["B+TE+Y"]["vs B+TE (Holm)"].startswith("no difference")
+    assert "vs B+TE (Holm)" not in table["B+TE"]
