@@ -64,8 +64,9 @@ STAGES = {  # issue [F]: graph stages whose effect survives the readout
 ROWS = {**TABLE4, **STAGES}
 DEFAULT_ROWS = list(TABLE4) + ["Full+attention", "Full+ffn", "Full+learned-w", "Full+RGCN", "Full (LS=0)"]
 PRESETS = {"scratch": "synthgym_tiny", "finetune": "synthgym_finetune", "frozen": "synthgym_frozen"}
-# Sized for 2 CPU cores (<= 15 min each): frozen runs only the head (~35 s a run), the others the
-# whole model (~50-65 s a run at 400 clips x 3 epochs). The README's tables add rows and seeds.
+# Sized for 2 CPU cores (<= 15 min each): frozen runs only the head (~25 s a run on one thread),
+# the others the whole model (~45-55 s a run at 400 clips x 3 epochs). The README's tables add rows
+# and seeds.
 DEFAULTS = {"frozen": dict(train=1600, test=640, seeds=4, epochs=None, rows=list(TABLE4)),
             "finetune": dict(train=400, test=400, seeds=3, epochs=3, rows=list(TABLE4)),
             "scratch": dict(train=400, test=400, seeds=3, epochs=3, rows=list(TABLE4))}
