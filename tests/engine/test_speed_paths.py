@@ -35,6 +35,18 @@ def test_epoch_seeded_items_are_those_of_a_seeded_generator():
     assert torch.equal(dataset[1][0], items[1])  # any order, any worker: the same item
 
 
+def test_epoch_seeded_does_not_reseed_accelerator_generators(monkeypatch):
+    """torch.manual_seed would also reseed every CUDA generator (the dropout streams of a
+    num_workers=0 CUDA run) per item; only the CPU generator is seeded."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("torch.manual_seed called per item")
+
+    monkeypatch.setattr(torch, "manual_seed", forbidden)
+    monkeypatch.setattr(torch.random, "manual_seed", forbidden)
+    dataset = EpochSeeded(RandomItems(), seed=3)
+    assert dataset[0][0].shape == (3,)
+
+
 def test_epoch_seeded_leaves_deterministic_datasets_alone():
     dataset = EpochSeeded(FixedItems(), seed=3)
     torch.manual_seed(0)
