@@ -15,6 +15,7 @@ from .builder import (
     clear_template_cache,
     gcn_degree,
 )
+from .sparse import SymmetricAPPNP, symmetric_spmm
 from .structured import structured_appnp, structured_propagate
 from .transform import SpatioTemporalGrid
 
@@ -28,5 +29,7 @@ __all__ = [
     "gcn_degree",
     "structured_propagate",
     "structured_appnp",
+    "symmetric_spmm",
+    "SymmetricAPPNP",
     "clear_template_cache",
 ]
