@@ -62,3 +62,29 @@ def test_tabulate_holm_adjusts_each_family():
     assert table["B"]["vs B+TE (Holm)"].startswith("lower")  # 10 points below on every seed
     assert table["B+TE+Y"]["vs B+TE (Holm)"].startswith("no difference")
     assert "vs B+TE (Holm)" not in table["B+TE"]
+
+
+def test_headonly_benchmark_times_cli_runs(tmp_path):
+    from benchmarks import headonly
+    from taggnn.cli import main as cli
+
+    tiny = ["data.synth_train=16", "data.synth_val=8", "data.synth_test=8", "model.weights=null"]
+    features = tmp_path / "features"
+    assert cli(["features", "--config", "synthgym_frozen", "--out", str(features), "--no-progress"]
+               + [a for item in tiny for a in ("--set", item)]) == 0
+    out = tmp_path / "headonly.json"
+    headonly.main(["--features", str(features), "--repeats", "1", "--variants", "default", "torch-dropout",
+                   "--out", str(out)] + [a for item in tiny + ["train.epochs=1"] for a in ("--set", item)])
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == ["default", "torch-dropout"]
+    assert all(r["wall_s_median"] > 0 and r["runs"] == 1 for r in result["rows"])
+    assert result["runs"]["default"][0]["epochs"] == 1
+
+
+def test_headonly_benchmark_refuses_a_folder_without_features(tmp_path):
+    import pytest
+
+    from benchmarks import headonly
+
+    with pytest.raises(SystemExit, match="holds no cached features; write them with taggnn features"):
+        headonly.main(["--features", str(tmp_path)])
