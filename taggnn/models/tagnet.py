@@ -54,6 +54,8 @@ class Shareable(hub.PretrainedMixin, **hub.MIXIN_OPTIONS):
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download: bool = False,
                          local_files_only: bool = False, token=None, map_location: str = "cpu", **unused):
+        for name in ("proxies", "resume_download"):  # download options of older huggingface_hub releases
+            unused.pop(name, None)
         if unused:
             raise TypeError(f"{cls.__name__}.from_pretrained got unexpected options {sorted(unused)}")
         model = load_pretrained(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
