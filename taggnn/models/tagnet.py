@@ -28,8 +28,8 @@ class Shareable(hub.PretrainedMixin, **hub.MIXIN_OPTIONS):
     local folders still work with the ``safetensors`` package alone.
     """
 
-    architecture: Optional[Dict[str, Any]] = None
-    pretrained_metadata: Dict[str, Any] = {}
+    architecture: Optional[Dict[str, Any]]
+    pretrained_metadata: Dict[str, Any]
 
     def _save_pretrained(self, save_directory: Path) -> None:
         save_pretrained_folder(self, save_directory)
@@ -273,9 +273,8 @@ def record_config(model: nn.Module, config: Any, *, class_names=None, metrics: O
         model.architecture = {"in_channels": model.head.in_channels, "grid": list(model.head.grid),
                               "head_options": head_options(m)}
     elif isinstance(model, TAGNet):
-        if model.architecture is None:
-            raise ConfigError("record_config needs a TAGNet made by build_model or build_model_from_config")
-        model.architecture = dict(model.architecture, batchnorm={"momentum": m.bn_momentum, "eps": m.bn_eps})
+        if model.architecture is not None:  # else save_pretrained says what is missing
+            model.architecture = dict(model.architecture, batchnorm={"momentum": m.bn_momentum, "eps": m.bn_eps})
     else:
         raise ConfigError(f"record_config takes a TAGNet or HeadOnly model, got {type(model).__name__}")
     preprocessing = hub.preprocessing_info(num_frames=d.num_frames, crop_size=d.crop_size, short_side=d.short_side,
