@@ -68,14 +68,14 @@ def cmd_train(args) -> int:
 
 
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
-    """The checkpoint's config with --set overrides (data, train and eval keys only), validated."""
+    """The checkpoint's (or shared model's) config with --set overrides (data, train and eval keys
+    only), validated."""
     import yaml
 
-    from .engine.checkpoint import load_checkpoint
-    from .engine.config import Config, ConfigError, set_value, validate
+    from .engine.config import ConfigError, set_value, validate
+    from .engine.trainer import trained_config
 
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
+    config = trained_config(checkpoint_path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
@@ -172,6 +172,10 @@ def cmd_eval(args) -> int:
 
         raise ConfigError("eval needs --checkpoint (a taggnn checkpoint) or --reference (an authors' .pth)")
     checkpoint = Path(args.checkpoint)
+    if not args.out and not checkpoint.exists():  # a Hub id: no local folder for the results
+        from .errors import ConfigError
+
+        raise ConfigError(f"--checkpoint {args.checkpoint} is a Hub model: give --out DIR for the metrics files")
     config = _overridden_config(checkpoint, args.overrides)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
@@ -362,6 +366,14 @@ def cmd_export(args) -> int:
     from .engine.trainer import load_trained
     from .models.export import FORMATS, export_model
 
+    if args.format == "safetensors":  # a folder to share: checked before any work
+        from .errors import ConfigError
+        from .models.hub import require_safetensors
+
+        require_safetensors()
+        if args.frames or args.crop:
+            raise ConfigError("--frames/--crop do not apply to --format safetensors: the shared model keeps the clip "
+                              "size it was trained with (adapt it after loading with model.head.set_grid)")
     model, config, _ = load_trained(Path(args.checkpoint), torch.device("cpu"))
     d = config.data
     frames, crop = args.frames or d.num_frames, args.crop or d.crop_size
@@ -409,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt)")
+    p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt), a shared model's folder (taggnn "
+                                        "export --format safetensors), its model.safetensors, or a Hub id owner/name")
     p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
                                        "gym288_last.pth), evaluated with their architecture and preprocessing")
     p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
@@ -470,14 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_features)
 
-    p = sub.add_parser("export", help="write a checkpoint as TorchScript, a torch.export program or ONNX",
+    p = sub.add_parser("export", help="write a checkpoint as TorchScript, a torch.export program, ONNX, or a "
+                                      "safetensors folder to share (model.safetensors + config.json + README.md)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program"), default="exported-program")
+    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program", "safetensors"),
+                   default="exported-program")
     p.add_argument("--frames", type=int, help="clip length of the exported model (default: the config's)")
     p.add_argument("--crop", type=int, help="crop size of the exported model (default: the config's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
-    p.add_argument("--out", help="output file (default: the checkpoint's name with the format's suffix)")
+    p.add_argument("--out", help="output file, a folder for safetensors (default: the checkpoint's name with the "
+                                 "format's suffix; for safetensors without it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",

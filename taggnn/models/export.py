@@ -6,7 +6,13 @@ format                 written with                                 runs with
 ``torchscript``        ``torch.jit.trace`` -> ``.pt``               ``torch.jit.load``
 ``exported-program``   ``torch.export.export`` -> ``.pt2``          ``torch.export.load``
 ``onnx``               ``torch.onnx.export(dynamo=True)`` -> .onnx  onnxruntime (``export`` extra)
+``safetensors``        a folder: ``model.safetensors`` +            taggnn: ``from_pretrained``
+                       ``config.json`` + ``README.md``              (``hub`` extra)
 =====================  ===========================================  ==============================
+
+``safetensors`` is the format to share a model (:mod:`taggnn.models.hub`): the weights and the
+config that rebuilds the model, no pickle; it runs with taggnn (``TAGNet.from_pretrained``,
+``taggnn eval/predict --checkpoint DIR``).
 
 Back-ends: sparse tensors cannot be exported (they have no strides), so the graph stage of an
 exported model is the ``structured`` propagation, which computes the same function (equal to
@@ -24,9 +30,11 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
+from .tagnet import load_pretrained, save_pretrained_folder
+
 logger = logging.getLogger(__name__)
 
-FORMATS = {"torchscript": ".pt", "exported-program": ".pt2", "onnx": ".onnx"}
+FORMATS = {"torchscript": ".pt", "exported-program": ".pt2", "onnx": ".onnx", "safetensors": ""}
 
 
 def exportable(model: nn.Module) -> nn.Module:
@@ -59,6 +67,9 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
         program = torch.export.export(model, (example,))
         torch.export.save(program, str(path))
         actual = torch.export.load(str(path)).module()(example)
+    elif fmt == "safetensors":  # a folder: model.safetensors + config.json + README.md
+        save_pretrained_folder(model, path)
+        actual = load_pretrained(path)(example)
     else:
         torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["clip"], output_names=["logits"])
         try:

@@ -3,9 +3,13 @@
 A :class:`WeightsEntry` describes a release file: where it lives, the hash
 prefix its name carries, what it was trained for (classes, clip length,
 crop) and the input normalisation it expects. :func:`load_state_dict` takes
-a local path or a URL (downloaded into a cache on machines with internet and
-checked against the hash prefix), loads it with ``weights_only=True`` and
-unwraps the usual containers (``state_dict``, ``model_state``, ``model``).
+a local path or a URL, loads it with ``weights_only=True`` and unwraps the
+usual containers (``state_dict``, ``model_state``, ``model``). URLs are
+downloaded with :func:`torch.hub.download_url_to_file` into torch.hub's own
+cache, ``torch.hub.get_dir()/checkpoints`` (``$TORCH_HOME/hub/checkpoints``),
+the folder ``torch.hub.load_state_dict_from_url`` and torchvision use: a
+release file is downloaded once for both, and checked against the SHA-256
+prefix of its name (or of its :class:`WeightsEntry`) before it is kept.
 :func:`load_backbone_weights` strips classifier keys and reports missing,
 unexpected and mis-shaped keys by name.
 """
@@ -29,7 +33,6 @@ from ..errors import WeightsError  # noqa: F401  (re-exported: taggnn.models.Wei
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,10 @@ class WeightsEntry:
 
 
 def default_cache_dir() -> Path:
-    """``$TAGGNN_CACHE`` or ``~/.cache/taggnn/weights``."""
+    """torch.hub's checkpoint folder, ``torch.hub.get_dir()/checkpoints`` (honours ``$TORCH_HOME``
+    and ``torch.hub.set_dir``), shared with torchvision; ``$TAGGNN_CACHE`` overrides it."""
     root = os.environ.get("TAGGNN_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "taggnn" / "weights"
+    return Path(root) if root else Path(torch.hub.get_dir()) / "checkpoints"
 
 
 def sha256_of(path: PathLike, chunk_size: int = 1 << 20) -> str:
@@ -102,22 +106,30 @@ def fetch(source: PathLike, *, sha256_prefix: Optional[str] = None,
           cache_dir: Optional[PathLike] = None, progress: bool = True) -> Path:
     """A local file for ``source``: a path as is, a URL downloaded once into the cache.
 
-    Downloads go to a temporary name and are renamed only after the hash
-    check, so an interrupted download never leaves a bad file behind.
+    URLs (``http``, ``https``, ``ftp``, ``file``) go through
+    :func:`torch.hub.download_url_to_file` with the expected hash prefix (``sha256_prefix``, else
+    the ``-<hash>`` of the file name), into :func:`default_cache_dir`. The download is written to
+    a temporary name and renamed only after the hash check, so an interrupted or corrupt download
+    never leaves a file behind; a file already in the cache is checked again before use.
     """
     source_str = str(source)
-    if urlparse(source_str).scheme in ("http", "https", "ftp"):
+    if urlparse(source_str).scheme in ("http", "https", "ftp", "file"):
         cache = Path(cache_dir) if cache_dir else default_cache_dir()
         target = cache / os.path.basename(urlparse(source_str).path)
         expected = sha256_prefix or _hash_prefix_from_name(target)
         if not target.exists():
             cache.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(target.suffix + ".partial")
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.download")
             logger.info("downloading %s to %s", source_str, target)
             try:
-                torch.hub.download_url_to_file(source_str, str(tmp), progress=progress)
-            except Exception as error:  # no network, 404, ...
+                torch.hub.download_url_to_file(source_str, str(tmp), hash_prefix=expected, progress=progress)
+            except Exception as error:  # no network, 404, wrong hash, ...
                 tmp.unlink(missing_ok=True)
+                if "invalid hash value" in str(error):
+                    raise WeightsError(
+                        f"{source_str}: the downloaded file's SHA-256 does not match the expected prefix "
+                        f"{expected}; the download is corrupt or not the release it is named after ({error})"
+                    ) from error
                 raise WeightsError(
                     f"could not download {source_str} ({error}); download it by hand and pass "
                     f"the local path instead (weights='/path/to/{target.name}')"

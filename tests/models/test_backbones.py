@@ -118,7 +118,7 @@ def test_hash_prefix_is_checked(tmp_path):
 def test_unreachable_url_gives_a_clear_error(tmp_path, monkeypatch):
     from taggnn.models.weights import fetch
 
-    def no_network(url, dst, progress=True):
+    def no_network(url, dst, hash_prefix=None, progress=True):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
@@ -135,7 +135,7 @@ def test_download_goes_through_cache_and_hash(tmp_path, monkeypatch):
     prefix = sha256_of(payload)[:8]
     calls = []
 
-    def fake_download(url, dst, progress=True):
+    def fake_download(url, dst, hash_prefix=None, progress=True):
         calls.append(url)
         with open(payload, "rb") as src, open(dst, "wb") as out:
             out.write(src.read())
