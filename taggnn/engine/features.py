@@ -336,12 +336,13 @@ def _load_backbone(config: Config, checkpoint: Optional[Path]) -> Tuple[nn.Modul
 class _Folder:
     """The state of an ``--out`` folder, examined while holding its lock."""
 
-    def __init__(self, out: Path, fields: Dict[str, Any], fingerprint: str):
+    def __init__(self, out: Path, fields: Dict[str, Any], fingerprint: str, source: str):
         self.out, self.fields, self.fingerprint = out, fields, fingerprint
         self.info: Optional[Dict[str, Any]] = None
         self.unlisted: Dict[str, Dict[str, Any]] = {}  # split files renamed in but not yet in the manifest
-        foreign, leftovers = [], []
-        for entry in _entries(out):
+        entries = _entries(out)
+        foreign, leftovers, splits = [], [], []
+        for entry in entries:
             name = entry.name
             if name == LOCK_NAME or name.startswith(LOCK_NAME + "."):
                 continue
@@ -353,34 +354,47 @@ class _Folder:
                 except (FeatureCacheError, OSError) as error:
                     foreign.append(name + (" of an older taggnn" if "older taggnn" in str(error) else ""))
             elif name.endswith(".pt") and entry.is_file():
-                try:
-                    data = load_feature_file(entry, mmap=True)
-                except FeatureCacheError:
-                    foreign.append(name)
-                    continue
-                self.unlisted[name[:-3]] = {"fields": data["fields"], "fingerprint": data["fingerprint"],
-                                            "clips": len(data["labels"]), "skipped": len(data.get("skipped", [])),
-                                            "grid": list(data["features"].shape[2:]),
-                                            "channels": int(data["features"].shape[1])}
+                splits.append(entry)
             else:
                 foreign.append(name + ("/" if entry.is_dir() else ""))
+        for entry in splits:
+            split = entry.name[:-3]
+            if self.info is not None and split in self.info["splits"]:
+                continue  # listed: complete, and checked when it was added
+            try:
+                data = load_feature_file(entry, mmap=True)
+            except FeatureCacheError:
+                foreign.append(entry.name)
+                continue
+            self.unlisted[split] = {"fields": data["fields"], "fingerprint": data["fingerprint"],
+                                    "clips": len(data["labels"]), "skipped": len(data.get("skipped", [])),
+                                    "grid": list(data["features"].shape[2:]),
+                                    "channels": int(data["features"].shape[1]),
+                                    "backbone_source": data.get("backbone_source", "")}
         if foreign:
             raise FeatureCacheError(
                 f"--out {out} holds files taggnn features did not write ({', '.join(foreign[:4])}"
                 f"{', ...' if len(foreign) > 4 else ''}); give a new or empty folder, or a folder of cached features")
-        for split in list(self.unlisted):
-            if self.info is not None and split in self.info["splits"]:
-                del self.unlisted[split]
         for leftover in leftovers:  # of a run that was killed: this process holds the lock
             logger.warning("%s: removing a temporary file left by an interrupted run", leftover)
             leftover.unlink(missing_ok=True)
         recorded = self.info or next(iter(self.unlisted.values()), None)
-        if recorded is not None and recorded["fingerprint"] != fingerprint:
+        if recorded is None:
+            return
+        for split, entry in self.unlisted.items():
+            if entry["fingerprint"] != recorded["fingerprint"]:
+                raise ConfigError(
+                    f"{out / (split + '.pt')} was made with another backbone or settings than the rest of {out}: "
+                    + describe_differences(entry["fields"], recorded["fields"], f"{split}.pt", "folder")
+                    + "; remove it, or write the features into another folder")
+        if recorded["fingerprint"] != fingerprint:
+            differences = describe_differences(recorded["fields"], fields, "folder", "this command")
+            if recorded["fields"].get(_WEIGHTS_HASH) != fields.get(_WEIGHTS_HASH):
+                differences += (f" (the folder's backbone: {recorded.get('backbone_source') or 'unknown'}; "
+                                f"this command's: {source})")
             raise ConfigError(
-                f"--out {out} holds features made with another backbone or settings: "
-                + describe_differences(recorded["fields"], fields, "folder", "this command")
-                + "; write them into another folder (one folder holds the features of one backbone and one set "
-                  "of settings)")
+                f"--out {out} holds features made with another backbone or settings: {differences}; write them "
+                f"into another folder (one folder holds the features of one backbone and one set of settings)")
 
     def complete(self, split: str) -> bool:
         return self.info is not None and split in self.info["splits"] and (self.out / f"{split}.pt").is_file()
@@ -501,7 +515,7 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
     out.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
     with LockFile(out / LOCK_NAME, busy_error=FeatureCacheError, what=f"the features folder {out}"):
-        folder = _Folder(out, fields, fingerprint)
+        folder = _Folder(out, fields, fingerprint, source)
         info = folder.info or {
             "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": fingerprint, "fields": fields,
             "channels": None, "grid": None, "settings": settings, "from_checkpoint": checkpoint is not None,
