@@ -86,7 +86,7 @@ class LockFile:
         try:
             for _ in range(3):
                 try:
-                    os.link(private, self.path)
+                    self._create(private, me)
                 except FileExistsError:
                     if self._take_over_stale():
                         continue
@@ -101,6 +101,17 @@ class LockFile:
         finally:
             private.unlink(missing_ok=True)
         raise self.busy_error(f"could not lock {self.path}: it keeps changing hands")
+
+    def _create(self, private: Path, content: str) -> None:
+        """Creates the lock with its content in one step; raises FileExistsError if it exists."""
+        try:
+            os.link(private, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: exclusive create, then write
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with os.fdopen(fd, "w") as f:
+                f.write(content)
 
     def _read(self) -> str:
         try:

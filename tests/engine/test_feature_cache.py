@@ -331,8 +331,12 @@ def test_a_checkpoint_of_another_backbone_is_one_line(full_run, tmp_path, capsys
 
 
 def test_a_head_only_checkpoint_has_no_backbone(cache, tmp_path, capsys):
-    assert train_on(cache, out=tmp_path / "run") == 0
-    head_only = tmp_path / "run" / "best.pt"
+    from taggnn.engine.checkpoint import save_checkpoint
+    from taggnn.models import build_model_from_config
+
+    config = load_config("synthgym_frozen", TINY + [f"data.features={cache}"])  # what a head-only run saves
+    head_only = save_checkpoint(tmp_path / "best.pt", {"model": build_model_from_config(config, 16).state_dict(),
+                                                       "config": config.to_dict(), "num_classes": 16, "epoch": 1})
     assert features(tmp_path / "f", "--checkpoint", str(head_only)) == 2
     assert "is a head trained on cached features" in one_line_error(capsys)
 
