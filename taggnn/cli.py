@@ -471,12 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser("features", help="cache the backbone's token grids of every split for head-only training",
+                       description="Writes <split>.pt files and their manifest info.json into --out. One folder "
+                                   "holds the features of one backbone (weights) and one set of data settings: "
+                                   "adding a split made otherwise is refused, a split already there is kept, and a "
+                                   "folder holding files the cache did not write is refused. A lock keeps two runs "
+                                   "out of one folder; an interrupted run leaves only complete splits listed.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
     _add_set(p)
-    p.add_argument("--checkpoint", help="take the backbone of this taggnn checkpoint (default: the config's "
+    p.add_argument("--checkpoint", help="take the backbone of this taggnn checkpoint, at the config's clip size "
+                                        "(its backbone must be the config's model.backbone; default: "
                                         "model.backbone with model.weights)")
-    p.add_argument("--out", required=True, help="folder for <split>.pt and info.json")
+    p.add_argument("--out", required=True, help="folder for <split>.pt and info.json: new, empty, or a features "
+                                                "folder of the same backbone and settings")
     p.add_argument("--split", action="append", help="only these splits (repeatable; default: train, val, test)")
     p.add_argument("--float32", action="store_true", help="store float32 instead of float16")
     p.add_argument("--device", default="auto")

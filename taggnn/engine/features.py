@@ -5,102 +5,192 @@ train, validation and test splits (the evaluation transform: no augmentation) an
 ``DIR/<split>.pt``: the token grids ``(N_clips, C, T', H', W')`` (float16 by default), the
 labels, the class names and the settings that made them. ``taggnn train --set
 data.features=DIR`` then trains the head alone on them, with the same configs, metrics and
-checkpoints; a config whose data or backbone settings differ from the recorded ones is refused.
-The files load with ``torch.load(..., weights_only=True)``.
+checkpoints.
+
+The folder is a checked artefact:
+
+* **One fingerprint.** Every split file and ``info.json`` carry the fingerprint of all that
+  determines the features: the SHA-256 of the backbone's weights as used (whether they came
+  from ``model.weights``, a ``--checkpoint`` or a seeded random initialisation), the backbone
+  name, the data settings, ``model.bn_eps``, the stored dtype and the format version. A split
+  is added to a folder only under the same fingerprint, and reading a split whose fingerprint
+  differs from the folder's is refused, naming the differing fields.
+* **Complete or absent.** A split file is written to a temporary name and renamed into place
+  when complete; ``info.json``, the folder's manifest, is rewritten (atomically) after each
+  split and lists only complete splits. An interrupted run leaves nothing listed that is not
+  whole; its temporary files are removed by the next run.
+* **One writer.** A lock file (:class:`~taggnn.utils.lockfile.LockFile`) keeps two
+  ``taggnn features`` runs out of one folder; the lock of a process that has ended is taken
+  over.
+* **Only its own files.** ``--out`` must be a new or empty folder or a features folder: a
+  folder holding any file the cache did not write is refused, so no user file is overwritten.
+* **Finite values.** NaN or infinity is refused when writing (a float16 overflow names
+  ``--float32``).
+
+A config whose settings differ from the recorded ones is refused when training, naming each
+field (what the folder has vs what the config says). The files load with
+``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import re
+import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TaggnnError, VideoError
 from .config import Config, flatten
 
 logger = logging.getLogger(__name__)
 
-FEATURES_VERSION = 1
+__all__ = [
+    "FEATURES_VERSION", "FEATURE_KEYS", "FeatureCacheError", "FeatureDataset", "extract_features",
+    "feature_settings", "read_info", "check_settings", "load_feature_file", "backbone_state_hash",
+]
 
-#: Settings that determine the cached features; a training config must agree on all of them.
+#: Format marker of every file of a features folder.
+FEATURES_FORMAT = "taggnn-features"
+FEATURES_VERSION = 2
+INFO_NAME = "info.json"
+LOCK_NAME = ".taggnn-features.lock"
+#: Temporary files of the cache: ``.<name>.<pid>.tmp`` (a split or the manifest being written).
+_TEMP_NAME = re.compile(r"^\.(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)\.(?P<pid>\d+)\.tmp$")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+#: Settings that determine the cached features; a training config must agree on all of them
+#: (``model.weights`` only when the features came from ``model.weights``, not a checkpoint).
 FEATURE_KEYS = (
-    "data.dataset", "data.root", "data.train_csv", "data.val_csv", "data.test_csv", "data.num_classes",
-    "data.version", "data.holdout", "data.num_frames", "data.crop_size", "data.short_side", "data.transform_style",
-    "data.normalization", "data.sampling", "data.synth_train", "data.synth_val", "data.synth_test", "data.synth_size",
-    "data.synth_long_tail", "data.synth_task", "data.seed", "model.backbone",
+    "data.dataset", "data.root", "data.train_csv", "data.val_csv", "data.test_csv", "data.csv_layout",
+    "data.num_classes", "data.version", "data.holdout", "data.holdout_min_clips", "data.num_frames",
+    "data.crop_size", "data.short_side", "data.transform_style", "data.normalization", "data.sampling",
+    "data.synth_train", "data.synth_val", "data.synth_test", "data.synth_size", "data.synth_long_tail",
+    "data.synth_task", "data.seed", "model.backbone", "model.weights", "model.bn_eps",
 )
+_WEIGHTS_HASH = "backbone weights (sha256)"
+
+
+class FeatureCacheError(TaggnnError, RuntimeError):
+    """A features folder cannot be written or read: in use, holding other files, incomplete,
+    or a file in it is not a taggnn feature file."""
 
 
 def feature_settings(config: Config) -> Dict[str, Any]:
+    """The values of :data:`FEATURE_KEYS` in ``config``."""
     flat = flatten(config.to_dict())
     return {key: flat[key] for key in FEATURE_KEYS}
 
 
-@torch.no_grad()
-def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = None,
-                     splits: Optional[Sequence[str]] = None, dtype: torch.dtype = torch.float16,
-                     device: Optional[torch.device] = None, progress: bool = True) -> Dict[str, Path]:
-    """Writes ``out/<split>.pt`` for every split; returns the paths.
+def backbone_state_hash(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes and values of parameters and buffers)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
-    The backbone is the config's (``model.backbone`` with ``model.weights``), or the backbone
-    of a taggnn ``checkpoint`` (e.g. a fine-tuned model).
+
+def fingerprint_fields(settings: Dict[str, Any], weights_hash: str, dtype: torch.dtype) -> Dict[str, Any]:
+    """Everything that determines the features, by name (``model.weights`` enters through the
+    hash of the weights themselves: the same weights from another path give the same features)."""
+    fields = {key: value for key, value in settings.items() if key != "model.weights"}
+    fields[_WEIGHTS_HASH] = weights_hash
+    fields["dtype"] = str(dtype).replace("torch.", "")
+    fields["format version"] = FEATURES_VERSION
+    return fields
+
+
+def fingerprint_of(fields: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _show(key: str, value: Any) -> str:
+    return repr(value[:12]) if key == _WEIGHTS_HASH and isinstance(value, str) else repr(value)
+
+
+def describe_differences(mine: Dict[str, Any], theirs: Dict[str, Any], mine_name: str, theirs_name: str) -> str:
+    """``key: a (mine_name) vs b (theirs_name)`` for every field that differs."""
+    keys = list(mine) + [key for key in theirs if key not in mine]
+    return "; ".join(f"{key}: {_show(key, mine.get(key))} ({mine_name}) vs {_show(key, theirs.get(key))} "
+                     f"({theirs_name})" for key in keys if mine.get(key) != theirs.get(key))
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_info(folder) -> Dict[str, Any]:
+    """The manifest of a features folder (its ``info.json``): ``channels``, ``grid``,
+    ``settings``, ``fingerprint`` and the complete ``splits``.
+
+    Raises:
+        FileNotFoundError: No manifest (not a features folder, or its first split never completed).
+        FeatureCacheError: The manifest is not one written by ``taggnn features`` of this version.
     """
-    from tqdm import tqdm
+    folder = Path(folder)
+    path = folder / INFO_NAME
+    if not path.is_file():
+        busy = any(p.name == LOCK_NAME or _TEMP_NAME.match(p.name) for p in _entries(folder))
+        why = (" (a taggnn features run is writing it, or was interrupted before its first split was complete)"
+               if busy else "")
+        raise FileNotFoundError(f"{folder} is not a complete features folder ({path} missing{why}); write one "
+                                f"with taggnn features --config ... --out {folder}")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise FeatureCacheError(f"{path} is not a taggnn features manifest ({str(error).splitlines()[0]}); "
+                                f"write the features again with taggnn features --out <new folder>") from None
+    if not isinstance(info, dict) or info.get("format") != FEATURES_FORMAT:
+        old = isinstance(info, dict) and info.get("version") == 1 and "settings" in info
+        raise FeatureCacheError(
+            f"{path} is " + ("a features manifest of an older taggnn (format 1, no fingerprint)" if old
+                             else "not a taggnn features manifest")
+            + "; write the features again with taggnn features --out <new folder>")
+    if info.get("version") != FEATURES_VERSION:
+        raise FeatureCacheError(f"{path} has features format {info.get('version')!r}, this taggnn reads "
+                                f"{FEATURES_VERSION}; write the features again with this version")
+    missing = [key for key in ("fingerprint", "fields", "channels", "grid", "settings", "splits") if key not in info]
+    if missing or not isinstance(info["splits"], dict):
+        raise FeatureCacheError(f"{path} is an incomplete features manifest (missing "
+                                f"{', '.join(missing) or 'splits'}); write the features again")
+    return info
 
-    from ..models import build_model_from_config
-    from .checkpoint import load_checkpoint
-    from .data import build_dataset, class_names, collate_clips
 
-    device = device or torch.device("cpu")
-    source = str(config.model.weights) if config.model.weights else "random initialisation"
-    train_set = build_dataset(config, "train", train=False)
-    names = class_names(train_set)
-    num_classes = len(names) if names else config.data.num_classes
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        model = build_model_from_config(config, state["num_classes"], load_weights=False)
-        model.load_state_dict(state["model"])
-        source = f"checkpoint {checkpoint}"
+def load_feature_file(path, *, mmap: bool = False) -> Dict[str, Any]:
+    """A split file of a features folder, loaded with ``weights_only=True`` and checked.
+
+    Raises:
+        FeatureCacheError: Anything else (a pickle of Python objects, a truncated file, a
+            file of another format), in one line naming the file and what it holds.
+    """
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as error:
+        reason = str(error).strip().split("\n")[0].strip()
+        if "Weights only load failed" in str(error):
+            reason = ("it holds pickled Python objects, which taggnn never loads (only tensors and plain values "
+                      "are safe)")
+        raise FeatureCacheError(f"{path} is not a taggnn feature file: {reason}; write the features again "
+                                f"with taggnn features") from None
+    if isinstance(data, dict) and data.get("format") == FEATURES_FORMAT and data.get("version") == FEATURES_VERSION:
+        if all(key in data for key in ("features", "labels", "classes", "fingerprint", "fields", "settings")):
+            return data
+    if isinstance(data, dict) and "features" in data and "settings" in data and "format" not in data:
+        what = "a feature file of an older taggnn (format 1, no fingerprint)"
+    elif isinstance(data, dict):
+        what = f"a mapping with keys {', '.join(str(k) for k in list(data)[:6]) or '(none)'}"
     else:
-        model = build_model_from_config(config, num_classes)
-    backbone = model.backbone.to(device).eval()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    splits = list(splits or ["train", config.data.val_split, config.data.test_split])
-    grid = backbone.feature_grid(config.data.num_frames, config.data.crop_size, config.data.crop_size)
-    info = {"channels": backbone.out_channels, "grid": list(grid), "settings": feature_settings(config),
-            "backbone_source": source, "version": FEATURES_VERSION}
-    (out / "info.json").write_text(json.dumps(info, indent=2))
-    written = {}
-    for split in dict.fromkeys(splits):
-        dataset = train_set if split == "train" else build_dataset(config, split, train=False, classes=names)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.eval_batch_size,
-                                             num_workers=config.data.num_workers, collate_fn=collate_clips)
-        features, labels, skipped = [], [], []
-        for clips, batch_labels, batch_skipped in tqdm(loader, desc=f"features {split}", unit="batch",
-                                                       disable=not progress):
-            skipped += batch_skipped
-            if clips is None:
-                continue
-            features.append(backbone(clips.to(device)).to("cpu", dtype))  # (B, C, T', H', W')
-            labels.append(batch_labels)
-        payload = {
-            "features": torch.cat(features), "labels": torch.cat(labels), "classes": names or [],
-            "skipped": skipped, "settings": feature_settings(config), "backbone_source": source,
-            "version": FEATURES_VERSION,
-        }
-        path = out / f"{split}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        written[split] = path
-        logger.info("%s: %d clips, features %s (%s)%s", path, len(payload["labels"]),
-                    tuple(payload["features"].shape[1:]), dtype, f", {len(skipped)} unreadable skipped"
-                    if skipped else "")
-    return written
+        what = f"a {type(data).__name__}"
+    raise FeatureCacheError(f"{path} is not a taggnn feature file of this version (it holds {what}); write the "
+                            f"features again with taggnn features")
 
 
 class FeatureDataset(Dataset):
@@ -108,7 +198,7 @@ class FeatureDataset(Dataset):
 
     Args:
         folder: The features folder.
-        split (str): The split.
+        split (str): The split; it must be listed complete in the folder's ``info.json``.
         config (Config, optional): Checked against the recorded settings (a mismatch raises
             :class:`~taggnn.errors.ConfigError` listing every difference).
     """
@@ -118,20 +208,33 @@ class FeatureDataset(Dataset):
     stochastic = False
 
     def __init__(self, folder, split: str, config: Optional[Config] = None):
-        path = Path(folder) / f"{split}.pt"
+        folder = Path(folder)
+        info = read_info(folder)
+        path = folder / f"{split}.pt"
+        if split not in info["splits"]:
+            partial = (f"; {path.name} is there but was never completed (the run writing it was interrupted, "
+                       f"or is still running)" if path.exists() else "")
+            raise FileNotFoundError(
+                f"no cached features for split {split!r} in {folder} (complete splits: "
+                f"{', '.join(info['splits']) or 'none'}){partial}; write them with: taggnn features --config ... "
+                f"--split {split} --out {folder}")
         if not path.is_file():
-            raise FileNotFoundError(f"no cached features for split {split!r}: {path} does not exist "
-                                    f"(write them with: taggnn features --config ... --out {folder})")
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or "features" not in data or "settings" not in data:
-            raise ConfigError(f"{path} is not a features file written by `taggnn features`")
+            raise FileNotFoundError(f"{path} is listed in {folder / INFO_NAME} but missing; write it again with: "
+                                    f"taggnn features --config ... --split {split} --out {folder}")
+        data = load_feature_file(path)
+        if data["fingerprint"] != info["fingerprint"]:
+            raise ConfigError(
+                f"{path} was made with another backbone or settings than the rest of {folder}: "
+                + describe_differences(data["fields"], info["fields"], path.name, INFO_NAME)
+                + "; write the features of every split again into one folder")
         if config is not None:
-            check_settings(data["settings"], config, path)
+            check_settings(info["settings"], config, path, from_checkpoint=bool(info.get("from_checkpoint")))
         self.path = path
         self.features: torch.Tensor = data["features"]
         self.labels: torch.Tensor = data["labels"]
         self.classes: List[str] = list(data["classes"])
         self.settings: Dict[str, Any] = data["settings"]
+        self.fingerprint: str = data["fingerprint"]
         self.backbone_source: str = data.get("backbone_source", "")
 
     @property
@@ -153,19 +256,312 @@ class FeatureDataset(Dataset):
         return self.features[index].float(), int(self.labels[index])
 
 
-def read_info(folder) -> Dict[str, Any]:
-    """``channels``, ``grid`` and ``settings`` of a features folder (its ``info.json``)."""
-    path = Path(folder) / "info.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a features folder ({path} missing); write one with "
-                                f"taggnn features --config ... --out {folder}")
-    return json.loads(path.read_text())
+def check_settings(recorded: Dict[str, Any], config: Config, path: Path, *, from_checkpoint: bool = False) -> None:
+    """Refuses a config whose :data:`FEATURE_KEYS` differ from the recorded ones, naming each.
 
-
-def check_settings(recorded: Dict[str, Any], config: Config, path: Path) -> None:
+    ``from_checkpoint``: the features came from a checkpoint's backbone, so ``model.weights``
+    (which a head-only run never reads) is not compared.
+    """
     current = feature_settings(config)
+    keys = [key for key in FEATURE_KEYS if not (from_checkpoint and key == "model.weights")]
     differences = [f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)"
-                   for key in FEATURE_KEYS if recorded.get(key) != current[key]]
+                   for key in keys if recorded.get(key) != current[key]]
     if differences:
         raise ConfigError(f"{path} was made with other settings: " + "; ".join(differences)
                           + "; write the features again for this config, or use the features' settings")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _entries(folder: Path) -> List[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _load_backbone(config: Config, checkpoint: Optional[Path]) -> Tuple[nn.Module, str]:
+    """The backbone whose features are cached (eval mode, on the CPU) and a description of its source.
+
+    From a checkpoint only the backbone's weights are taken: the backbone is fully convolutional,
+    so features at any clip length come from it (the head's positional table is not used).
+    """
+    from ..models.backbones import build_backbone, list_backbones
+    from .checkpoint import load_checkpoint
+    from .trainer import non_finite_parameters
+
+    m = config.model
+    if checkpoint is None:
+        with torch.random.fork_rng(devices=[]):  # a random initialisation is reproducible (train.seed)
+            torch.manual_seed(config.train.seed)
+            backbone = build_backbone(m.backbone, weights=m.weights)
+        source = (f"model.weights={m.weights}" if m.weights
+                  else f"random initialisation (train.seed={config.train.seed})")
+    else:
+        state = load_checkpoint(checkpoint)
+        saved = state["config"] if isinstance(state["config"], dict) else {}
+        saved_model, saved_data = saved.get("model") or {}, saved.get("data") or {}
+        if saved_data.get("features"):
+            raise ConfigError(f"--checkpoint {checkpoint} is a head trained on cached features "
+                              f"(data.features={saved_data['features']}): it holds no backbone to extract features "
+                              f"with; give a checkpoint of a model trained on videos")
+        name = saved_model.get("backbone")
+        if name != m.backbone:
+            hint = f"--set model.backbone={name}" if name in list_backbones() else "the run's own config"
+            raise ConfigError(f"--checkpoint {checkpoint} holds a {name!r} backbone, but the config says "
+                              f"model.backbone={m.backbone!r}; use {hint} (the features must be labelled with "
+                              f"the backbone that made them)")
+        weights = {key[len("backbone."):]: value for key, value in state["model"].items()
+                   if key.startswith("backbone.")}
+        bad = non_finite_parameters(weights)
+        if bad:
+            raise ConfigError(f"--checkpoint {checkpoint}: {len(bad)} backbone weight tensors hold NaN or infinity "
+                              f"(first: {', '.join(bad[:3])}); its features would be meaningless")
+        backbone = build_backbone(m.backbone)
+        try:
+            backbone.load_state_dict(weights)
+        except RuntimeError as error:
+            first = " ".join(str(error).split())[:300]
+            raise ConfigError(f"--checkpoint {checkpoint}: its backbone weights do not fit a {m.backbone!r} "
+                              f"backbone ({first})") from None
+        source = f"checkpoint {checkpoint} (epoch {state.get('epoch', '?')})"
+    if m.bn_eps is not None:  # as build_model_from_config does
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eps = m.bn_eps
+    return backbone.eval(), source
+
+
+class _Folder:
+    """The state of an ``--out`` folder, examined while holding its lock."""
+
+    def __init__(self, out: Path, fields: Dict[str, Any], fingerprint: str, source: str):
+        self.out, self.fields, self.fingerprint = out, fields, fingerprint
+        self.info: Optional[Dict[str, Any]] = None
+        self.unlisted: Dict[str, Dict[str, Any]] = {}  # split files renamed in but not yet in the manifest
+        entries = _entries(out)
+        foreign, leftovers, splits = [], [], []
+        for entry in entries:
+            name = entry.name
+            if name == LOCK_NAME or name.startswith(LOCK_NAME + "."):
+                continue
+            if _TEMP_NAME.match(name) and entry.is_file():
+                leftovers.append(entry)
+            elif name == INFO_NAME:
+                try:
+                    self.info = read_info(out)
+                except (FeatureCacheError, OSError) as error:
+                    foreign.append(name + (" of an older taggnn" if "older taggnn" in str(error) else ""))
+            elif name.endswith(".pt") and entry.is_file():
+                splits.append(entry)
+            else:
+                foreign.append(name + ("/" if entry.is_dir() else ""))
+        for entry in splits:
+            split = entry.name[:-3]
+            if self.info is not None and split in self.info["splits"]:
+                continue  # listed: complete, and checked when it was added
+            try:
+                data = load_feature_file(entry, mmap=True)
+            except FeatureCacheError:
+                foreign.append(entry.name)
+                continue
+            self.unlisted[split] = {"fields": data["fields"], "fingerprint": data["fingerprint"],
+                                    "clips": len(data["labels"]), "skipped": len(data.get("skipped", [])),
+                                    "grid": list(data["features"].shape[2:]),
+                                    "channels": int(data["features"].shape[1]),
+                                    "backbone_source": data.get("backbone_source", "")}
+        if foreign:
+            raise FeatureCacheError(
+                f"--out {out} holds files taggnn features did not write ({', '.join(foreign[:4])}"
+                f"{', ...' if len(foreign) > 4 else ''}); give a new or empty folder, or a folder of cached features")
+        for leftover in leftovers:  # of a run that was killed: this process holds the lock
+            logger.warning("%s: removing a temporary file left by an interrupted run", leftover)
+            leftover.unlink(missing_ok=True)
+        recorded = self.info or next(iter(self.unlisted.values()), None)
+        if recorded is None:
+            return
+        for split, entry in self.unlisted.items():
+            if entry["fingerprint"] != recorded["fingerprint"]:
+                raise ConfigError(
+                    f"{out / (split + '.pt')} was made with another backbone or settings than the rest of {out}: "
+                    + describe_differences(entry["fields"], recorded["fields"], f"{split}.pt", "folder")
+                    + "; remove it, or write the features into another folder")
+        if recorded["fingerprint"] != fingerprint:
+            differences = describe_differences(recorded["fields"], fields, "folder", "this command")
+            if recorded["fields"].get(_WEIGHTS_HASH) != fields.get(_WEIGHTS_HASH):
+                differences += (f" (the folder's backbone: {recorded.get('backbone_source') or 'unknown'}; "
+                                f"this command's: {source})")
+            raise ConfigError(
+                f"--out {out} holds features made with another backbone or settings: {differences}; write them "
+                f"into another folder (one folder holds the features of one backbone and one set of settings)")
+
+    def complete(self, split: str) -> bool:
+        return self.info is not None and split in self.info["splits"] and (self.out / f"{split}.pt").is_file()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """Calls ``write(file)`` on a temporary file next to ``path`` and renames it into place; on
+    any failure the temporary file is removed and ``path`` is left as it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_failed(path: Path, error: BaseException, needed: int) -> FeatureCacheError:
+    from .checkpoint import _is_no_space
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if _is_no_space(error) or (free is not None and free < needed):
+        cause = "no space left on device" + (f" ({free / 2**20:.0f} MiB free, about {needed / 2**20:.0f} MiB "
+                                             f"needed)" if free is not None else "")
+    else:
+        cause = " ".join(str(error).split())[:200] or type(error).__name__
+    return FeatureCacheError(f"could not write {path}: {cause}; nothing half-written was kept (the folder's "
+                             f"complete splits are intact): free some space and run taggnn features again")
+
+
+def _write_info(out: Path, info: Dict[str, Any]) -> None:
+    text = json.dumps(info, indent=2).encode()
+    try:
+        _atomic_write_bytes(out / INFO_NAME, lambda f: f.write(text))
+    except Exception as error:
+        raise _write_failed(out / INFO_NAME, error, len(text)) from None
+
+
+@torch.no_grad()
+def _extract_split(backbone: nn.Module, loader, split: str, dtype: torch.dtype, device: torch.device,
+                   progress: bool) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    from tqdm import tqdm
+
+    features, labels, skipped = [], [], []
+    for clips, batch_labels, batch_skipped in tqdm(loader, desc=f"features {split}", unit="batch",
+                                                   disable=not progress):
+        skipped += batch_skipped
+        if clips is None:
+            continue
+        output = backbone(clips.to(device))  # (B, C, T', H', W')
+        if not torch.isfinite(output).all():
+            done = sum(len(batch) for batch in labels)
+            raise FeatureCacheError(f"the backbone gives NaN or infinity on split {split!r} (a clip among numbers "
+                                    f"{done}..{done + len(output) - 1}); its weights are broken: nothing was written "
+                                    f"for this split")
+        stored = output.to("cpu", dtype)
+        if not torch.isfinite(stored).all():
+            largest = float(output.abs().max())
+            raise FeatureCacheError(
+                f"features of split {split!r} reach |x| = {largest:.3g}, beyond the range of {dtype} "
+                f"(max {torch.finfo(dtype).max:.6g}): store them as float32 (taggnn features --float32); "
+                f"nothing was written for this split")
+        features.append(stored)
+        labels.append(batch_labels)
+    if not features:
+        if skipped:
+            raise VideoError(skipped[0], f"this and every other clip of split {split!r} ({len(skipped)} in all) "
+                                         f"are unreadable (data.on_error=skip skipped them); nothing was written; "
+                                         f"check data.root and the videos")
+        raise ConfigError(f"split {split!r} holds no clips; nothing was written")
+    return torch.cat(features), torch.cat(labels), skipped
+
+
+def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = None,
+                     splits: Optional[Sequence[str]] = None, dtype: torch.dtype = torch.float16,
+                     device: Optional[torch.device] = None, progress: bool = True) -> Dict[str, Path]:
+    """Writes ``out/<split>.pt`` for every split (and the manifest ``out/info.json``); returns
+    the paths.
+
+    The backbone is the config's (``model.backbone`` with ``model.weights``; a random
+    initialisation is seeded with ``train.seed``), or the backbone of a taggnn ``checkpoint``
+    (e.g. a fine-tuned model) at the config's clip size, whatever the clip size it was trained
+    at. A split already complete in ``out`` with the same fingerprint is kept as it is
+    (skipped, with a log message); ``out`` holding features of another fingerprint, or files
+    the cache did not write, is refused.
+
+    Raises:
+        ConfigError: ``out`` holds features of another backbone or settings (naming the fields),
+            or the checkpoint does not fit the config.
+        FeatureCacheError: ``out`` is in use by another run, holds other files, or cannot be
+            written (e.g. a full disk); non-finite features.
+        VideoError: Every clip of a split is unreadable.
+    """
+    from ..utils.lockfile import LockFile
+    from .data import build_dataset, class_names, collate_clips
+
+    device = device or torch.device("cpu")
+    out = Path(out)
+    splits = list(dict.fromkeys(splits or ["train", config.data.val_split, config.data.test_split]))
+    for split in splits:
+        if not _SPLIT_NAME.match(split):
+            raise ConfigError(f"split names are letters, digits, '_' and '-' (they name files), got {split!r}")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ConfigError(f"features are stored as a floating-point dtype, got {dtype}")
+    settings = feature_settings(config)
+    backbone, source = _load_backbone(config, checkpoint)
+    fields = fingerprint_fields(settings, backbone_state_hash(backbone), dtype)
+    fingerprint = fingerprint_of(fields)
+    train_set = build_dataset(config, "train", train=False)
+    names = class_names(train_set)
+    backbone = backbone.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, Path] = {}
+    with LockFile(out / LOCK_NAME, busy_error=FeatureCacheError, what=f"the features folder {out}"):
+        folder = _Folder(out, fields, fingerprint, source)
+        info = folder.info or {
+            "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": fingerprint, "fields": fields,
+            "channels": None, "grid": None, "settings": settings, "from_checkpoint": checkpoint is not None,
+            "backbone_source": source, "splits": {},
+        }
+        for split, entry in folder.unlisted.items():  # renamed in by a run killed before its manifest update
+            info["channels"], info["grid"] = entry["channels"], entry["grid"]
+            info["splits"][split] = {"file": f"{split}.pt", "clips": entry["clips"], "skipped": entry["skipped"]}
+            _write_info(out, info)
+            logger.info("%s: adopted %s.pt, complete but not yet listed by an interrupted run", out, split)
+        for split in splits:
+            path = out / f"{split}.pt"
+            if folder.complete(split) or split in folder.unlisted:
+                logger.info("split %r is already in %s with the same fingerprint (backbone and settings): kept as "
+                            "it is, not written again", split, out)
+                written[split] = path
+                continue
+            dataset = train_set if split == "train" else build_dataset(config, split, train=False, classes=names)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.eval_batch_size,
+                                                 num_workers=config.data.num_workers, collate_fn=collate_clips)
+            features, labels, skipped = _extract_split(backbone, loader, split, dtype, device, progress)
+            grid, channels = list(features.shape[2:]), int(features.shape[1])
+            if info["grid"] is not None and (info["grid"], info["channels"]) != (grid, channels):
+                raise FeatureCacheError(f"split {split!r} gives features of {channels} channels on grid {grid}, the "
+                                        f"folder's other splits {info['channels']} on {info['grid']}")
+            payload = {
+                "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": fingerprint, "fields": fields,
+                "features": features, "labels": labels, "classes": names or [], "skipped": skipped,
+                "settings": settings, "backbone_source": source,
+            }
+            needed = features.nelement() * features.element_size() + labels.nelement() * 8
+            try:
+                free = shutil.disk_usage(out).free
+            except OSError:
+                free = None
+            if free is not None and free < needed:
+                raise FeatureCacheError(f"no space for {path}: about {needed / 2**20:.0f} MiB needed, "
+                                        f"{free / 2**20:.0f} MiB free; nothing was written for split {split!r}")
+            try:
+                _atomic_write_bytes(path, lambda f: torch.save(payload, f))
+            except Exception as error:
+                raise _write_failed(path, error, needed) from None
+            info["channels"], info["grid"] = channels, grid
+            info["splits"][split] = {"file": path.name, "clips": len(labels), "skipped": len(skipped)}
+            _write_info(out, info)
+            written[split] = path
+            logger.info("%s: %d clips, features %s (%s)%s", path, len(labels), tuple(features.shape[1:]), dtype,
+                        f", {len(skipped)} unreadable skipped" if skipped else "")
+    return written
