@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import random
+import re
 import signal
 import threading
 from pathlib import Path
@@ -122,16 +123,24 @@ def _is_no_space(error: BaseException) -> bool:
     return False
 
 
+#: What ``taggnn`` expects where it reads a checkpoint (ends every identification message).
+EXPECTED_CHECKPOINT = "expected a taggnn checkpoint: best.pt or last.pt of a run folder written by taggnn train"
+
+
 def describe_foreign_checkpoint(data: Any) -> str:
     """What a loaded file that is not a taggnn checkpoint appears to be."""
     if isinstance(data, dict):
         keys = [str(k) for k in data]
-        state = data.get("state_dict", data.get("model_state", data))
+        if isinstance(data.get("model_state_dict"), dict) and "optimizer_state_dict" in data:
+            return ("the authors' training checkpoint (their train.py's last_checkpoint.pth: model_state_dict, "
+                    "optimizer_state_dict, ...): evaluate it with taggnn eval --reference FILE --dataset "
+                    "haa500|gym99|gym288, or load it with taggnn.models.load_reference_checkpoint")
+        state = data.get("state_dict", data.get("model_state", data.get("model_state_dict", data)))
         state_keys = [str(k) for k in state] if isinstance(state, dict) else keys
         if any(k.startswith(("pos_embedding", "backbone.", "csnmodel.", "appnp")) for k in state_keys) and any(
                 k.startswith(("classifier.", "mlp_head.")) for k in state_keys):
-            return ("the authors' TAG-Head checkpoint: convert it with taggnn.models.load_reference_checkpoint "
-                    "(Python) to evaluate it")
+            return ("the authors' TAG-Head checkpoint: evaluate it with taggnn eval --reference FILE --dataset "
+                    "haa500|gym99|gym288, or load it with taggnn.models.load_reference_checkpoint")
         if all(torch.is_tensor(v) for v in data.values()) and data:
             return (f"a plain state dict of {len(data)} tensors (first keys: {', '.join(keys[:3])}); backbone "
                     f"weights load with --set model.weights=<file>, the authors' checkpoints with "
@@ -140,19 +149,102 @@ def describe_foreign_checkpoint(data: Any) -> str:
     return f"a {type(data).__name__}, not a mapping"
 
 
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> Dict[str, Any]:
-    """A taggnn checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``."""
+def describe_file(path: Union[str, os.PathLike], error: Optional[BaseException] = None) -> Optional[str]:
+    """What a file that is not a ``torch.save`` file looks like, from its first bytes: a TorchScript
+    model, a ``torch.export`` program, an ONNX model, a YAML or JSON file, other text, an empty
+    file. For a file that may be one, ``None``; given ``error`` (what ``torch.load`` raised on it),
+    what that error says about it (pickled Python objects, unknown bytes) instead of ``None``."""
+    import zipfile
+
     path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "an empty file (0 bytes)"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile:
+            return "a damaged zip archive (a torch.save file cut short?)"
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return ("a TorchScript model (taggnn export --format torchscript writes these; run it with "
+                    "torch.jit.load)")
+        if any(n.endswith("/archive_format") for n in names) or any(n.endswith("/models/model.json") for n in names):
+            return "a torch.export program (taggnn export --format exported-program; run it with torch.export.load)"
+        if not any(n.endswith("data.pkl") for n in names):
+            return f"a zip archive of {len(names)} files that is not a PyTorch save (first: {', '.join(names[:3])})"
+    elif head[:1] == b"\x08" and (path.suffix == ".onnx" or b"pytorch" in head[:32] or b"onnx" in head[:64]):
+        return "an ONNX model (taggnn export --format onnx writes these; run it with onnxruntime)"
+    elif b"\x00" not in head and head[:1] != b"\x80":  # not a pickle (protocol 2+ starts with 0x80)
+        return _describe_text(path, head)
+    if error is None:
+        return None
+    message = str(error)
+    global_name = re.search(r"GLOBAL ([\w.]+)", message)
+    if global_name or "Unsupported global" in message:
+        found = f" ({global_name.group(1)})" if global_name else ""
+        return (f"a file of pickled Python objects{found}, which taggnn never loads (only tensors and plain values "
+                f"are safe); it was not written by taggnn")
+    first = next((line.strip() for line in message.splitlines() if line.strip()), "unknown content")
+    if "weights_only" in first or "Weights only" in first:  # PyTorch's advice to unpickle anything: not relayed
+        first = "not a PyTorch file of tensors"
+    return f"not readable as a PyTorch file ({first[:160]})"
+
+
+def _describe_text(path: Path, head: bytes) -> str:
+    """A text file: YAML (a taggnn config?), JSON, or other text."""
+    import yaml
+
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "a binary file of unknown format"
+    try:
+        data = yaml.safe_load(path.read_text()) if path.stat().st_size < (1 << 20) else None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        data = None
+    kind = "a JSON file" if text.lstrip().startswith(("{", "[")) or path.suffix == ".json" else "a YAML file"
+    if isinstance(data, dict):
+        keys = ", ".join(str(k) for k in list(data)[:6])
+        if {"model", "data"} & set(map(str, data)):
+            return (f"{kind} that looks like a taggnn config (keys: {keys}); a config goes to --config, "
+                    f"a trained model's checkpoint to --checkpoint")
+        return f"{kind} (keys: {keys})"
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    return f"a text file (first line: {first!r})"
+
+
+def describe_folder(path: Union[str, os.PathLike]) -> str:
+    """The message for a folder given where a checkpoint file is expected."""
+    path = Path(path)
+    present = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    if present:
+        return (f"{path} is a folder, not a checkpoint file; it holds {' and '.join(present)}: pass "
+                f"{path / present[0]}")
+    return f"{path} is a folder, not a checkpoint file, and holds no best.pt or last.pt; {EXPECTED_CHECKPOINT}"
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> Dict[str, Any]:
+    """A taggnn checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``.
+
+    Anything else is refused with a one-line :class:`~taggnn.errors.CheckpointError` that says
+    what the file looks like (a folder, an export, a config, the authors' checkpoint, ...) and
+    what was expected.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(describe_folder(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        reason = str(error).split("\n")[0].strip()
-        if "Weights only load failed" in str(error):
-            reason = ("it holds pickled Python objects, which taggnn never loads (only tensors and plain "
-                      "values are safe); it was not written by taggnn")
-        raise CheckpointError(f"{path}: not a readable taggnn checkpoint ({reason})") from None
+    what = describe_file(path)  # exports, configs and text are named before torch.load sees them
+    if what is None:
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:
+            what = describe_file(path, error)
+    if what is not None:
+        raise CheckpointError(f"{path}: not a taggnn checkpoint: it is {what}; {EXPECTED_CHECKPOINT}")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise CheckpointError(f"{path}: not a taggnn checkpoint; it looks like "
                               f"{describe_foreign_checkpoint(checkpoint)}")
