@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt)")
     p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
-                                       "gym288_last.pth), evaluated with their architecture and preprocessing")
+                                       "gym288_last.pth) or a file their train.py wrote (best_model.pth, "
+                                       "last_checkpoint.pth), evaluated with their architecture and preprocessing")
     p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
     p.add_argument("--data-root", help="--reference: the dataset root (or the video root of --csv)")
     p.add_argument("--csv", help="--reference: their split CSV (FileName,Class,TotalFrames,ClassEncoded; "
@@ -479,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "metrics_<split>.<checkpoint name>[.<overrides>].json, per_class_*.csv, "
                                  "confusion_*.png, e.g. metrics_test.last.json; the run's own "
                                  "metrics_<split>.json (training's final test) is never replaced")
-    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv)")
+    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv; an existing "
+                                  "file only with --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --dump file, or results in --out that another checkpoint wrote")
     p.add_argument("--device", default="auto")
