@@ -86,11 +86,20 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
     return validate(config)
 
 
-def dump_scores(path: Path, dataset, meter, scores, names, config) -> None:
-    """Per-video scores (after view averaging), labels and paths as ``.npz`` or ``.csv``."""
+def dump_target(path: Path) -> Path:
+    """The file ``--dump`` writes: ``path`` for ``.csv`` and ``.npz``, else ``path`` with ``.npz``."""
+    path = Path(path)
+    return path if path.suffix in (".csv", ".npz") else path.with_suffix(".npz")
+
+
+def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite: bool = True) -> None:
+    """Per-video scores (after view averaging), labels and paths as ``.npz`` or ``.csv``
+    (written atomically; an existing file is refused unless ``overwrite``)."""
     import csv
 
     import numpy as np
+
+    from .utils.outputs import atomic_output
 
     skipped = set(meter.skipped)
     samples = [s for s in getattr(dataset, "samples", [])]
@@ -99,32 +108,60 @@ def dump_scores(path: Path, dataset, meter, scores, names, config) -> None:
     if len(paths) != len(scores):
         raise ValueError(f"--dump: {len(scores)} scores for {len(paths)} videos (multi-process evaluation "
                          f"cannot dump; run it in one process)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target = dump_target(path)
     e = config.eval
     already = e.average == "prob" and e.num_clips * e.num_crops > 1  # averaged view probabilities
     probabilities = scores if already else scores.float().softmax(1)
-    if path.suffix == ".csv":
-        with open(path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "predicted", *(names or [str(c) for c in range(scores.shape[1])])])
-            for p, label, row in zip(paths, labels, probabilities.tolist()):
-                writer.writerow([p, label, int(np.argmax(row)), *(f"{v:.6g}" for v in row)])
-    else:
-        np.savez_compressed(path if path.suffix == ".npz" else path.with_suffix(".npz"),
-                            probabilities=probabilities.numpy(), labels=np.array(labels), paths=np.array(paths),
-                            classes=np.array(names or []), views=np.array(f"{e.num_clips}x{e.num_crops} {e.average}"))
-    print(f"dumped {len(paths)} videos' scores to {path}")
+    with atomic_output(target, overwrite=overwrite) as staged:
+        if target.suffix == ".csv":
+            with open(staged, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", "label", "predicted",
+                                 *(names or [str(c) for c in range(scores.shape[1])])])
+                for p, label, row in zip(paths, labels, probabilities.tolist()):
+                    writer.writerow([p, label, int(np.argmax(row)), *(f"{v:.6g}" for v in row)])
+        else:
+            np.savez_compressed(staged, probabilities=probabilities.numpy(), labels=np.array(labels),
+                                paths=np.array(paths), classes=np.array(names or []),
+                                views=np.array(f"{e.num_clips}x{e.num_crops} {e.average}"))
+    print(f"dumped {len(paths)} videos' scores to {target}")
 
 
-def results_tag(split: str, overrides: List[str]) -> str:
-    """File-name tag of an evaluation: the split, plus the overrides when there are any
-    (``test`` or ``test.data.num_frames=32``), so that an evaluation with other settings
-    never overwrites the run's own ``metrics_test.json``."""
+def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = None) -> str:
+    """File-name tag of an evaluation: the split, the evaluated checkpoint's name and the
+    overrides when there are any (``test.best``, ``test.last``,
+    ``test.best.data.num_frames=32``), so that ``taggnn eval`` never writes over the run's own
+    ``metrics_test.json`` (written by training's final test) nor over the results of another
+    checkpoint or other settings."""
     import re
 
-    if not overrides:
-        return split
-    return split + "." + "_".join(re.sub(r"[^A-Za-z0-9=._-]+", "-", item) for item in overrides)[:150]
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9=._-]+", "-", text)
+
+    tag = split
+    if checkpoint is not None:
+        tag += "." + clean(Path(checkpoint).stem)
+    if overrides:
+        tag += "." + "_".join(clean(item) for item in overrides)[:150]
+    return tag
+
+
+def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> None:
+    """Refuses (unless ``overwrite``) to replace ``metrics_<tag>.json`` that holds the results of
+    another checkpoint (e.g. another run's ``best.pt`` evaluated into the same ``--out``); the
+    results of the same checkpoint with the same settings are refreshed."""
+    from .utils.outputs import OutputExistsError, same_path
+
+    metrics = out / f"metrics_{tag}.json"
+    if metrics.exists() and not overwrite:
+        try:
+            recorded = json.loads(metrics.read_text()).get("checkpoint")
+        except (ValueError, AttributeError):
+            recorded = None
+        if recorded is None or not same_path(recorded, checkpoint):
+            source = f"the results of {recorded}" if recorded else "a file taggnn eval did not write"
+            raise OutputExistsError(f"{metrics} holds {source}, not of {checkpoint}; pass --overwrite to replace "
+                                    f"them, or choose another --out")
 
 
 def cmd_eval_reference(args) -> int:
@@ -139,22 +176,26 @@ def cmd_eval_reference(args) -> int:
         raise ConfigError(f"--reference needs --dataset, one of {', '.join(REFERENCE_SETUPS)}")
     if args.data_root is None:
         raise ConfigError("--reference needs --data-root (the FineGym / HAA500 root, or the video root of --csv)")
+    reference = Path(args.reference)
+    split = "test" if args.csv else args.split
+    out = Path(args.out) if args.out else reference.parent
+    tag = results_tag(f"reference_{args.dataset}_{split}", args.overrides, reference)
+    _claim_results(out, tag, reference, args.overwrite)
     overrides = [f"data.root={args.data_root}", *args.overrides]
     if args.csv:  # their split CSV: <data-root>/<Class>/<FileName>
         overrides += ["data.dataset=csv", f"data.test_csv={args.csv}", "data.csv_layout=authors"]
     config = load_config(f"{args.dataset}_authors", overrides)
     config.model.weights = None
     device = _device(args.device)
-    model, setup = load_reference_checkpoint(args.reference, args.dataset)
-    split = "test" if args.csv else args.split
+    model, setup = load_reference_checkpoint(reference, args.dataset)
     dataset = build_dataset(config, split, train=False)
     meter = evaluate(model.to(device), dataset, batch_size=config.train.eval_batch_size, device=device,
                      num_classes=setup.num_classes, config=config, progress=not args.no_progress)  # float32
-    out = Path(args.out) if args.out else Path(args.reference).parent
-    tag = f"reference_{args.dataset}_{split}"
+    (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
     metrics = write_evaluation(out, split, meter, getattr(dataset, "classes", None), "present",
-                               {"checkpoint": str(args.reference), "preprocessing": "authors"}, tag=tag)
-    print(f"{args.dataset} ({Path(args.reference).name}, the authors' preprocessing: {setup.num_frames} frames by "
+                               {"checkpoint": str(reference), "preprocessing": "authors",
+                                "overrides": list(args.overrides)}, tag=tag)
+    print(f"{args.dataset} ({reference.name}, the authors' preprocessing: {setup.num_frames} frames by "
           f"linspace, short side 128, centre 112, mean/std 0.45/0.225, float32): top-1 {metrics['top1']:.4f}  "
           f"MCA (classes present, their convention) {metrics['mca_present']:.4f}  clips {metrics['count']}"
           f"  -> {out}/metrics_{tag}.json")
@@ -164,6 +205,7 @@ def cmd_eval_reference(args) -> int:
 def cmd_eval(args) -> int:
     from .engine.data import build_dataset
     from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
+    from .utils.outputs import check_output
 
     if args.reference:
         return cmd_eval_reference(args)
@@ -176,7 +218,12 @@ def cmd_eval(args) -> int:
         from .errors import ConfigError
 
         raise ConfigError(f"--checkpoint {args.checkpoint} is a Hub model: give --out DIR for the metrics files")
+    out = Path(args.out) if args.out else checkpoint.parent
+    tag = results_tag(args.split, args.overrides, checkpoint)
+    if args.dump:  # every output is checked before the evaluation starts
+        check_output(dump_target(args.dump), overwrite=args.overwrite, inputs=[checkpoint], what="--dump")
     config = _overridden_config(checkpoint, args.overrides)
+    _claim_results(out, tag, checkpoint, args.overwrite)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
     dataset = build_dataset(config, args.split, train=False, classes=names, views=True)
@@ -185,10 +232,9 @@ def cmd_eval(args) -> int:
                       progress=not args.no_progress, collect_logits=bool(args.dump))
     meter, scores = result if args.dump else (result, None)
     if args.dump:
-        dump_scores(Path(args.dump), dataset, meter, scores, names, config)
-    out = Path(args.out) if args.out else checkpoint.parent
-    tag = results_tag(args.split, args.overrides)
+        dump_scores(Path(args.dump), dataset, meter, scores, names, config, overwrite=args.overwrite)
     e = config.eval
+    (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
     metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
                                {"checkpoint": str(checkpoint), "overrides": list(args.overrides),
                                 "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
@@ -244,7 +290,11 @@ def cmd_profile(args) -> int:
     from .engine.config import load_config
     from .models import build_model_from_config
     from .models.complexity import profile_model
+    from .utils.outputs import atomic_output, check_output
 
+    if args.json:
+        check_output(args.json, overwrite=args.overwrite, inputs=[args.config] if Path(args.config).is_file() else [],
+                     what="--json")
     config = load_config(args.config, args.overrides)
     config.model.weights = None  # counting and timing need no pretrained weights
     model = build_model_from_config(config, config.data.num_classes)
@@ -270,11 +320,14 @@ def cmd_profile(args) -> int:
         print(f"{part:<28}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
               f"{'' if ms is None else f'{ms:.1f}':>10}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        with atomic_output(args.json, overwrite=args.overwrite) as staged:
+            staged.write_text(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_tsne(args) -> int:
+    import importlib.util
+
     import numpy as np
     import torch
     from sklearn.manifold import TSNE
@@ -283,7 +336,11 @@ def cmd_tsne(args) -> int:
     from .engine.data import build_dataset
     from .engine.plots import save_tsne
     from .engine.trainer import load_trained
+    from .utils.outputs import atomic_output, check_output
 
+    figure = importlib.util.find_spec("matplotlib") is not None  # else the embeddings are written (.npz)
+    out = Path(args.out) if figure else Path(args.out).with_suffix(".npz")
+    check_output(out, overwrite=args.overwrite, inputs=args.checkpoint, what="tsne --out")  # before any work
     device = _device(args.device)
     panels, labels, names = {}, None, None
     for index, path in enumerate(args.checkpoint):
@@ -309,15 +366,12 @@ def cmd_tsne(args) -> int:
             embedded = TSNE(n_components=2, init="pca", perplexity=max(1, min(30, len(features) - 1)),
                             random_state=0).fit_transform(torch.cat(features).numpy())
             panels[f"{title} {tag}".strip()] = embedded
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        save_tsne(panels, labels, out, names, columns=2)
-    except ImportError:
-        np.savez(out.with_suffix(".npz"), labels=labels, **{k.replace(" ", "_"): v for k, v in panels.items()})
-        print(f"matplotlib not installed: wrote the embeddings to {out.with_suffix('.npz')}")
-        return 0
-    print(f"wrote {out}")
+    with atomic_output(out, overwrite=args.overwrite) as staged:
+        if figure:
+            save_tsne(panels, labels, staged, names, columns=2)
+        else:
+            np.savez(staged, labels=labels, **{k.replace(" ", "_"): v for k, v in panels.items()})
+    print(f"wrote {out}" if figure else f"matplotlib not installed: wrote the embeddings to {out}")
     return 0
 
 
@@ -364,17 +418,23 @@ def cmd_export(args) -> int:
     import torch
 
     from .engine.trainer import load_trained
-    from .models.export import FORMATS, export_model
+    from .models.export import default_export_path, export_model
+    from .utils.outputs import check_output
 
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else default_export_path(checkpoint, args.format)
     if args.format == "safetensors":  # a folder to share: checked before any work
         from .errors import ConfigError
-        from .models.hub import require_safetensors
+        from .models.hub import SHARED_FILES, require_safetensors
 
         require_safetensors()
         if args.frames or args.crop:
             raise ConfigError("--frames/--crop do not apply to --format safetensors: the shared model keeps the clip "
                               "size it was trained with (adapt it after loading with model.head.set_grid)")
-    model, config, _ = load_trained(Path(args.checkpoint), torch.device("cpu"))
+        check_output(out, overwrite=args.overwrite, inputs=[checkpoint], what="export", folder_of=SHARED_FILES)
+    else:
+        check_output(out, overwrite=args.overwrite, inputs=[checkpoint], what="export")  # before any work
+    model, config, _ = load_trained(checkpoint, torch.device("cpu"))
     d = config.data
     frames, crop = args.frames or d.num_frames, args.crop or d.crop_size
     if hasattr(model, "backbone"):
@@ -384,8 +444,7 @@ def cmd_export(args) -> int:
         example = torch.randn(args.batch, 3, frames, crop, crop)
     else:  # a head trained on cached features
         example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(FORMATS[args.format])
-    result = export_model(model, example, out, args.format)
+    result = export_model(model, example, out, args.format, overwrite=args.overwrite)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
     print(f"wrote {out} ({args.format}, input {tuple(example.shape)}); {check}")
@@ -424,15 +483,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt), a shared model's folder (taggnn "
                                         "export --format safetensors), its model.safetensors, or a Hub id owner/name")
     p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
-                                       "gym288_last.pth), evaluated with their architecture and preprocessing")
+                                       "gym288_last.pth) or a file their train.py wrote (best_model.pth, "
+                                       "last_checkpoint.pth), evaluated with their architecture and preprocessing")
     p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
     p.add_argument("--data-root", help="--reference: the dataset root (or the video root of --csv)")
     p.add_argument("--csv", help="--reference: their split CSV (FileName,Class,TotalFrames,ClassEncoded; "
                                  "videos at <data-root>/<Class>/<FileName>)")
     p.add_argument("--split", default="test")
     _add_set(p)
-    p.add_argument("--out", help="where to write the results (default: the checkpoint's folder)")
-    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv)")
+    p.add_argument("--out", help="where to write the results (default: the checkpoint's folder): "
+                                 "metrics_<split>.<checkpoint name>[.<overrides>].json, per_class_*.csv, "
+                                 "confusion_*.png, e.g. metrics_test.last.json; the run's own "
+                                 "metrics_<split>.json (training's final test) is never replaced")
+    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv; an existing "
+                                  "file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --dump file, or results in --out that another checkpoint wrote")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -452,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
     _add_set(p)
     p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--json", help="also write the result here")
+    p.add_argument("--json", help="also write the result here (an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_profile)
 
@@ -466,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--max-clips", type=int, default=400, help="clips, sampled stratified over the classes")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
-    p.add_argument("--out", default="tsne.png")
+    p.add_argument("--out", default="tsne.png", help="the figure (an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_tsne)
 
@@ -499,8 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="clip length of the exported model (default: the config's)")
     p.add_argument("--crop", type=int, help="crop size of the exported model (default: the config's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
-    p.add_argument("--out", help="output file, a folder for safetensors (default: the checkpoint's name with the "
-                                 "format's suffix; for safetensors without it)")
+    p.add_argument("--out", help="output file, a folder for safetensors (default: next to the checkpoint, "
+                                 "<stem>.torchscript.pt, <stem>.pt2, <stem>.onnx or the folder <stem>, e.g. best.pt "
+                                 "-> best.onnx; never a checkpoint's own name)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (the checkpoint itself is never replaced)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",

@@ -40,6 +40,7 @@ import csv
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -393,16 +394,19 @@ def clip_digest(clip: np.ndarray) -> str:
 
 
 def write_split(out: os.PathLike, split: str = "train", *, count: Optional[int] = None, fps: int = 8,
-                **options) -> Path:
+                overwrite: bool = False, **options) -> Path:
     """Writes a split as mp4 files plus ``<split>.csv`` in the ``VideoCSV`` format.
 
     Returns the CSV path. Files are ``OUT/<split>/<index>.mp4``; the CSV's
-    ``FileName`` is relative to ``OUT``.
+    ``FileName`` is relative to ``OUT``. Several splits share one folder. A folder holding
+    anything else (files this function did not write) is refused, and so is a split already
+    written there unless ``overwrite``, which first removes that split's previous clips and CSV.
     """
     from .video import write_video
 
-    dataset = SynthGym(split, length=count, **options)
     out = Path(out)
+    check_synth_folder(out, split, overwrite=overwrite)
+    dataset = SynthGym(split, length=count, **options)
     (out / split).mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{split}.csv"
     try:
@@ -427,6 +431,62 @@ def write_split(out: os.PathLike, split: str = "train", *, count: Optional[int] 
     return csv_path
 
 
+_CLIP_NAME = re.compile(r"\d{6}\.mp4")
+_CSV_HEADER = "FileName,Class,TotalFrames,ClassEncoded"
+
+
+def _own_entries(out: Path) -> Tuple[List[str], Dict[str, int]]:
+    """The entries of ``out`` that :func:`write_split` did not write, and the splits it wrote there
+    (split -> clips): ``<split>/`` folders of ``NNNNNN.mp4`` files and ``<split>.csv`` files in its
+    format whose rows name ``<split>/...``."""
+    foreign, written = [], {}
+    for entry in sorted(out.iterdir()):
+        split, suffix = (entry.name[:-len(".csv.tmp")], ".csv.tmp") if entry.name.endswith(".csv.tmp") \
+            else (entry.stem, entry.suffix)
+        if entry.is_dir() and entry.name in SPLITS:
+            clips = list(entry.iterdir())
+            if all(c.is_file() and _CLIP_NAME.fullmatch(c.name) for c in clips):
+                if clips:  # an empty folder of a split is no previous output
+                    written[entry.name] = len(clips)
+                continue
+            foreign += [f"{entry.name}/{c.name}" for c in clips if not _CLIP_NAME.fullmatch(c.name)][:3]
+        elif entry.is_file() and split in SPLITS and suffix in (".csv", ".csv.tmp"):
+            with open(entry, newline="") as f:
+                lines = f.read(1 << 16).splitlines()
+            if lines and lines[0].strip() == _CSV_HEADER and all(
+                    line.startswith(f"{split}/") for line in lines[1:] if line.strip()):
+                written.setdefault(split, 0)
+                continue
+            foreign.append(entry.name)
+        else:
+            foreign.append(entry.name + ("/" if entry.is_dir() else ""))
+    return foreign, written
+
+
+def check_synth_folder(out: Path, split: str, *, overwrite: bool = False) -> None:
+    """Refuses a folder holding files :func:`write_split` did not write, and a split already
+    written there unless ``overwrite`` (whose previous clips and CSV are then removed)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; synth write needs a folder (new, or one it wrote before)")
+    if not out.exists():
+        return
+    foreign, written = _own_entries(out)
+    if foreign:
+        raise ConfigError(f"{out} holds files synth write did not write ({', '.join(foreign[:4])}"
+                          f"{', ...' if len(foreign) > 4 else ''}); write SynthGym into a new or empty folder "
+                          f"(--overwrite replaces only a split synth wrote)")
+    if split in written:
+        if not overwrite:
+            raise ConfigError(f"{out} already holds the SynthGym {split!r} split ({written[split]} clips); pass "
+                              f"--overwrite to write it again, or choose another folder")
+        for clip in (out / split).glob("*.mp4") if (out / split).is_dir() else []:
+            clip.unlink()
+        for name in (f"{split}.csv", f"{split}.csv.tmp"):
+            (out / name).unlink(missing_ok=True)
+        logger.warning("--overwrite: removed the previous %r split of %s", split, out)
+
+
 def build_parser(prog: str = "python -m taggnn.data.synthgym",
                  parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """The ``write`` command's parser (also ``taggnn synth``, which passes its own sub-parser)."""
@@ -443,6 +503,9 @@ def build_parser(prog: str = "python -m taggnn.data.synthgym",
     write.add_argument("--seed", type=int, default=0)
     write.add_argument("--long-tail", type=float, default=None)
     write.add_argument("--fps", type=int, default=8)
+    write.add_argument("--overwrite", action="store_true",
+                       help="write a split again that this command wrote in OUT before (its clips are replaced); "
+                            "a folder holding other files is always refused")
     return parser
 
 
@@ -453,7 +516,8 @@ def run(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     write_split(args.out, args.split, count=args.count, fps=args.fps, num_frames=args.num_frames,
-                size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail)
+                size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail,
+                overwrite=args.overwrite)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..utils.identify import describe_file
 
 CHECKPOINT_VERSION = 1
 
@@ -122,16 +123,24 @@ def _is_no_space(error: BaseException) -> bool:
     return False
 
 
+#: What ``taggnn`` expects where it reads a checkpoint (ends every identification message).
+EXPECTED_CHECKPOINT = "expected a taggnn checkpoint: best.pt or last.pt of a run folder written by taggnn train"
+
+
 def describe_foreign_checkpoint(data: Any) -> str:
     """What a loaded file that is not a taggnn checkpoint appears to be."""
     if isinstance(data, dict):
         keys = [str(k) for k in data]
-        state = data.get("state_dict", data.get("model_state", data))
+        if isinstance(data.get("model_state_dict"), dict) and "optimizer_state_dict" in data:
+            return ("the authors' training checkpoint (their train.py's last_checkpoint.pth: model_state_dict, "
+                    "optimizer_state_dict, ...): evaluate it with taggnn eval --reference FILE --dataset "
+                    "haa500|gym99|gym288, or load it with taggnn.models.load_reference_checkpoint")
+        state = data.get("state_dict", data.get("model_state", data.get("model_state_dict", data)))
         state_keys = [str(k) for k in state] if isinstance(state, dict) else keys
         if any(k.startswith(("pos_embedding", "backbone.", "csnmodel.", "appnp")) for k in state_keys) and any(
                 k.startswith(("classifier.", "mlp_head.")) for k in state_keys):
-            return ("the authors' TAG-Head checkpoint: convert it with taggnn.models.load_reference_checkpoint "
-                    "(Python) to evaluate it")
+            return ("the authors' TAG-Head checkpoint: evaluate it with taggnn eval --reference FILE --dataset "
+                    "haa500|gym99|gym288, or load it with taggnn.models.load_reference_checkpoint")
         if all(torch.is_tensor(v) for v in data.values()) and data:
             return (f"a plain state dict of {len(data)} tensors (first keys: {', '.join(keys[:3])}); backbone "
                     f"weights load with --set model.weights=<file>, the authors' checkpoints with "
@@ -140,19 +149,36 @@ def describe_foreign_checkpoint(data: Any) -> str:
     return f"a {type(data).__name__}, not a mapping"
 
 
-def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> Dict[str, Any]:
-    """A taggnn checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``."""
+def describe_folder(path: Union[str, os.PathLike]) -> str:
+    """The message for a folder given where a checkpoint file is expected."""
     path = Path(path)
+    present = [name for name in ("best.pt", "last.pt") if (path / name).is_file()]
+    if present:
+        return (f"{path} is a folder, not a checkpoint file; it holds {' and '.join(present)}: pass "
+                f"{path / present[0]}")
+    return f"{path} is a folder, not a checkpoint file, and holds no best.pt or last.pt; {EXPECTED_CHECKPOINT}"
+
+
+def load_checkpoint(path: Union[str, os.PathLike], map_location: Optional[str] = "cpu") -> Dict[str, Any]:
+    """A taggnn checkpoint written by :func:`save_checkpoint`, loaded with ``weights_only=True``.
+
+    Anything else is refused with a one-line :class:`~taggnn.errors.CheckpointError` that says
+    what the file looks like (a folder, an export, a config, the authors' checkpoint, ...) and
+    what was expected.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(describe_folder(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        reason = str(error).split("\n")[0].strip()
-        if "Weights only load failed" in str(error):
-            reason = ("it holds pickled Python objects, which taggnn never loads (only tensors and plain "
-                      "values are safe); it was not written by taggnn")
-        raise CheckpointError(f"{path}: not a readable taggnn checkpoint ({reason})") from None
+    what = describe_file(path)  # exports, configs and text are named before torch.load sees them
+    if what is None:
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as error:
+            what = describe_file(path, error)
+    if what is not None:
+        raise CheckpointError(f"{path}: not a taggnn checkpoint: it is {what}; {EXPECTED_CHECKPOINT}")
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise CheckpointError(f"{path}: not a taggnn checkpoint; it looks like "
                               f"{describe_foreign_checkpoint(checkpoint)}")

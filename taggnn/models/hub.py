@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+#: The files of a shared folder (what `taggnn export --format safetensors --overwrite` may replace).
+SHARED_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 #: Version of the ``config.json`` schema written by :func:`make_config`.
 CONFIG_VERSION = 1
 MODEL_TYPES = ("TAGNet", "HeadOnly")
@@ -107,11 +109,16 @@ def check_folder(folder: Path) -> Path:
     :class:`~taggnn.errors.CheckpointError` that says what it holds instead."""
     missing = [name for name in (WEIGHTS_NAME, CONFIG_NAME) if not (folder / name).is_file()]
     if missing:
-        runs = sorted(p.name for p in folder.glob("*.pt"))
-        hint = (f"; for a training run pass its checkpoint ({folder / runs[0]}) or write a shared model "
-                f"with taggnn export --checkpoint {folder / runs[0]} --format safetensors --out DIR") if runs else ""
-        raise CheckpointError(f"{folder} is not a shared taggnn model: {' and '.join(missing)} missing (expected the "
-                              f"folder written by taggnn export --format safetensors or save_pretrained){hint}")
+        shared = (f"a shared model's folder (written by taggnn export --format safetensors or save_pretrained; "
+                  f"{' and '.join(missing)} missing here)")
+        present = [name for name in ("best.pt", "last.pt") if (folder / name).is_file()]
+        if present:
+            raise CheckpointError(f"{folder} is a folder, not a checkpoint file; it holds {' and '.join(present)}: "
+                                  f"pass {folder / present[0]}, or share it with taggnn export --checkpoint "
+                                  f"{folder / present[0]} --format safetensors --out DIR; expected a checkpoint or "
+                                  f"{shared}")
+        raise CheckpointError(f"{folder} is a folder, not a checkpoint file, and holds no best.pt or last.pt; "
+                              f"expected a taggnn checkpoint (best.pt or last.pt of a run folder) or {shared}")
     return folder
 
 

@@ -20,17 +20,26 @@ theirs                                    taggnn
 
 Tokens are assumed flattened from ``(B, C, T', H', W')`` in ``(t, y, x)``
 order, which is taggnn's node order as well.
+
+Two file layouts are accepted, like their ``evaluate.py``: a bare ``model.state_dict()``
+(their ``best_model.pth``, the released ``*_best.pth``) and the training dict of their
+``train.py``'s ``last_checkpoint.pth`` (``model_state_dict``, ``optimizer_state_dict``,
+``scheduler_state_dict``, ``epoch``, ``best_val_acc``), of which only the model's weights are
+used.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Mapping, Tuple
 
+import torch
 from torch import Tensor, nn
 
+from ..utils.identify import describe_file
 from .tagnet import TAGNet, build_model
-from .weights import PathLike, WeightsError, load_into, load_state_dict
+from .weights import PathLike, WeightsError, fetch, load_into
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +121,81 @@ def convert_reference_state_dict(state: Mapping[str, Tensor], grid: Tuple[int, i
     return converted
 
 
+#: The keys of the training dict their ``train.py`` saves as ``last_checkpoint.pth``.
+TRAINING_DICT_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "epoch", "best_val_acc")
+
+
+def _numpy_scalar_globals() -> list:
+    """What ``weights_only`` loading needs to rebuild a numpy scalar (their ``best_val_acc`` may
+    be one): numpy's scalar constructor and dtype classes, nothing that runs code."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
+    return [core.multiarray.scalar, np.dtype, *dtypes]
+
+
+def read_reference_state(path: PathLike) -> Dict[str, Tensor]:
+    """The model weights of an authors' checkpoint file, in their key names.
+
+    Accepts a bare state dict and their training dict (``model_state_dict`` plus optimiser,
+    scheduler, epoch and best accuracy, which are ignored with a log line); a DataParallel
+    ``module.`` prefix is stripped. Loaded with ``weights_only=True`` (numpy scalars allowed).
+
+    Raises:
+        WeightsError: for a folder, a missing file, a taggnn checkpoint, or anything else, with
+            a message saying what the file holds and what was expected.
+    """
+    if Path(path).is_dir():
+        raise WeightsError(f"{path} is a folder; expected the authors' checkpoint file (haa500_best.pth, "
+                           f"gym99_best.pth, gym288_last.pth, or their train.py's best_model.pth / "
+                           f"last_checkpoint.pth)")
+    file = fetch(path)
+    what = describe_file(file)  # an export, a config, text: named before torch.load sees it
+    if what is None:
+        try:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):  # e.g. best_val_acc = np.float64
+                data = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:
+            what = describe_file(file, error)
+    if what is not None:
+        raise WeightsError(f"{file}: not an authors' checkpoint: it is {what}; expected their .pth file (a state "
+                           f"dict, or their train.py's dict with model_state_dict)")
+    if isinstance(data, Mapping) and "model" in data and "config" in data:
+        raise WeightsError(f"{file} is a taggnn checkpoint, not an authors' one: evaluate it with "
+                           f"taggnn eval --checkpoint {file}")
+    if isinstance(data, Mapping) and isinstance(data.get("model_state_dict"), Mapping):
+        ignored = [str(k) for k in data if k != "model_state_dict"]
+        logger.info("%s: the authors' training checkpoint (epoch %s, best val acc %s); using model_state_dict, "
+                    "ignoring %s", file, data.get("epoch", "?"), data.get("best_val_acc", "?"),
+                    ", ".join(ignored) or "nothing else")
+        data = data["model_state_dict"]
+    elif isinstance(data, Mapping):
+        for key in ("state_dict", "model_state", "model"):
+            if isinstance(data.get(key), Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or not data or not all(isinstance(v, Tensor) for v in data.values()):
+        found = (f"a mapping with keys {', '.join(str(k) for k in list(data)[:6])}" if isinstance(data, Mapping)
+                 else f"a {type(data).__name__}")
+        raise WeightsError(f"{file}: expected the authors' checkpoint, a state dict of tensors or their train.py's "
+                           f"dict with {', '.join(TRAINING_DICT_KEYS)}; found {found}")
+    state = dict(data)
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
 def load_reference_checkpoint(path: PathLike, dataset: str) -> Tuple[TAGNet, ReferenceSetup]:
-    """Loads ``haa500_best.pth``, ``gym99_best.pth`` or ``gym288_last.pth``.
+    """Loads ``haa500_best.pth``, ``gym99_best.pth`` or ``gym288_last.pth`` (or a file their
+    ``train.py`` wrote: ``best_model.pth``, ``last_checkpoint.pth``).
 
     Returns the model (in eval mode) and its :class:`ReferenceSetup`, whose
     ``mean``/``std``/``num_frames`` the evaluation must use.
     """
     setup = _setup(dataset)
     model = reference_model(dataset)
-    state = load_state_dict(path)
+    state = read_reference_state(path)
     converted = convert_reference_state_dict(state, model.head.grid)
     load_into(model, converted, strict=True, what=f"reference checkpoint {path}")
     logger.info("loaded the authors' %s checkpoint from %s", dataset, path)

@@ -22,8 +22,8 @@ def test_train_then_eval(run, capsys):
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--split", "val", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "val: top-1" in out and "MCA (union)" in out
-    assert json.loads((run / "metrics_val.json").read_text())["count"] == 16
-    assert (run / "per_class_val.csv").read_text().splitlines()[0] == "class,name,support,correct,accuracy"
+    assert json.loads((run / "metrics_val.best.json").read_text())["count"] == 16
+    assert (run / "per_class_val.best.csv").read_text().splitlines()[0] == "class,name,support,correct,accuracy"
 
 
 def test_predict_on_a_written_mp4(run, tmp_path, capsys):
@@ -88,7 +88,7 @@ def test_multi_view_eval_predict_and_dump(tmp_path, capsys):
     dump = np.load(tmp_path / "scores.npz")
     assert dump["probabilities"].shape == (6, 16) and np.allclose(dump["probabilities"].sum(1), 1, atol=1e-5)
     assert len(dump["paths"]) == 6 and str(dump["views"]) == "3x3 prob"
-    metrics = json.loads((out / "metrics_test.eval.num_clips=3_eval.num_crops=3.json").read_text())
+    metrics = json.loads((out / "metrics_test.best.eval.num_clips=3_eval.num_crops=3.json").read_text())
     assert metrics["views"] == "3x3 (prob)" and metrics["count"] == 6
     assert main(["eval", "--checkpoint", str(out / "best.pt"), "--no-progress", "--dump",
                  str(tmp_path / "scores.csv")]) == 0

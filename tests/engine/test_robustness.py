@@ -224,7 +224,7 @@ def test_eval_with_overrides_keeps_the_runs_own_metrics(run):
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--no-progress", "--set",
                  "train.eval_batch_size=3"]) == 0
     assert (run / "metrics_test.json").read_text() == before
-    tagged = json.loads((run / "metrics_test.train.eval_batch_size=3.json").read_text())
+    tagged = json.loads((run / "metrics_test.best.train.eval_batch_size=3.json").read_text())
     assert tagged["overrides"] == ["train.eval_batch_size=3"] and tagged["split"] == "test"
 
 

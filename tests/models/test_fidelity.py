@@ -128,5 +128,7 @@ def test_eval_reference_end_to_end(reference_files, tmp_path, capsys):
                      "--device", "cpu", "--set", "data.num_workers=0"]) == 0
         out = capsys.readouterr().out
         assert "haa500" in out and "MCA (classes present, their convention)" in out and "clips 1" in out
-    metrics = json.loads((tmp_path / "metrics_reference_haa500_test.json").read_text())
+    # tagged with the file's name and the overrides: the two files' results sit side by side
+    metrics = json.loads((tmp_path / "metrics_reference_haa500_test.backbone_haa500_best.data.num_workers=0.json")
+                         .read_text())
     assert metrics["count"] == 1 and metrics["preprocessing"] == "authors"

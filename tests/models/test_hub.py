@@ -20,6 +20,7 @@ huggingface_hub = pytest.importorskip("huggingface_hub",
 from taggnn.cli import main  # noqa: E402
 from taggnn.engine import load_config, train  # noqa: E402
 from taggnn.engine.checkpoint import save_checkpoint  # noqa: E402
+from taggnn.engine.features import FEATURES_FORMAT, FEATURES_VERSION  # noqa: E402
 from taggnn.engine.trainer import load_trained  # noqa: E402
 from taggnn.errors import CheckpointError, ConfigError  # noqa: E402
 from taggnn.models import HeadOnly, TAGNet, build_backbone, build_head_only, build_model, load_pretrained  # noqa: E402
@@ -117,8 +118,8 @@ def test_wrong_weights_and_foreign_folders_are_refused(tmp_path):
         TAGNet.from_pretrained(tmp_path / "a")
     (tmp_path / "empty").mkdir()
     torch.save({}, tmp_path / "empty" / "best.pt")
-    with pytest.raises(CheckpointError, match="not a shared taggnn model: model.safetensors and config.json missing"
-                                              ".*best.pt"):
+    with pytest.raises(CheckpointError, match="it holds best.pt.*shared model's folder.*"
+                                              "model.safetensors and config.json missing"):
         load_pretrained(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_pretrained(tmp_path / "nowhere" / "model.pt")
@@ -225,7 +226,7 @@ def test_eval_and_predict_accept_the_shared_folder(run, shared, tmp_path, capsys
 
     assert main(["eval", "--checkpoint", str(shared), "--split", "test", "--out", str(tmp_path / "eval"),
                  "--no-progress"]) == 0
-    shared_metrics = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())
+    shared_metrics = json.loads((tmp_path / "eval" / f"metrics_test.{shared.name}.json").read_text())
     run_metrics = json.loads((run / "metrics_test.json").read_text())
     assert shared_metrics["top1"] == run_metrics["top1"] and shared_metrics["count"] == run_metrics["count"]
     write_split(tmp_path / "videos", "test", count=1, num_frames=8, size=32)
@@ -245,7 +246,7 @@ def test_eval_of_a_hub_id_offline_in_a_fresh_process(shared, tmp_path):
                "--out", str(tmp_path / "eval"), "--no-progress"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "eval" / "metrics_val.json").read_text())["count"] == 16
+    assert json.loads((tmp_path / "eval" / "metrics_val.tiny-tagnet.json").read_text())["count"] == 16
 
 
 def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch, capsys):
@@ -271,7 +272,9 @@ def test_eval_of_a_hub_id_needs_out(capsys):
 def test_head_only_checkpoint_exports_and_round_trips(tmp_path):
     features = tmp_path / "features"
     features.mkdir()
-    (features / "info.json").write_text(json.dumps({"channels": 16, "grid": [2, 2, 2], "settings": {}}))
+    (features / "info.json").write_text(json.dumps({  # a manifest as taggnn features writes it
+        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": "0" * 64, "fields": {},
+        "channels": 16, "grid": [2, 2, 2], "settings": {}, "splits": {}}))
     config = load_config("synthgym_tiny", SMALL + [f"data.features={features}", "data.num_classes=4"])
     torch.manual_seed(0)
     head = HeadOnly(TAGHead(16, 4, (2, 2, 2), num_heads=config.model.num_heads, ffn_dim=config.model.ffn_dim))

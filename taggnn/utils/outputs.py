@@ -1,0 +1,120 @@
+"""Outputs that never replace a file by surprise, and that appear whole or not at all.
+
+A command that writes a file the user names (or a default name) checks it first with
+:func:`check_output`: an existing file is refused unless the command was given
+``--overwrite``, and a file the command reads is refused always. The file itself is written
+through :func:`atomic_output`, so that a failure half-way leaves the previous file (or no
+file) instead of a truncated one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+from ..errors import TaggnnError
+
+PathLike = Union[str, os.PathLike]
+
+__all__ = ["OutputExistsError", "check_output", "atomic_output", "same_path"]
+
+
+class OutputExistsError(TaggnnError, FileExistsError):
+    """An output file exists (or is an input of the command) and would be replaced."""
+
+
+def same_path(a: PathLike, b: PathLike) -> bool:
+    """Whether two paths name the same file (resolving links and relative parts)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike] = (),
+                 what: str = "output", flag: str = "--overwrite", folder_of: Optional[Iterable[str]] = None) -> Path:
+    """Refuses to write ``path`` over an input of the command, a folder or an existing file.
+
+    With ``folder_of`` (the names of the files such a folder holds) the output is a folder
+    instead: a file there is refused, an existing non-empty folder needs ``flag``, and even with
+    it a folder holding any other file is refused (it is not an earlier output of this kind).
+
+    Args:
+        path: The file the command is about to write.
+        overwrite: Whether the user allowed replacing an existing file (``flag``).
+        inputs: Files the command reads; ``path`` may never be one of them.
+        what: How the message names the output (e.g. ``"--dump"``).
+        flag: The option that allows replacing an existing file.
+        folder_of: For a folder output, the names of the files it holds when written.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputExistsError: with a one-line message saying what to do.
+    """
+    path = Path(path)
+    for source in inputs:
+        if same_path(path, source):
+            raise OutputExistsError(f"{what} {path} is the file this command reads; writing it would destroy "
+                                    f"the input: choose another output path")
+    if folder_of is not None:
+        if os.path.lexists(path) and not path.is_dir():
+            raise OutputExistsError(f"{what} {path} is a file; give a folder name")
+        held = sorted(item.name for item in path.iterdir()) if path.is_dir() else []
+        others = [name for name in held if name not in set(folder_of)]
+        if others:
+            raise OutputExistsError(f"{what} {path} holds other files ({', '.join(others[:4])}); choose a new or "
+                                    f"empty folder")
+        if held and not overwrite:
+            raise OutputExistsError(f"{what} {path} already holds {', '.join(held)}; pass {flag} to replace them, "
+                                    f"or choose another folder")
+        return path
+    if path.is_dir():
+        raise OutputExistsError(f"{what} {path} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputExistsError(f"{what} {path} already exists; pass {flag} to replace it, or choose another path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, *, overwrite: bool = True, flag: str = "--overwrite") -> Iterator[Path]:
+    """Yields a path of the same name inside a hidden temporary folder next to ``path``.
+
+    Everything written in that folder (the file, and companions such as an ONNX model's
+    ``.data`` file) is moved next to ``path`` when the block ends without error; on any error
+    the temporary folder is removed and the files already at the destination are untouched.
+    With ``overwrite=False`` a companion that appeared at the destination meanwhile is refused.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging / path.name
+        written = sorted(staging.iterdir())
+        if not overwrite:
+            for item in written:
+                destination = path.parent / item.name
+                if item.is_dir() and destination.is_dir() and not any(destination.iterdir()):
+                    continue  # a folder output into an empty folder
+                check_output(destination, flag=flag)
+        for item in written:  # the main file last: its companions are in place when it appears
+            if item.name != path.name:
+                os.replace(item, path.parent / item.name)
+        staged = staging / path.name
+        if staged.is_dir() and path.is_dir():  # a folder output replaces the previous folder whole
+            previous = path.parent / f".{path.name}.{os.getpid()}.old"
+            os.replace(path, previous)
+            os.replace(staged, path)
+            shutil.rmtree(previous, ignore_errors=True)
+        elif staged.exists():
+            os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
