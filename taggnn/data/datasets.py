@@ -14,7 +14,11 @@ batch and reports its path), so no clip is ever scored under another clip's
 label. Clips named by an
 annotation but missing on disk are reported at construction (how many and
 the first few): ``"raise"`` raises, ``"skip"`` drops them with a warning.
-Malformed annotation lines raise with the file name and line number.
+Malformed annotation lines raise with the file name and line number; annotation
+files are UTF-8 (a byte-order mark is fine; other encodings raise with the line of
+the first byte that is not UTF-8). A split without clips is an error naming its
+file or folder. Hidden (dot) folders and system folders (``__MACOSX``, ...) are
+never classes, and hidden files never clips.
 """
 from __future__ import annotations
 

@@ -17,8 +17,14 @@ Sampling (``sampling=``):
   (float32 positions, truncated).
 
 A clip shorter than ``num_frames`` repeats frames (a 9-frame HAA500 clip
-sampled to 32 works). Every failure (missing, empty, corrupt, truncated,
-audio-only) raises :class:`VideoError` naming the file and the cause.
+sampled to 32 works). A header (or ``TotalFrames``) that over-counts is
+resampled on the frames that decode, with a warning, for single and
+multi-view (:func:`load_views`) sampling alike. Frames come out as the video
+is shown: a display matrix rotating by a multiple of 90 degrees (phone
+videos) is applied, and a stream whose resolution changes part-way is resized
+to its first frame's size (with a warning). Every failure (missing, empty,
+corrupt, truncated, audio-only) raises :class:`VideoError` naming the file
+and the cause.
 """
 from __future__ import annotations
 

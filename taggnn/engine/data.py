@@ -174,23 +174,28 @@ class ClipLoader(DataLoader):
             yield batch
 
 
+def clip_loader(dataset: Dataset, *, num_workers: int = 0, **kwargs) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` (collated by :func:`~taggnn.data.collate_clips`) whose
+    workers' errors reach the caller as they were raised: with ``num_workers > 0`` an unreadable
+    clip (``on_error="raise"``) stops the loop with its own :class:`~taggnn.errors.VideoError`,
+    one line, not PyTorch's re-raised worker traceback. ``kwargs`` go to ``DataLoader``."""
+    if num_workers > 0:
+        return ClipLoader(_CatchErrors(dataset), num_workers=num_workers, collate_fn=_collate, **kwargs)
+    return DataLoader(dataset, num_workers=0, collate_fn=collate_clips, **kwargs)
+
+
 def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, config: Config,
                 device: torch.device, epoch: int = 0) -> DataLoader:
     """A loader whose own seed comes from (seed, epoch): creating it leaves the global RNG
-    (dropout, ...) untouched, which an exact resume needs. With ``data.num_workers > 0`` an
-    unreadable clip (``data.on_error=raise``) still stops the run with its own one-line error."""
+    (dropout, ...) untouched, which an exact resume needs. Built by :func:`clip_loader`: with
+    ``data.num_workers > 0`` an unreadable clip still stops the run with its own one-line error."""
     d = config.data
     workers = d.num_workers
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
-    if workers > 0:
-        dataset, loader_class, collate = _CatchErrors(dataset), ClipLoader, _collate
-    else:
-        loader_class, collate = DataLoader, collate_clips
-    return loader_class(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=pin, drop_last=False, generator=generator,
-                        persistent_workers=d.persistent_workers and workers > 0,
-                        prefetch_factor=d.prefetch_factor if workers > 0 else None)
+    return clip_loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                       drop_last=False, generator=generator, persistent_workers=d.persistent_workers and workers > 0,
+                       prefetch_factor=d.prefetch_factor if workers > 0 else None)
 
 
 def eval_sampler(dataset: Dataset, context: DistributedContext) -> ResumableSampler:
