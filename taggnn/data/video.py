@@ -199,9 +199,9 @@ def _load(path: str, choose: Callable[[int], List[int]], *, total_frames: Option
     import av
 
     container = _open(path)
-    convert = _FrameConverter(path)
     try:
         stream = _video_stream(container, threads)
+        convert = _FrameConverter(path, stream)
         total = int(total_frames) if total_frames else int(stream.frames or 0)
         if total <= 0:
             total = _count_packets(path, container, stream)
@@ -262,10 +262,17 @@ class _FrameConverter:
     left as decoded, with a warning).
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, stream=None):
         self.path = path
         self.size: Optional[tuple] = None
         self.warned: set = set()
+        # FFmpeg's older ``rotate`` tag (degrees clockwise), for files whose frames carry no display matrix
+        metadata = getattr(stream, "metadata", None) or {}
+        tag = next((value for key, value in metadata.items() if key.lower() == "rotate"), None)
+        try:
+            self.tag_rotation = -float(tag) if tag else 0.0
+        except ValueError:
+            self.tag_rotation = 0.0
 
     def _warn_once(self, kind: str, message: str, *args) -> None:
         if kind not in self.warned:
@@ -282,7 +289,7 @@ class _FrameConverter:
             array = frame.to_ndarray(format="rgb24", width=self.size[0], height=self.size[1])
         else:
             array = frame.to_ndarray(format="rgb24")
-        rotation = _rotation(frame)
+        rotation = _rotation(frame) or self.tag_rotation
         if rotation % 90:
             self._warn_once("angle", "%s: display rotation of %g degrees is not a multiple of 90; frames are used "
                             "as decoded", rotation)

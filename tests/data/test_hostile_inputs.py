@@ -105,6 +105,23 @@ def test_a_display_rotation_is_applied_to_the_frames(tmp_path):
     assert [read_index(np.rot90(f.numpy(), 2)) for f in upside_down] == [1, 4, 7, 10]
 
 
+def test_the_older_rotate_tag_is_applied_when_frames_carry_no_display_matrix(tmp_path):
+    import av
+
+    with av.open(str(tmp_path / "tagged.mkv"), "w") as container:  # FFmpeg's rotate tag: degrees clockwise
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 80, 32, "yuv420p"
+        stream.metadata["rotate"] = "90"
+        for image in index_frames(12, height=32, width=80):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    clip = load_clip(tmp_path / "tagged.mkv", 4)
+    assert clip.shape == (4, 80, 32, 3)
+    assert [read_index(np.rot90(f.numpy(), 1)) for f in clip] == [1, 4, 7, 10]
+
+
 # ------------------------------------------------------- a resolution change
 
 
