@@ -83,7 +83,14 @@ def paired_p_value(differences: Sequence[float]) -> float:
 def holm_adjust(p_values: Sequence[float]) -> List[float]:
     r"""Holm's step-down adjusted p-values, in the input order: with the :math:`m` p-values
     sorted, :math:`\tilde{p}_{(i)} = \max_{j \le i} \min(1, (m - j + 1)\, p_{(j)})`. NaN
-    entries stay NaN and do not count in :math:`m`."""
+    entries stay NaN and do not count in :math:`m`.
+
+    Raises:
+        ValueError: A p-value outside :math:`[0, 1]` (or infinite), naming it and its position.
+    """
+    for position, p in enumerate(p_values):
+        if p == p and not 0.0 <= p <= 1.0:
+            raise ValueError(f"holm_adjust: p-value {p!r} at position {position} is not a probability in [0, 1]")
     indexed = sorted((p, i) for i, p in enumerate(p_values) if p == p)
     m = len(indexed)
     adjusted = [float("nan")] * len(p_values)

@@ -14,11 +14,16 @@ batch and reports its path), so no clip is ever scored under another clip's
 label. Clips named by an
 annotation but missing on disk are reported at construction (how many and
 the first few): ``"raise"`` raises, ``"skip"`` drops them with a warning.
-Malformed annotation lines raise with the file name and line number.
+Malformed annotation lines raise with the file name and line number; annotation
+files are UTF-8 (a byte-order mark is fine; other encodings raise with the line of
+the first byte that is not UTF-8). A split without clips is an error naming its
+file or folder. Hidden (dot) folders and system folders (``__MACOSX``, ...) are
+never classes, and hidden files never clips.
 """
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import re
@@ -105,7 +110,14 @@ class VideoClipDataset(Dataset):
         samples = list(samples)
         if check_files:
             samples = self._drop_missing(samples)
+        if not samples:
+            raise AnnotationError(self._source(), 0, "this split has no clips (training or testing on an empty "
+                                                    "split gives no result); add clips or fix the path")
         self.samples: List[Tuple[str, int]] = samples
+
+    def _source(self) -> str:
+        """The annotation file or folder the samples come from (for error messages)."""
+        return str(getattr(self, "source", None) or type(self).__name__)
 
     @property
     def targets(self) -> List[int]:
@@ -161,18 +173,30 @@ class VideoClipDataset(Dataset):
             logger.warning("skipping unreadable clip %s (%s)", path, error.cause)
             return SkippedClip(path, error.cause)
 
+    def load_views(self, index: int, num_views: int):
+        """The raw uint8 clips ``(num_views, T, H, W, 3)`` of the ``num_views`` temporal views of
+        sample ``index`` (see :mod:`taggnn.data.views`) and its label, or a :class:`SkippedClip`.
+
+        The views are placed over the frames that decode, as single-view sampling does: a
+        ``TotalFrames`` (or header) that over-counts resamples every view, with a warning."""
+        from .video import load_views
+
+        def load(path: str) -> torch.Tensor:
+            return load_views(path, self.num_frames, num_views, total_frames=self.frame_counts.get(path),
+                              threads=self.decode_threads)
+
+        return self._read(index, load)
+
     def load_view(self, index: int, view: int, num_views: int):
         """The raw uint8 clip of temporal view ``view`` of ``num_views`` (see
         :mod:`taggnn.data.views`) and its label, or a :class:`SkippedClip`."""
-        from .video import count_frames
-        from .views import view_indices
-
-        def load(path: str) -> torch.Tensor:
-            total = self.frame_counts.get(path) or count_frames(path)
-            return load_clip(path, self.num_frames, indices=view_indices(total, self.num_frames, view, num_views),
-                             total_frames=total, threads=self.decode_threads)
-
-        return self._read(index, load)
+        if not 0 <= view < num_views:
+            raise ValueError(f"view must be in [0, {num_views}), got {view}")
+        sample = self.load_views(index, num_views)
+        if isinstance(sample, SkippedClip):
+            return sample
+        clips, label = sample
+        return clips[view], label
 
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
@@ -186,6 +210,29 @@ class VideoClipDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(samples={len(self)}, classes={len(self.classes)}, "
                 f"num_frames={self.num_frames}, sampling={self.sampling!r})")
+
+
+def read_annotation_text(path: PathLike) -> str:
+    """The text of an annotation file, read as UTF-8 (a byte-order mark is dropped).
+
+    Raises:
+        AnnotationError: The file is not UTF-8 (e.g. Latin-1 or Windows-1252 text): names the
+            line of the first byte that is not, since guessing another encoding could misspell
+            class names silently.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[:error.start].count(b"\n") + 1
+        raise AnnotationError(path, line, f"the file is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                                          f"{error.start}); annotation files must be UTF-8: re-save it as UTF-8, e.g. "
+                                          f"iconv -f latin1 -t utf-8") from None
+    return text
+
+
+def _lines(path: PathLike) -> List[str]:
+    return read_annotation_text(path).splitlines()
 
 
 # --------------------------------------------------------------------------
@@ -202,17 +249,16 @@ def read_finegym_categories(path: PathLike) -> List[str]:
     the name is the text after the event code ``(VT)``.
     """
     names: Dict[int, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            match = _CATEGORY_LINE.match(line.strip())
-            if not match:
-                raise AnnotationError(path, number, "expected 'Clabel: <int>; set: <int>; Glabel: <int>; <name>'", line)
-            label = int(match.group(1))
-            if label in names:
-                raise AnnotationError(path, number, f"class label {label} appears twice", line)
-            names[label] = re.sub(r"^\([^)]*\)\s*", "", match.group(4)).strip()
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        match = _CATEGORY_LINE.match(line.strip())
+        if not match:
+            raise AnnotationError(path, number, "expected 'Clabel: <int>; set: <int>; Glabel: <int>; <name>'", line)
+        label = int(match.group(1))
+        if label in names:
+            raise AnnotationError(path, number, f"class label {label} appears twice", line)
+        names[label] = re.sub(r"^\([^)]*\)\s*", "", match.group(4)).strip()
     if sorted(names) != list(range(len(names))):
         raise AnnotationError(path, 0, f"class labels must be 0..{len(names) - 1} without gaps")
     return [names[i] for i in range(len(names))]
@@ -221,17 +267,16 @@ def read_finegym_categories(path: PathLike) -> List[str]:
 def read_split_file(path: PathLike, num_classes: Optional[int] = None) -> List[Tuple[str, int]]:
     """``<id> <label>`` lines of a FineGym split file."""
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise AnnotationError(path, number, "expected '<clip id> <integer label>'", line)
-            label = int(parts[1])
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                raise AnnotationError(path, number, f"label {label} outside 0..{(num_classes or 1) - 1}", line)
-            entries.append((parts[0], label))
+    for number, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise AnnotationError(path, number, "expected '<clip id> <integer label>'", line)
+        label = int(parts[1])
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            raise AnnotationError(path, number, f"label {label} outside 0..{(num_classes or 1) - 1}", line)
+        entries.append((parts[0], label))
     return entries
 
 
@@ -294,6 +339,7 @@ class FineGym(VideoClipDataset):
             entries = [e for i, e in enumerate(entries) if (i in held) == (split == "holdout")]
         samples = [(str(root / "subactions" / f"{clip_id}.mp4"), label) for clip_id, label in entries]
         self.root, self.split, self.version = root, split, version
+        self.source = f"{split_file} (split {split!r})"
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
 
 
@@ -335,7 +381,7 @@ class HAA500(VideoClipDataset):
         video_root = Path(root) / "video"
         if not video_root.is_dir():
             raise FileNotFoundError(f"HAA500: {video_root} not found (see datasets/haa500/README.md)")
-        classes = sorted(p.name for p in video_root.iterdir() if p.is_dir())
+        classes = class_folders(video_root)
         if not classes:
             raise FileNotFoundError(f"HAA500: no class folders under {video_root}")
         wanted = set(HAA500_SPLITS[split])
@@ -350,11 +396,33 @@ class HAA500(VideoClipDataset):
                 if int(match.group("number")) in wanted:
                     samples.append((str(file), label))
         self.root, self.split = Path(root), split
+        self.source = f"{video_root} (split {split!r}: clips <class>_{min(wanted):03d}..{max(wanted):03d})"
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
 
 
 # --------------------------------------------------------------------------
 # Bring your own data
+
+
+#: Folders that operating systems and tools create next to the data; never classes.
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information", "@eaDir", "lost+found",
+                            "__pycache__"})
+
+
+def _ignored(name: str) -> bool:
+    """Hidden (dot) files and folders (``.ipynb_checkpoints``, macOS ``._clip.mp4``) and system folders."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
+
+
+def class_folders(root: PathLike) -> List[str]:
+    """The sorted names of the class folders under ``root``: every folder except hidden (dot)
+    folders and system folders (:data:`SYSTEM_FOLDERS`), which are logged and left out."""
+    folders = [p.name for p in Path(root).iterdir() if p.is_dir()]
+    ignored = sorted(name for name in folders if _ignored(name))
+    if ignored:
+        logger.info("%s: ignoring %d hidden or system folder(s) (not classes): %s", root, len(ignored),
+                    ", ".join(ignored[:5]))
+    return sorted(name for name in folders if not _ignored(name))
 
 
 def _label_of(name: str, classes: Sequence[str], where: str) -> int:
@@ -395,41 +463,40 @@ class VideoCSV(VideoClipDataset):
             raise ValueError(f"layout must be one of {', '.join(CSV_LAYOUTS)}, got {layout!r}")
         csv_path, video_root = Path(csv_path), Path(video_root)
         samples, names, counts = [], {}, {}
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:4]] != list(self.COLUMNS):
-                raise AnnotationError(csv_path, 1, f"expected the header {','.join(self.COLUMNS)}",
-                                      ",".join(header or []))
-            for number, row in enumerate(reader, 2):
-                if not row or not any(cell.strip() for cell in row):
-                    continue
-                if len(row) < 4:
-                    raise AnnotationError(csv_path, number, f"expected 4 columns, got {len(row)}", ",".join(row))
-                file_name, class_name, total, encoded = (cell.strip() for cell in row[:4])
-                if not encoded.isdigit():
-                    raise AnnotationError(csv_path, number, f"ClassEncoded must be an integer >= 0, got {encoded!r}")
-                label = int(encoded)
-                if names.setdefault(label, class_name) != class_name:
-                    raise AnnotationError(csv_path, number, f"label {label} is {names[label]!r} earlier "
-                                                            f"and {class_name!r} here")
-                if classes is not None:
-                    if label >= len(classes) or classes[label] != class_name:
-                        expected = f"{classes[label]!r}" if label < len(classes) else "no class"
-                        raise AnnotationError(
-                            csv_path, number,
-                            f"ClassEncoded {label} is {class_name!r} here but {expected} in the training split "
-                            f"({len(classes)} classes); the files must number their classes alike", ",".join(row))
-                path = video_root / class_name / file_name if layout == "authors" else video_root / file_name
-                samples.append((str(path), label))
-                if total.isdigit() and int(total) > 0:
-                    counts[str(path)] = int(total)
+        reader = csv.reader(io.StringIO(read_annotation_text(csv_path), newline=""))
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:4]] != list(self.COLUMNS):
+            raise AnnotationError(csv_path, 1, f"expected the header {','.join(self.COLUMNS)}",
+                                  ",".join(header or []))
+        for number, row in enumerate(reader, 2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) < 4:
+                raise AnnotationError(csv_path, number, f"expected 4 columns, got {len(row)}", ",".join(row))
+            file_name, class_name, total, encoded = (cell.strip() for cell in row[:4])
+            if not encoded.isdigit():
+                raise AnnotationError(csv_path, number, f"ClassEncoded must be an integer >= 0, got {encoded!r}")
+            label = int(encoded)
+            if names.setdefault(label, class_name) != class_name:
+                raise AnnotationError(csv_path, number, f"label {label} is {names[label]!r} earlier "
+                                                        f"and {class_name!r} here")
+            if classes is not None:
+                if label >= len(classes) or classes[label] != class_name:
+                    expected = f"{classes[label]!r}" if label < len(classes) else "no class"
+                    raise AnnotationError(
+                        csv_path, number,
+                        f"ClassEncoded {label} is {class_name!r} here but {expected} in the training split "
+                        f"({len(classes)} classes); the files must number their classes alike", ",".join(row))
+            path = video_root / class_name / file_name if layout == "authors" else video_root / file_name
+            samples.append((str(path), label))
+            if total.isdigit() and int(total) > 0:
+                counts[str(path)] = int(total)
         if classes is None:
             if sorted(names) != list(range(len(names))):
                 missing = sorted(set(range(max(names, default=-1) + 1)) - set(names))
                 logger.warning("%s: no clips for class label(s) %s", csv_path, missing[:10])
             classes = [names.get(i, f"class_{i}") for i in range(max(names, default=-1) + 1)]
-        self.layout = layout
+        self.layout, self.source = layout, csv_path
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
         self.frame_counts = counts
 
@@ -450,7 +517,7 @@ class VideoFolder(VideoClipDataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"VideoFolder: {root} is not a directory")
-        found = sorted(p.name for p in root.iterdir() if p.is_dir())
+        found = class_folders(root)
         classes = found if classes is None else list(classes)
         labels = {name: _label_of(name, classes, str(root / name)) for name in found}
         samples = [
@@ -458,7 +525,9 @@ class VideoFolder(VideoClipDataset):
             for name in found
             for file in sorted((root / name).rglob("*"))
             if file.is_file() and file.suffix.lower() in tuple(extensions)
+            and not any(_ignored(part) for part in file.relative_to(root / name).parts)
         ]
         if not samples:
             raise FileNotFoundError(f"VideoFolder: no videos ({', '.join(extensions)}) under {root}/<class>/")
+        self.source = root
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)

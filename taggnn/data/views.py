@@ -94,7 +94,7 @@ class MultiViewClips(Dataset):
     def __init__(self, dataset, transform: MultiCropTransform, num_clips: int = 1):
         if num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-        if not hasattr(dataset, "load_view"):
+        if not hasattr(dataset, "load_views"):
             raise ValueError(f"multi-view testing needs a video dataset, got {type(dataset).__name__}")
         self.dataset, self.transform, self.num_clips = dataset, transform, num_clips
 
@@ -110,12 +110,11 @@ class MultiViewClips(Dataset):
         from .datasets import SkippedClip
 
         views: List[Tensor] = []
-        label = None
-        for view in range(self.num_clips):
-            sample = self.dataset.load_view(index, view, self.num_clips)
-            if isinstance(sample, SkippedClip):
-                return sample
-            clip, label = sample
+        sample = self.dataset.load_views(index, self.num_clips)
+        if isinstance(sample, SkippedClip):
+            return sample
+        clips, label = sample
+        for clip in clips:
             views.extend(self.transform(clip))
         return torch.stack(views), label  # (num_clips * num_crops, 3, T, S, S)
 

@@ -372,31 +372,123 @@ def _coerce(key: str, value: Any, annotation) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover
 
 
-def set_value(config: Config, key: str, value: Any, *, source: str = "--set") -> None:
+def _field_type(config: Config, key: str, source: str):
+    """The annotation of config field ``key`` (``section.field``); unknown keys raise."""
     section_name, _, field_name = key.partition(".")
     section = getattr(config, section_name, None) if field_name else None
     if section is None or not dataclasses.is_dataclass(section) or field_name not in {f.name for f in fields(section)}:
-        if key == "name":
-            config.name = str(value)
-            return
         raise ConfigError(f"{source}: unknown config key {key!r}; valid keys: {', '.join(valid_keys())}")
-    hints = typing.get_type_hints(type(section))
-    setattr(section, field_name, _coerce(key, value, hints[field_name]))
+    return typing.get_type_hints(type(section))[field_name]
 
 
-def apply_mapping(config: Config, values: Dict[str, Any], *, source: str) -> None:
+def _is_text_field(annotation) -> bool:
+    """Whether a field holds a string (``str`` or ``Optional[str]``)."""
+    if typing.get_origin(annotation) is Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and args[0] is str
+    return annotation is str
+
+
+def set_value(config: Config, key: str, value: Any, *, source: str = "--set") -> None:
+    """Sets ``key`` to a Python ``value``, checked and converted for the field's type."""
+    if key == "name" and not isinstance(value, dict):
+        config.name = str(value)
+        return
+    annotation = _field_type(config, key, source)
+    section_name, _, field_name = key.partition(".")
+    setattr(getattr(config, section_name), field_name, _coerce(key, value, annotation))
+
+
+def parse_text(key: str, text: str, annotation) -> Any:
+    """The value of the text ``text`` (e.g. of ``--set key=text``) for a field annotated ``annotation``.
+
+    String fields keep the text as written: ``0777``, ``010``, ``12:30``, ``~`` or ``yes`` stay
+    those strings (YAML would read them as numbers, a time, null or a boolean); a quoted text
+    (``'...'`` or ``"..."``) is unquoted. ``none`` / ``null`` (any case) clear an optional field.
+    Other fields read the text as YAML (``1e-3``, ``true``, ``{heads: 4}``), then it is checked
+    as a value of the field's type.
+    """
+    stripped = text.strip()
+    optional = typing.get_origin(annotation) is Union and type(None) in typing.get_args(annotation)
+    if optional and stripped.lower() in ("none", "null"):
+        return None
+    if _is_text_field(annotation):
+        quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
+        if quoted:
+            try:
+                value = yaml.safe_load(stripped)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{key}: cannot read the quoted text {stripped!r} ({error})") from None
+            if isinstance(value, str):
+                return value
+        return stripped
+    if not stripped:
+        return None if optional else _coerce(key, "", annotation)
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)] if optional else [annotation]
+    if inner and inner[0] in (int, float):
+        try:
+            return inner[0](stripped)  # 010 is 10 and 1e-3 a number, whatever YAML 1.1 says
+        except ValueError:
+            pass
+    try:
+        value = yaml.safe_load(stripped)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{key}: cannot read {stripped!r} ({error})") from None
+    return _coerce(key, value, annotation)
+
+
+def apply_override(config: Config, item: str, *, source: str = "--set") -> None:
+    """Applies one ``key=value`` override, reading the value as :func:`parse_text` does."""
+    if "=" not in item:
+        raise ConfigError(f"{source} expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    if key == "name":
+        config.name = text.strip()
+        return
+    annotation = _field_type(config, key, source)
+    section_name, _, field_name = key.partition(".")
+    setattr(getattr(config, section_name), field_name, parse_text(key, text, annotation))
+
+
+def apply_mapping(config: Config, values: Dict[str, Any], *, source: str,
+                  text: Optional[Dict[str, Any]] = None) -> None:
+    """Applies ``{section: {key: value}}``. ``text`` is the same YAML document read with every
+    plain scalar as its text (:func:`read_yaml_text`): where YAML made a number, a boolean or a
+    time of a scalar, the text is read as ``--set`` reads it (:func:`parse_text`), so string
+    fields keep it as written (``root: 0777`` is ``'0777'``) and ``010`` is 10 everywhere."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    text = text if isinstance(text, dict) else {}
     for key, value in values.items():
         if key in ("base", "description"):
             continue
+        raw = text.get(key) if isinstance(key, str) else None
         if key == "name":
-            config.name = str(value)
+            config.name = str(raw if isinstance(raw, str) and not isinstance(value, str) and value is not None
+                              else value)
         elif isinstance(value, dict):
+            raw = raw if isinstance(raw, dict) else {}
             for sub_key, sub_value in value.items():
-                set_value(config, f"{key}.{sub_key}", sub_value, source=source)
+                full_key = f"{key}.{sub_key}"
+                sub_raw = raw.get(sub_key) if isinstance(sub_key, str) else None
+                if isinstance(sub_value, (bool, int, float)) and isinstance(sub_raw, str):
+                    sub_value = parse_text(full_key, sub_raw, _field_type(config, full_key, source))
+                set_value(config, full_key, sub_value, source=source)
         else:
             set_value(config, key, value, source=source)
+
+
+class _TextLoader(yaml.SafeLoader):
+    """A YAML loader that reads every plain scalar as its text (no numbers, booleans or nulls)."""
+
+
+_TextLoader.yaml_implicit_resolvers = {}
+
+
+def read_yaml_text(text: str) -> Any:
+    """``text`` as YAML with every scalar kept as written (the twin of ``yaml.safe_load``)."""
+    return yaml.load(text, Loader=_TextLoader)
 
 
 def list_presets() -> List[str]:
@@ -404,7 +496,8 @@ def list_presets() -> List[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(name_or_path: str) -> Tuple[Dict[str, Any], str]:
+def _read_yaml(name_or_path: str) -> Tuple[Dict[str, Any], Dict[str, Any], str]:
+    """A config file's values, the same document with its scalars as written, and its name."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         text, source = path.read_text(), str(path)
@@ -416,28 +509,27 @@ def _read_yaml(name_or_path: str) -> Tuple[Dict[str, Any], str]:
         text, source = resource.read_text(), f"preset {name_or_path}"
     try:
         values = yaml.safe_load(text) or {}
+        as_written = read_yaml_text(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{source}: invalid YAML ({error})") from error
-    return values, source
+    return values, as_written, source
 
 
 def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = ()) -> Config:
-    """A preset name or YAML file, then ``key=value`` overrides (dotted keys)."""
+    """A preset name or YAML file, then ``key=value`` overrides (dotted keys; each value is read
+    for its field's type by :func:`parse_text`: string fields keep the text as written)."""
     chain, seen = [], set()
     current: Optional[str] = name_or_path
     while current is not None:
         if current in seen:
             raise ConfigError(f"config {name_or_path!r}: 'base' chain loops at {current!r}")
         seen.add(current)
-        values, source = _read_yaml(current)
-        chain.append((values, source))
+        values, as_written, source = _read_yaml(current)
+        chain.append((values, as_written, source))
         current = values.get("base") if isinstance(values, dict) else None
     config = Config()
-    for values, source in reversed(chain):
-        apply_mapping(config, values, source=source)
+    for values, as_written, source in reversed(chain):
+        apply_mapping(config, values, source=source, text=as_written)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        set_value(config, key.strip(), yaml.safe_load(value) if value.strip() else "", source="--set")
+        apply_override(config, item, source="--set")
     return validate(config)

@@ -1,12 +1,13 @@
 """Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data import HAA500, FineGym, SynthGym, VideoCSV, VideoFolder, collate_clips, eval_transform, train_transform
+from ..errors import TaggnnError
 from .config import Config, ConfigError
 from .distributed import DistributedContext, ResumableSampler
 
@@ -71,7 +72,7 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
     if views and not train and (e.num_clips > 1 or e.num_crops > 1):
         from ..data.views import MultiCropTransform, MultiViewClips
 
-        if not hasattr(dataset, "load_view"):
+        if not hasattr(dataset, "load_views"):
             raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
                               f"{' with data.features' if d.features else ''} has none")
         transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
@@ -123,18 +124,78 @@ def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional
     raise ConfigError(f"unknown dataset {d.dataset!r}")  # pragma: no cover (validated by the config)
 
 
+class WorkerFailure(NamedTuple):
+    """What a ``DataLoader`` worker returns in place of a batch when loading raised one of
+    taggnn's own errors (or an ``OSError``): the error itself, re-raised in the main process."""
+
+    error: BaseException
+
+
+class _CatchErrors(Dataset):
+    """Returns a :class:`WorkerFailure` for a sample whose loading raised a user error.
+
+    PyTorch re-raises a worker's exception as a new one built from its formatted traceback
+    (a ``RuntimeError`` for errors whose constructor takes other arguments, such as
+    :class:`~taggnn.errors.VideoError`); passing the error back as data keeps its type and
+    its one-line message.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except (TaggnnError, OSError) as error:
+            return WorkerFailure(error)
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _collate(samples):
+    failure = next((s for s in samples if isinstance(s, WorkerFailure)), None)
+    return failure if failure is not None else collate_clips(samples)
+
+
+class ClipLoader(DataLoader):
+    """A ``DataLoader`` whose workers' errors reach the caller as they were raised (type and
+    message), not as PyTorch's re-raised traceback text."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, WorkerFailure):
+                raise batch.error
+            yield batch
+
+
+def clip_loader(dataset: Dataset, *, num_workers: int = 0, **kwargs) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` (collated by :func:`~taggnn.data.collate_clips`) whose
+    workers' errors reach the caller as they were raised: with ``num_workers > 0`` an unreadable
+    clip (``on_error="raise"``) stops the loop with its own :class:`~taggnn.errors.VideoError`,
+    one line, not PyTorch's re-raised worker traceback. ``kwargs`` go to ``DataLoader``."""
+    if num_workers > 0:
+        return ClipLoader(_CatchErrors(dataset), num_workers=num_workers, collate_fn=_collate, **kwargs)
+    return DataLoader(dataset, num_workers=0, collate_fn=collate_clips, **kwargs)
+
+
 def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, config: Config,
                 device: torch.device, epoch: int = 0) -> DataLoader:
     """A loader whose own seed comes from (seed, epoch): creating it leaves the global RNG
-    (dropout, ...) untouched, which an exact resume needs."""
+    (dropout, ...) untouched, which an exact resume needs. Built by :func:`clip_loader`: with
+    ``data.num_workers > 0`` an unreadable clip still stops the run with its own one-line error."""
     d = config.data
     workers = d.num_workers
     generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
     pin = device.type == "cuda" if d.pin_memory is None else d.pin_memory
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_clips,
-                      pin_memory=pin, drop_last=False, generator=generator,
-                      persistent_workers=d.persistent_workers and workers > 0,
-                      prefetch_factor=d.prefetch_factor if workers > 0 else None)
+    return clip_loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                       drop_last=False, generator=generator, persistent_workers=d.persistent_workers and workers > 0,
+                       prefetch_factor=d.prefetch_factor if workers > 0 else None)
 
 
 def eval_sampler(dataset: Dataset, context: DistributedContext) -> ResumableSampler:

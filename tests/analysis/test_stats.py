@@ -47,3 +47,12 @@ def test_holm_adjustment():
     assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     out = holm_adjust([float("nan"), 0.01])
     assert math.isnan(out[0]) and out[1] == pytest.approx(0.01)  # NaN does not count in m
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.01, float("inf"), 5.0])
+def test_holm_adjustment_refuses_values_that_are_not_probabilities(bad):
+    from taggnn.analysis import holm_adjust
+
+    with pytest.raises(ValueError, match=rf"p-value {bad!r} at position 1 is not a probability in \[0, 1\]"):
+        holm_adjust([0.01, bad, 0.2])
+    assert holm_adjust([0.0, 1.0]) == pytest.approx([0.0, 1.0])  # the ends are probabilities
