@@ -70,19 +70,17 @@ def cmd_train(args) -> int:
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
     """The checkpoint's (or shared model's) config with --set overrides (data, train and eval keys
     only), validated."""
-    import yaml
-
-    from .engine.config import ConfigError, set_value, validate
+    from .engine.config import ConfigError, apply_override, validate
     from .engine.trainer import trained_config
 
     config = trained_config(checkpoint_path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
+        key = item.split("=", 1)[0].strip()
         if key.startswith(("model.", "optim.")):
             raise ConfigError(f"--set {key}: the model of a checkpoint cannot be changed at evaluation time")
-        set_value(config, key, yaml.safe_load(value))
+        apply_override(config, item)
     return validate(config)
 
 

@@ -495,7 +495,7 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
         VideoError: Every clip of a split is unreadable.
     """
     from ..utils.lockfile import LockFile
-    from .data import build_dataset, class_names, collate_clips
+    from .data import build_dataset, class_names, clip_loader
 
     device = device or torch.device("cpu")
     out = Path(out)
@@ -534,8 +534,8 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
                 written[split] = path
                 continue
             dataset = train_set if split == "train" else build_dataset(config, split, train=False, classes=names)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.eval_batch_size,
-                                                 num_workers=config.data.num_workers, collate_fn=collate_clips)
+            loader = clip_loader(dataset, batch_size=config.train.eval_batch_size,
+                                 num_workers=config.data.num_workers)  # a worker's VideoError as itself
             features, labels, skipped = _extract_split(backbone, loader, split, dtype, device, progress)
             grid, channels = list(features.shape[2:]), int(features.shape[1])
             if info["grid"] is not None and (info["grid"], info["channels"]) != (grid, channels):
