@@ -115,7 +115,7 @@ def _frame_index(frame, stream, start_pts: int, rate: Fraction) -> int:
 def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str = "uniform",
               generator: Optional[torch.Generator] = None, seek_threshold: int = 64,
               indices: Optional[Sequence[int]] = None, total_frames: Optional[int] = None,
-              threads: int = 0) -> Tensor:
+              threads: int = 0, decoder: str = "pyav") -> Tensor:
     """Decodes ``num_frames`` sampled frames of a video.
 
     Args:
@@ -135,10 +135,18 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
             clip is resampled on what is there, as for a header that over-counts.
         threads (int, optional): Decoding threads (``0``: FFmpeg's automatic
             choice). (default: ``0``)
+        decoder (str, optional): ``"pyav"`` or ``"torchcodec"`` (see
+            :mod:`taggnn.data.decoders`: the same frames). (default: ``"pyav"``)
 
     Returns:
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
     """
+    if decoder != "pyav":
+        from .decoders import check_decoder, load_clip_torchcodec
+
+        check_decoder(decoder)
+        return load_clip_torchcodec(path, num_frames, sampling=sampling, generator=generator, indices=indices,
+                                    total_frames=total_frames, threads=threads)
     import av
 
     path = str(path)
