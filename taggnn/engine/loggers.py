@@ -237,11 +237,9 @@ class WandbLogger(RunLogger):
 
     def __init__(self, folder: Path, name: str):
         wandb = _import("wandb", "wandb")
-        settings = {"project": os.environ.get("WANDB_PROJECT", "taggnn"), "name": name}
-        if not os.environ.get("WANDB_DIR"):
-            settings["dir"] = str(folder)
         try:
-            self.run = wandb.init(**settings)
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "taggnn", name=name,
+                                  dir=os.environ.get("WANDB_DIR") or str(folder))
         except (wandb.errors.UsageError, wandb.errors.CommError) as error:
             raise ConfigError(f"train.loggers asks for wandb, which could not start a run ({error}); log in with "
                               f"`wandb login`, or set WANDB_MODE=offline") from error
