@@ -153,3 +153,22 @@ def test_datasets_decode_with_the_configured_decoder(tmp_path, monkeypatch):
                                            "data.num_frames=4", "data.crop_size=32"])
     dataset = build_dataset(config, "train", train=True)
     assert dataset.decoder == "torchcodec" and dataset[0][0].shape[1] == 4 and len(calls) == 1
+
+
+def test_benchmark_times_both_decoders_and_writes_json(tmp_path):
+    import json
+
+    from benchmarks import decoders
+
+    out = tmp_path / "decoders.json"
+    rows = decoders.main(["--frames", "30", "--width", "96", "--height", "64", "--gops", "10", "--sparse", "4",
+                          "--dense", "12", "--window", "6", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and [row["sampling"] for row in rows] == ["sparse 4 uniform", "dense 12 uniform",
+                                                                           "window 6 consecutive"]
+    assert saved["environment"]["av"] and saved["settings"]["gops"] == [10]
+    assert all(row["pyav_ms"] > 0 for row in rows)
+    if torchcodec_problem() is None:
+        assert all(row["identical"] and row["torchcodec_ms"] > 0 for row in rows)
+    else:
+        assert saved["environment"]["torchcodec_problem"] and "torchcodec_ms" not in rows[0]
