@@ -10,9 +10,10 @@ moving blob over noise at ``--width`` x ``--height``) into a temporary folder an
 * ``dense``: ``--dense`` frames sampled uniformly (every few frames);
 * ``window``: ``--window`` consecutive frames from the middle of the clip.
 
-The decoders alternate call by call (PyAV, TorchCodec, PyAV, ...) so that a change in the
-machine's load hits both alike; each figure is the best of ``--repeats`` calls. Each row also
-says whether both returned identical frames. Without TorchCodec (or FFmpeg's shared
+Both decode with ``--threads`` threads (0: FFmpeg's choice). The decoders alternate call by
+call (PyAV, TorchCodec, PyAV, ...) so that a change in the machine's load hits both alike;
+each figure is the best of ``--repeats`` calls. Each row also says whether both returned
+identical frames. Without TorchCodec (or FFmpeg's shared
 libraries) it times PyAV alone and says why.
 """
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--dense", type=int, default=128)
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5, help="calls per decoder and setting (the best counts)")
+    parser.add_argument("--threads", type=int, default=0, help="decoding threads of both (0: FFmpeg's choice)")
     parser.add_argument("--out", type=Path, default=Path("results/decoders.json"))
     args = parser.parse_args(argv)
     gops = [int(g) for g in args.gops.split(",") if g.strip()]
@@ -114,6 +116,7 @@ def main(argv=None) -> List[dict]:
         for gop in gops:
             path = make_clip(Path(tmp) / f"gop{gop}.mp4", args.frames, args.height, args.width, gop)
             for name, arguments in samplings(args.frames, args.sparse, args.dense, args.window).items():
+                arguments["threads"] = args.threads
                 best = best_times(path, arguments, decoders, args.repeats)
                 row = {"gop": gop, "sampling": name, "pyav_ms": best["pyav"]}
                 if "torchcodec" in best:
@@ -126,13 +129,14 @@ def main(argv=None) -> List[dict]:
           + (f"{env['torchcodec']} (system FFmpeg {env['torchcodec_ffmpeg']})" if env["torchcodec"]
              else f"not usable ({env['torchcodec_problem']})"))
     print(f"one H.264 clip per GOP size: {args.frames} frames at {args.width}x{args.height}; best of "
-          f"{args.repeats} interleaved calls of load_clip (open + decode + RGB), decode threads: FFmpeg's choice")
+          f"{args.repeats} interleaved calls of load_clip (open + decode + RGB), decode threads: "
+          f"{args.threads or 'FFmpeg' + chr(39) + 's choice'}")
     print(format_table(rows, ["gop", "sampling", "pyav_ms", "torchcodec_ms", "speedup", "identical"]))
     path = write_json(args.out, {"benchmark": "decoders", "environment": env,
                                  "settings": {"frames": args.frames, "resolution": [args.width, args.height],
                                               "gops": gops, "sparse": args.sparse, "dense": args.dense,
                                               "window": args.window, "repeats": args.repeats,
-                                              "codec": "libx264 crf 23 veryfast", "threads": "auto"},
+                                              "codec": "libx264 crf 23 veryfast", "threads": args.threads or "auto"},
                                  "rows": rows})
     print(f"wrote {path}")
     return rows
