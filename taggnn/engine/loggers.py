@@ -280,9 +280,9 @@ class MlflowLogger(RunLogger):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient()
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "taggnn")
         try:
+            self.client = MlflowClient()
             found = self.client.get_experiment_by_name(experiment)
             experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
             self.run_id = self.client.create_run(experiment_id, run_name=name).info.run_id

@@ -186,6 +186,15 @@ def test_mlflow_params_metrics_and_status(tmp_path, offline_trackers):
     assert run.data.metrics["epoch/val_top1"] == 0.5 and run.data.metrics["test/top1"] == 0.75
 
 
+def test_mlflow_store_that_cannot_be_opened_is_one_config_error(tmp_path, offline_trackers, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://tracking")
+    with pytest.raises(ConfigError) as caught:
+        RunLog.open(tmp_path, ["csv", "mlflow"])
+    message = str(caught.value)
+    assert "\n" not in message and "'nosuchscheme://tracking'" in message and "MLFLOW_TRACKING_URI" in message
+
+
 # ------------------------------------------------------------- a real run
 
 
