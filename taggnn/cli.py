@@ -261,11 +261,13 @@ def cmd_predict(args) -> int:
     results = []
     for path in args.videos:
         if e.num_clips * e.num_crops == 1:
-            views = transform(load_clip(path, d.num_frames, sampling=d.sampling)).unsqueeze(0)  # (1, 3, T, S, S)
+            clip = load_clip(path, d.num_frames, sampling=d.sampling, decoder=d.decoder)
+            views = transform(clip).unsqueeze(0)  # (1, 3, T, S, S)
         else:
             total = count_frames(path)
             views = torch.cat([crops(load_clip(path, d.num_frames, indices=view_indices(total, d.num_frames, v,
-                                                                                         e.num_clips)))
+                                                                                         e.num_clips),
+                                               decoder=d.decoder))
                                for v in range(e.num_clips)])  # (V, 3, T, S, S)
         with torch.no_grad():
             logits = model(views.to(device)).float().unsqueeze(0)  # (1, V, C)

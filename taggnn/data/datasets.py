@@ -88,11 +88,14 @@ class VideoClipDataset(Dataset):
             (seed, index, epoch); see :meth:`set_epoch`.
         decode_threads (int, optional): PyAV decoding threads per clip (0: FFmpeg's
             automatic choice). (default: ``0``)
+        decoder (str, optional): ``"pyav"`` or ``"torchcodec"`` (see
+            :mod:`taggnn.data.decoders`). (default: ``"pyav"``)
     """
 
     def __init__(self, samples: Sequence[Tuple[str, int]], classes: Sequence[str], *, num_frames: int,
                  sampling: str = "uniform", transform: Optional[Callable] = None, on_error: str = "raise",
-                 seed: Optional[int] = None, check_files: bool = True, decode_threads: int = 0):
+                 seed: Optional[int] = None, check_files: bool = True, decode_threads: int = 0,
+                 decoder: str = "pyav"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if num_frames < 1:
@@ -104,6 +107,7 @@ class VideoClipDataset(Dataset):
         self.on_error = on_error
         self.seed = seed
         self.decode_threads = decode_threads
+        self.decoder = decoder
         self.epoch = 0
         self.failures: List[Tuple[str, str]] = []
         self.frame_counts: Dict[str, int] = {}  # known frame counts by path (e.g. a CSV's TotalFrames)
@@ -158,7 +162,8 @@ class VideoClipDataset(Dataset):
         """The raw uint8 clip ``(T, H, W, 3)`` of sample ``index``."""
         path, _ = self.samples[index]
         return load_clip(path, self.num_frames, sampling=self.sampling, generator=self._generator(index),
-                         total_frames=self.frame_counts.get(path), threads=self.decode_threads)
+                         total_frames=self.frame_counts.get(path), threads=self.decode_threads,
+                         decoder=self.decoder)
 
     def _read(self, index: int, load: Callable[[str], torch.Tensor]):
         """``(raw clip, label)`` of sample ``index`` read by ``load(path)``, or, with
@@ -183,7 +188,7 @@ class VideoClipDataset(Dataset):
 
         def load(path: str) -> torch.Tensor:
             return load_views(path, self.num_frames, num_views, total_frames=self.frame_counts.get(path),
-                              threads=self.decode_threads)
+                              threads=self.decode_threads, decoder=self.decoder)
 
         return self._read(index, load)
 

@@ -121,7 +121,7 @@ def _frame_index(frame, stream, start_pts: int, rate: Fraction) -> int:
 def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str = "uniform",
               generator: Optional[torch.Generator] = None, seek_threshold: int = 64,
               indices: Optional[Sequence[int]] = None, total_frames: Optional[int] = None,
-              threads: int = 0) -> Tensor:
+              threads: int = 0, decoder: str = "pyav") -> Tensor:
     """Decodes ``num_frames`` sampled frames of a video.
 
     Frames come out as the video is meant to be shown: a display matrix (the rotation
@@ -146,10 +146,18 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
             clip is resampled on what is there, as for a header that over-counts.
         threads (int, optional): Decoding threads (``0``: FFmpeg's automatic
             choice). (default: ``0``)
+        decoder (str, optional): ``"pyav"`` or ``"torchcodec"`` (see
+            :mod:`taggnn.data.decoders`: the same frames). (default: ``"pyav"``)
 
     Returns:
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
     """
+    if decoder != "pyav":
+        from .decoders import check_decoder, load_clip_torchcodec
+
+        check_decoder(decoder)
+        return load_clip_torchcodec(path, num_frames, sampling=sampling, generator=generator, indices=indices,
+                                    total_frames=total_frames, threads=threads)
     if indices is not None:
         fixed = list(indices)
         frames, wanted = _load(str(path), lambda n: fixed, total_frames=total_frames, threads=threads,
@@ -164,7 +172,8 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
 
 
 def load_views(path: Union[str, os.PathLike], num_frames: int, num_views: int, *,
-               total_frames: Optional[int] = None, threads: int = 0, seek_threshold: int = 64) -> Tensor:
+               total_frames: Optional[int] = None, threads: int = 0, seek_threshold: int = 64,
+               decoder: str = "pyav") -> Tensor:
     """Decodes the ``num_views`` temporal views of a video (see :mod:`taggnn.data.views`) in one pass.
 
     Like :func:`load_clip`, the views are placed over the frames that decode: when fewer
@@ -178,6 +187,15 @@ def load_views(path: Union[str, os.PathLike], num_frames: int, num_views: int, *
 
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
+    if decoder != "pyav":  # the views' frames in one call of the other decoder
+        from .decoders import check_decoder, load_clip_torchcodec
+
+        check_decoder(decoder)
+        total = int(total_frames) if total_frames else count_frames(path)
+        indices = [i for view in range(num_views) for i in view_indices(total, num_frames, view, num_views)]
+        clip = load_clip_torchcodec(path, num_views * num_frames, indices=indices, total_frames=total,
+                                    threads=threads)
+        return clip.view(num_views, num_frames, *clip.shape[1:])  # (V, T, H, W, 3)
 
     def choose(n: int) -> List[int]:
         return [i for view in range(num_views) for i in view_indices(n, num_frames, view, num_views)]

@@ -41,6 +41,7 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     num_workers: int = 0
     decode_threads: int = 0  # PyAV decoding threads per worker (0: FFmpeg's automatic choice)
+    decoder: str = "pyav"  # pyav | torchcodec (extra torchcodec, needs FFmpeg's shared libraries)
     sampler: str = "random"  # random | balanced (classes equally likely) | sqrt (P ~ n_c^-1/2)
     persistent_workers: bool = False  # keep DataLoader workers alive between epochs
     pin_memory: Optional[bool] = None  # page-locked batches (default: on for CUDA)
@@ -128,6 +129,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps: for tests
     compile: bool = False  # torch.compile the model for training
     export_backbone: bool = False  # also write the best model's backbone weights as backbone.pt (pretraining)
+    loggers: List[str] = field(default_factory=lambda: ["jsonl"])  # jsonl (always) csv tensorboard wandb mlflow
 
 
 @dataclass
@@ -165,6 +167,7 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
     """Valid values of every string option, taken from the modules that own them."""
     from ..data.constants import NORMALIZATIONS, STYLES
     from ..data.datasets import CSV_LAYOUTS
+    from ..data.decoders import DECODERS
     from ..data.video import SAMPLINGS
 
     return {
@@ -186,6 +189,7 @@ def _choices() -> Dict[str, Tuple[str, ...]]:
         "train.amp": AMP_MODES,
         "train.mca": MCA_CONVENTIONS,
         "eval.average": ("prob", "logits"),
+        "data.decoder": DECODERS,
     }
 
 
@@ -293,6 +297,11 @@ def validate(config: "Config") -> "Config":
     for key, choices in _choices().items():
         if flat[key] not in choices:
             problems.append(f"{key}={flat[key]!r} is not one of {', '.join(choices)}")
+    from .loggers import LOGGERS
+
+    unknown_loggers = [name for name in config.train.loggers if name not in LOGGERS]
+    if unknown_loggers:
+        problems.append(f"train.loggers: {', '.join(map(repr, unknown_loggers))} is not one of {', '.join(LOGGERS)}")
     from ..nn.options import check_model_options
 
     try:
@@ -308,6 +317,19 @@ def validate(config: "Config") -> "Config":
         problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
     if problems:
         raise ConfigError("; ".join(problems))
+    return config
+
+
+def check_installed(config: "Config") -> "Config":
+    """Raises :class:`ConfigError` when ``config`` asks for an optional package that is not
+    installed (a backend of ``train.loggers``, ``data.decoder=torchcodec``), naming the extra
+    to install. :func:`load_config` calls it, before any work; ``Config.from_dict`` does not,
+    so that a checkpoint stays loadable where its run's loggers are not installed."""
+    from ..data.decoders import check_decoder
+    from .loggers import check_loggers
+
+    check_loggers(config.train.loggers)
+    check_decoder(config.data.decoder)
     return config
 
 
@@ -364,6 +386,14 @@ def _coerce(key: str, value: Any, annotation) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{key} expects a mapping like {{heads: 4}}, got {value!r}")
         return dict(value)
+    if typing.get_origin(annotation) in (list, List):  # a list of strings: [a, b], "a,b" or "a"
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{key} expects a list of names like [a, b], got {value!r}")
+        return list(value)
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key} expects a string, got {value!r}")
@@ -532,4 +562,4 @@ def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = 
         apply_mapping(config, values, source=source, text=as_written)
     for item in overrides:
         apply_override(config, item, source="--set")
-    return validate(config)
+    return check_installed(validate(config))

@@ -106,7 +106,7 @@ def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional
     if d.root is None:
         raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
     video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed,
-                 decode_threads=d.decode_threads)
+                 decode_threads=d.decode_threads, decoder=d.decoder)
     if d.dataset == "finegym":
         return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
                        holdout_seed=d.seed, holdout_min_clips=d.holdout_min_clips, **video)

@@ -28,7 +28,7 @@ from ..models import build_model_from_config
 from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
 from ..models.tagnet import load_pretrained, record_config
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError
+from .config import Config, ConfigError, flatten
 from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
 from .distributed import (
     DistributedContext,
@@ -41,6 +41,7 @@ from .distributed import (
     sample_weights,
 )
 from .features import read_info
+from .loggers import RunLog
 from .metrics import ClassificationMeter
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ logger = logging.getLogger(__name__)
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.num_workers", "train.log_every",
                      "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr", "optim.grad_clip",
                      "eval.num_clips", "eval.num_crops", "eval.average", "train.eval_amp", "data.decode_threads",
-                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor", "train.compile"}
+                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor", "train.compile",
+                     "train.loggers", "data.decoder"}
 
 
 from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
@@ -241,45 +243,9 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
 # ------------------------------------------------------------------------- train
 
 #: Files a run writes into its folder (an ``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "backbone.pt")
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "backbone.pt", "log.csv", "params.csv")
 RUN_PATTERNS = ("metrics_*.json", "per_class_*.csv", "confusion_*.png", "skipped_*.txt")
 LOCK_NAME = ".taggnn.lock"
-
-
-class JsonLog:
-    """JSON-lines log (and TensorBoard scalars when installed) as a context manager."""
-
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-        self.file = None
-        self.tensorboard = None
-
-    def __enter__(self) -> "JsonLog":
-        if self.path is not None:
-            self.file = open(self.path, "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(self.path.parent / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self.tensorboard = None
-        return self
-
-    def write(self, record: Dict[str, Any]) -> None:
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.tensorboard is not None:
-            step = record.get("step", 0)
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-                    self.tensorboard.add_scalar(f"{record.get('kind', 'train')}/{key}", value, step)
-
-    def __exit__(self, *exc) -> None:
-        if self.file:
-            self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
 
 
 class RunLock:
@@ -486,7 +452,7 @@ class Trainer:
         return f"{what}; {kept} (or set optim.grad_clip, or check the data)"
 
     # ------------------------------------------------------------- epoch
-    def train_epoch(self, log: JsonLog) -> bool:
+    def train_epoch(self, log: RunLog) -> bool:
         """Trains until the end of the current epoch; returns False when ``train.max_steps``
         stopped it."""
         from tqdm import tqdm
@@ -572,7 +538,7 @@ class Trainer:
         self.step += 1
 
     # -------------------------------------------------------- validation
-    def validate(self, log: JsonLog) -> None:
+    def validate(self, log: RunLog) -> None:
         """Validation after an epoch (every ``eval_every``), best weights, ``last.pt``."""
         t, record = self.config.train, self.history[-1]
         if self.epoch % t.eval_every == 0 or self.epoch == t.epochs:
@@ -669,25 +635,25 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
     if context.is_main:
         prepare_run_folder(out, resume=resume, overwrite=overwrite)
     barrier(context)
-    with lock:
+    with lock, RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:
         if resume is not None:
             trainer.resume(Path(resume))
         t = config.train
         finished_before = trainer.epoch >= t.epochs
         if finished_before and context.is_main:
             logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
-        with JsonLog(out / "log.jsonl" if context.is_main else None) as log:
-            if context.is_main:
-                (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-                logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
-                            config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
-                            t.epochs, trainer.device, context.world_size)
-            stopped = False
-            while trainer.epoch < t.epochs:
-                if not trainer.train_epoch(log):
-                    stopped = True
-                    break
-                trainer.validate(log)
+        if context.is_main:
+            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            log.log_params(flatten(config.to_dict()))
+            logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
+                        config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
+                        t.epochs, trainer.device, context.world_size)
+        stopped = False
+        while trainer.epoch < t.epochs:
+            if not trainer.train_epoch(log):
+                stopped = True
+                break
+            trainer.validate(log)
         barrier(context)
         summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
                                    "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
@@ -703,6 +669,7 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
             test = trainer.final_test()
             if test:
                 summary["test"] = test
+                log.log_final(test)
         if context.is_main:
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
