@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -352,6 +353,10 @@ def _inside(path: Path, inputs: Sequence[Path]) -> bool:
     return any(item == path or path in item.parents for item in inputs)
 
 
+def _quote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
 def _resolved(paths: Iterable[Any]) -> List[Path]:
     return [Path(p).resolve() for p in paths if p is not None and str(p)]
 
@@ -361,9 +366,9 @@ def check_run_folder(out: Path, *, resume: Optional[Path] = None, overwrite: boo
     """Refuses what a command may not do with the run folder ``out`` (removes nothing).
 
     - ``--resume`` in the checkpoint's own folder continues that run (``--overwrite`` is refused).
-    - A new run, or ``--resume`` into another folder, needs a folder without a run: a folder with
-      files that no manifest lists (an older taggnn's run, your own ``config.yaml``) is refused;
-      one holding a recorded run is refused unless ``overwrite``.
+    - A new run, or ``--resume`` into another folder, needs a folder without a run: one holding a
+      recorded run is refused unless ``overwrite``; a folder with run files that no manifest
+      lists (an older taggnn's run, ``taggnn eval``'s results, your own ``config.yaml``) is refused.
     - ``overwrite`` is refused when an input of the command that the old run wrote (e.g. its
       ``backbone.pt`` as ``model.weights``) would be written over by this run (``outputs``);
       the run's ``config.yaml`` as ``--config`` is kept and rewritten.
@@ -381,31 +386,31 @@ def check_run_folder(out: Path, *, resume: Optional[Path] = None, overwrite: boo
     if own:
         if overwrite:
             raise TrainingError(f"--overwrite would remove the run that --resume {resume} continues; continue it "
-                                f"without --overwrite: taggnn train --resume {resume}")
+                                f"without --overwrite: taggnn train --resume {_quote(resume)}")
         return
     recorded = read_manifest(out)
     listed = set(recorded or [])
-    unlisted = [p.name for p in existing_run_files(out) if p.name not in listed]
-    if unlisted:
-        older = (f"; an older taggnn's run continues with: taggnn train --resume {out / 'last.pt'}"
-                 if resume is None and "last.pt" in unlisted and recorded is None else "")
-        raise TrainingError(
-            f"{out} holds files that no taggnn manifest ({MANIFEST_NAME}) lists: {', '.join(unlisted[:6])}"
-            f"{' ...' if len(unlisted) > 6 else ''} (written by an older taggnn, `taggnn eval` or by hand); taggnn "
-            f"never removes or writes over them: move them out of {out}, or choose another --out{older}")
     present = [name for name in sorted(listed) if (out / name).exists()]
     if present and not overwrite:
         shown = ", ".join(present[:4]) + (" ..." if len(present) > 4 else "")
         if resume is not None:
             raise TrainingError(
                 f"{out} already holds a run ({shown}) and --resume {resume} continues another one; continue it in "
-                f"its own folder: taggnn train --resume {resume}, choose an empty --out, or add --overwrite to "
-                f"remove the run in {out} first")
-        go_on = (f"continue it with: taggnn train --resume {out / 'last.pt'}; "
+                f"its own folder: taggnn train --resume {_quote(resume)}, choose an empty --out, or add --overwrite "
+                f"to remove the run in {out} first")
+        go_on = (f"continue it with: taggnn train --resume {_quote(out / 'last.pt')}; "
                  if (out / "last.pt").is_file() else "")
         raise TrainingError(
             f"{out} already holds a run ({shown}); {go_on}add --overwrite to this command to start over (it "
             f"removes only the files listed in {out / MANIFEST_NAME}), or choose another --out")
+    unlisted = [p.name for p in existing_run_files(out) if p.name not in listed]
+    if unlisted:
+        older = (f"; an older taggnn's run continues with: taggnn train --resume {_quote(out / 'last.pt')}"
+                 if resume is None and "last.pt" in unlisted and recorded is None else "")
+        raise TrainingError(
+            f"{out} holds files that no taggnn manifest ({MANIFEST_NAME}) lists: {', '.join(unlisted[:6])}"
+            f"{' ...' if len(unlisted) > 6 else ''} (written by an older taggnn, `taggnn eval` or by hand); taggnn "
+            f"never removes or writes over them: move them out of {out}, or choose another --out{older}")
     if overwrite:
         kept_inputs = {name for name in present if _inside(out / name, inputs)}
         conflicts = sorted(kept_inputs & set(outputs) - {"config.yaml"})

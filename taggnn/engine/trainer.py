@@ -856,8 +856,8 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
             summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
         if stopped:
             summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) before the "
-                                       f"last epoch; continue with: taggnn train --resume {_quote(out / 'last.pt')} "
-                                       f"to finish and test")
+                                       f"last epoch; to finish and test, continue with: taggnn train --resume "
+                                       f"{_quote(out / 'last.pt')}")
             if context.is_main:
                 logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
         else:

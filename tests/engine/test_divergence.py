@@ -82,7 +82,8 @@ def test_resume_refuses_a_checkpoint_that_cannot_continue(blown_up, tmp_path, ca
     key = next(k for k, v in checkpoint["model"].items() if v.is_floating_point() and v.numel() > 1)
     checkpoint["model"][key] = checkpoint["model"][key] * (math.nan if ruin == "nan" else 1e6)
     torch.save(checkpoint, out / "last.pt")
-    assert main(["train", "--resume", str(out / "last.pt"), "--no-progress"]) == 2
+    assert main(["train", "--resume", str(out / "last.pt"), "--config", str(out / "config.yaml"),
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot continue the run" in err
     assert ("NaN or infinity" if ruin == "nan" else "exploded") in err

@@ -82,7 +82,7 @@ def test_overwrite_of_a_folder_another_process_trains_in_removes_nothing(tmp_pat
     try:
         assert live.stdout.readline().strip() == "checkpointed", live.stderr.read()
         before = files(out)
-        assert {"last.pt", "config.yaml", MANIFEST_NAME} <= set(before)
+        assert {"last.pt", "config.yaml"} <= set(before)
         assert main(["train", "--out", str(out), "--overwrite", "--no-progress", *CLI_SMALL,
                      "--set", "train.max_steps=1"]) == 2
         assert "in use by another taggnn process" in capsys.readouterr().err
@@ -96,6 +96,7 @@ def test_overwrite_of_a_folder_another_process_trains_in_removes_nothing(tmp_pat
             live.wait()
     metrics = json.loads((out / "metrics_test.json").read_text())
     assert os.path.isfile(metrics["checkpoint"])
+    assert {"last.pt", "best.pt", "config.yaml", "log.jsonl", "metrics_test.json"} <= set(read_manifest(out))
 
 
 def test_overwrite_keeps_the_commands_inputs_and_refuses_files_no_manifest_lists(stopped, tmp_path, capsys):
