@@ -119,7 +119,6 @@ def test_overwrite_keeps_the_commands_inputs_and_refuses_files_no_manifest_lists
     older = tmp_path / "older"
     shutil.copytree(stopped, older)
     (older / MANIFEST_NAME).unlink()
-    (older / "summary.json").write_text("{}")
     before = files(older)
     assert main(["train", "--out", str(older), "--overwrite", "--no-progress", *CLI_SMALL]) == 2
     err = capsys.readouterr().err
@@ -127,6 +126,8 @@ def test_overwrite_keeps_the_commands_inputs_and_refuses_files_no_manifest_lists
     assert files(older) == before
     advised = commands(err)
     assert advised == [f"taggnn train --resume {older / 'last.pt'}"]
+    stopped_at_max_steps = json.loads((older / "summary.json").read_text())["test_skipped"]
+    assert commands(stopped_at_max_steps.replace(str(stopped), str(older))) == advised  # the same advice
     assert run_command(advised[0]) == 0  # an older run continues, and is recorded from then on
     assert json.loads((older / "summary.json").read_text())["steps"] == 6
     assert {"last.pt", "best.pt", "summary.json", "metrics_test.json"} <= set(read_manifest(older))
@@ -188,16 +189,6 @@ def test_resume_continues_with_the_checkpoints_own_config(stopped, tmp_path, cap
     assert config["data"]["num_frames"] == 8 and config["optim"]["lr"] == 5e-4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 6 and "test" in summary
-
-
-def test_advice_of_a_run_stopped_at_max_steps_works(stopped, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(stopped, out)
-    summary = json.loads((out / "summary.json").read_text())
-    advised = commands(summary["test_skipped"].replace(str(stopped), str(out)))
-    assert advised == [f"taggnn train --resume {out / 'last.pt'}"]
-    assert run_command(advised[0]) == 0
-    assert "test" in json.loads((out / "summary.json").read_text())
 
 
 # -------------------------------------------------------------------------- locks
