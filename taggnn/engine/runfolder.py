@@ -62,7 +62,10 @@ def process_alive(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return True
+    try:  # a zombie (killed, not yet reaped by its parent) runs no more
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _proc_start_ticks(pid: int) -> Optional[int]:
