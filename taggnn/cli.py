@@ -22,6 +22,8 @@ from typing import List, Optional
 
 logger = logging.getLogger("taggnn")
 
+DEFAULT_CONFIG = "synthgym_tiny"  # the preset of `taggnn train` without --config (and without --resume)
+
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -37,21 +39,30 @@ def _device(name: str):
 
 
 def cmd_train(args) -> int:
-    from .engine.config import load_config
-    from .engine.trainer import train
+    import shlex
 
-    config = load_config(args.config, args.overrides)
+    from .engine.config import load_config
+    from .engine.trainer import resume_config, train
+
     resume = Path(args.resume) if args.resume else None
-    if resume is not None and not resume.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    if resume is not None:
+        if not resume.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        # the checkpoint's own config; --config / --set may change only the resumable keys
+        config = resume_config(resume, config=args.config, overrides=args.overrides,
+                               rerun_options=f" --out {shlex.quote(args.out)}" if args.out else "")
+    else:
+        config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
     if args.out:
         out = Path(args.out)
     elif resume is not None:
         out = resume.parent  # continue in the run's own folder
     else:
         out = Path("runs") / config.name
+    inputs = [Path(args.config)] if args.config and Path(args.config).is_file() else []
     try:
-        summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite)
+        summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
+                        inputs=inputs)
     finally:
         import torch.distributed as dist
 
@@ -144,6 +155,16 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
     return tag
 
 
+def _record_in_run_folder(out: Path, tag: str) -> None:
+    """Lists an evaluation's files in the run folder's manifest (when ``out`` is a run folder), so
+    that ``taggnn train --overwrite`` of that folder knows them as taggnn's own."""
+    from .engine.runfolder import MANIFEST_NAME, record_outputs
+
+    if (out / MANIFEST_NAME).is_file():
+        record_outputs(out, [f"metrics_{tag}.json", f"per_class_{tag}.csv", f"confusion_{tag}.png",
+                             f"skipped_{tag}.txt"])
+
+
 def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> None:
     """Refuses (unless ``overwrite``) to replace ``metrics_<tag>.json`` that holds the results of
     another checkpoint (e.g. another run's ``best.pt`` evaluated into the same ``--out``); the
@@ -232,6 +253,7 @@ def cmd_eval(args) -> int:
     if args.dump:
         dump_scores(Path(args.dump), dataset, meter, scores, names, config, overwrite=args.overwrite)
     e = config.eval
+    _record_in_run_folder(out, tag)
     (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
     metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
                                {"checkpoint": str(checkpoint), "overrides": list(args.overrides),
@@ -469,12 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (and finally test) a model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
+    p.add_argument("--config", help=f"preset name ({presets}) or YAML file (default: {DEFAULT_CONFIG}; with "
+                                    f"--resume: the checkpoint's own config)")
     _add_set(p)
-    p.add_argument("--resume", help="continue exactly from this last.pt (in its own folder unless --out)")
+    p.add_argument("--resume", help="continue exactly from this last.pt, with its own config (--config/--set may "
+                                    "change only the resumable keys), in its own folder or an --out without a run")
     p.add_argument("--out", help="run folder (default: the resumed run's folder, else runs/<config name>)")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over in a folder that holds a previous run (its files are removed)")
+                   help="start over in a folder that holds a previous run: the files its manifest "
+                        "(.taggnn-manifest.json) lists are removed, never the command's inputs or files it does not "
+                        "list")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import random
+import re
 import signal
 import threading
 from pathlib import Path
@@ -24,6 +25,17 @@ from ..errors import CheckpointError
 from ..utils.identify import describe_file
 
 CHECKPOINT_VERSION = 1
+
+#: Name of a temporary file being written: ``.<final name>.<pid of the writer>.tmp`` beside the final
+#: file, so that a later run can tell whether its writer is gone (see
+#: :func:`taggnn.engine.runfolder.remove_stale_temporaries`).
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def temporary_path(path: Union[str, os.PathLike]) -> Path:
+    """Where this process writes ``path`` before renaming it into place (``.<name>.<pid>.tmp``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -86,11 +98,13 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: Dict[str, Any]) -> P
 
     On any failure or signal the temporary file is removed and the previous file at ``path``
     is left intact; a full disk raises :class:`~taggnn.errors.CheckpointError` saying so. A
-    signal (SIGTERM, SIGHUP) received while writing is delivered again once cleaned up.
+    signal (SIGTERM, SIGHUP) received while writing is delivered again once cleaned up. The
+    temporary file of a writer killed outright (SIGKILL) is removed when the next run starts in
+    the folder.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_path(path)
     payload = dict(payload, checkpoint_version=CHECKPOINT_VERSION)
     try:
         with _signals_raise():

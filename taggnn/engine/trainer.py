@@ -14,10 +14,13 @@ import csv
 import json
 import logging
 import math
+import os
+import shlex
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +30,8 @@ from torch import nn
 from ..models import build_model_from_config
 from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
 from ..models.tagnet import load_pretrained, record_config
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, flatten
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, temporary_path
+from .config import Config, ConfigError, flatten, load_config, set_value, validate
 from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
 from .distributed import (
     DistributedContext,
@@ -43,6 +46,19 @@ from .distributed import (
 from .features import read_info
 from .loggers import RunLog
 from .metrics import ClassificationMeter
+from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing_run_files: re-exported)
+    LOCK_NAME,
+    MANIFEST_NAME,
+    RUN_FILES,
+    RunLock,
+    check_run_folder,
+    clear_run_folder,
+    existing_run_files,
+    read_manifest,
+    record_outputs,
+    remove_stale_temporaries,
+    write_text_atomic,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,70 +258,6 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
 
 # ------------------------------------------------------------------------- train
 
-#: Files a run writes into its folder (an ``--overwrite`` removes exactly these).
-RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "backbone.pt", "log.csv", "params.csv")
-RUN_PATTERNS = ("metrics_*.json", "per_class_*.csv", "confusion_*.png", "skipped_*.txt")
-LOCK_NAME = ".taggnn.lock"
-
-
-class RunLock:
-    """An exclusive lock file in a run folder: two processes never write into one run.
-
-    A lock left by a process that no longer runs (on this host) is taken over with a warning.
-    """
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_NAME
-        self.held = False
-
-    def __enter__(self) -> "RunLock":
-        import os
-        import socket
-
-        me = f"{os.getpid()} {socket.gethostname()}"
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self.path.read_text().split() if self.path.exists() else []
-                pid, host = (int(owner[0]), owner[1]) if len(owner) == 2 and owner[0].isdigit() else (None, None)
-                if pid is not None and host == socket.gethostname() and not _process_alive(pid):
-                    logger.warning("%s: taking over a stale lock of process %d", self.path, pid)
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise TrainingError(
-                    f"{self.path.parent} is in use by another taggnn process ({' on '.join(owner) or 'unknown'}); "
-                    f"wait for it to finish, or remove {self.path} if that process is gone")
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return self
-        raise TrainingError(f"could not lock {self.path}")  # pragma: no cover
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _process_alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def existing_run_files(folder: Path) -> List[Path]:
-    folder = Path(folder)
-    found = [folder / name for name in RUN_FILES if (folder / name).exists()]
-    for pattern in RUN_PATTERNS:
-        found += sorted(folder.glob(pattern))
-    return found
 
 
 def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
@@ -316,9 +268,104 @@ def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
             + "; ".join(differences) + ". Resume with the checkpoint's config or start a new run.")
 
 
+def _quote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def resume_config(checkpoint_path: Path, *, config: Optional[str] = None, overrides: Sequence[str] = (),
+                  rerun_options: str = "") -> Config:
+    """The config a resumed run continues with: the one saved in the checkpoint, changed only in
+    the keys of :data:`RESUMABLE_CHANGES`. ``train.max_steps`` limits one invocation: it is not
+    taken from the checkpoint (the resumed run goes on to ``train.epochs``) unless given again.
+
+    Args:
+        checkpoint_path: The checkpoint ``--resume`` continues.
+        config: A preset or YAML file given explicitly (``--config``); its values of
+            resumable keys are taken.
+        overrides: ``key=value`` items (``--set``).
+        rerun_options: Options to repeat in the suggested command (e.g. ``" --out B"``).
+
+    Raises:
+        ConfigError: A key that cannot change on resume is given a value other than the
+            checkpoint's (the message names each such key and a command that resumes).
+    """
+    path = Path(checkpoint_path)
+    saved = Config.from_dict(load_checkpoint(path)["config"], source=str(path))
+    if config is not None:
+        given, source = load_config(config, overrides), f"--config {config}" + (" with --set" if overrides else "")
+    else:
+        given, source = Config.from_dict(saved.to_dict(), source=str(path)), "--set"
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            set_value(given, key.strip(), yaml.safe_load(value) if value.strip() else "", source="--set")
+        validate(given)
+    ours, theirs = flatten(saved.to_dict()), flatten(given.to_dict())
+    changed = [key for key in sorted(ours) if ours[key] != theirs.get(key)]
+    fixed = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if fixed:
+        keep = [item for item in overrides if item.split("=", 1)[0].strip() in RESUMABLE_CHANGES]
+        command = (f"taggnn train --resume {_quote(path)}" + "".join(f" --set {_quote(item)}" for item in keep)
+                   + rerun_options)
+        raise ConfigError(
+            f"--resume {path} continues with the config saved in the checkpoint; {source} gives other values of "
+            f"keys that cannot change on resume: "
+            + "; ".join(f"{key}: {ours[key]!r} -> {theirs.get(key)!r}" for key in fixed)
+            + f". Resume without them: {command} (keys that may change on resume: "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))}), or start a new run")
+    resumed = Config.from_dict(saved.to_dict(), source=str(path))
+    for key in changed:
+        set_value(resumed, key, theirs[key], source=source)
+        logger.info("resuming with %s = %r (the checkpoint has %r)", key, theirs[key], ours[key])
+    given_keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if config is None and "train.max_steps" not in given_keys:
+        resumed.train.max_steps = None  # a limit of one invocation: the resumed run goes on to train.epochs
+    return validate(resumed)
+
+
 def non_finite_parameters(state: Dict[str, Any]) -> List[str]:
     """Names of the floating-point tensors of a state dict holding NaN or infinity."""
     return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+#: The blow-up rule. A checkpoint can continue a run when (1) every weight is finite, (2) no
+#: parameter's magnitude exceeds ``MAX_HEALTHY_WEIGHT`` and (3) the mean training loss of the steps
+#: since the previous checkpoint is finite and at most ``BLOWUP_LOSS_FACTOR`` times the loss of a
+#: uniform guess, ln(number of classes). A run is stopped at the first checkpoint that breaks it
+#: (``last.pt`` keeps the previous one), and ``--resume`` refuses such a checkpoint.
+MAX_HEALTHY_WEIGHT = 1e4
+BLOWUP_LOSS_FACTOR = 10.0
+HEALTH_RULE = (f"finite weights, every |w| <= {MAX_HEALTHY_WEIGHT:g} and a training loss of at most "
+               f"{BLOWUP_LOSS_FACTOR:g} x ln(classes)")
+
+
+def loss_limit(num_classes: int) -> float:
+    """The highest mean training loss of a checkpoint that can continue a run (the blow-up rule)."""
+    return BLOWUP_LOSS_FACTOR * math.log(max(num_classes, 2))
+
+
+def checkpoint_problem(state: Dict[str, Any], parameter_names: Iterable[str], loss: Optional[float],
+                       num_classes: int) -> Optional[str]:
+    """Why weights ``state`` (with the mean training ``loss`` before them, if known) cannot
+    continue a run under the blow-up rule (:data:`MAX_HEALTHY_WEIGHT`), or ``None`` when they can.
+
+    Only the model's parameters (``parameter_names``) count towards the magnitude limit, not
+    buffers such as BatchNorm's running variance.
+    """
+    bad = non_finite_parameters(state)
+    if bad:
+        return f"{len(bad)} weight tensors hold NaN or infinity (first: {', '.join(bad[:3])})"
+    largest = max((float(state[k].detach().abs().max()) for k in parameter_names
+                   if k in state and torch.is_tensor(state[k]) and state[k].is_floating_point() and state[k].numel()),
+                  default=0.0)
+    if largest > MAX_HEALTHY_WEIGHT:
+        return f"the weights exploded (max |w| = {largest:.3g} > {MAX_HEALTHY_WEIGHT:g})"
+    limit = loss_limit(num_classes)
+    if loss is not None and not loss <= limit:  # also NaN
+        return (f"the training loss before it ({loss:.4g}) exceeds the blow-up limit {limit:.3g} "
+                f"({BLOWUP_LOSS_FACTOR:g} x ln {num_classes} classes)")
+    return None
 
 
 class Trainer:
@@ -335,16 +382,29 @@ class Trainer:
         self.epoch = self.batches_done = self.step = 0
         self.best: Dict[str, Any] = {"top1": -1.0, "epoch": -1}
         self.best_state: Optional[Dict[str, torch.Tensor]] = None
-        self.last_good: Optional[Dict[str, int]] = None  # position of the last checkpoint written
+        # the last checkpoint that can continue the run: its file and position
+        self.last_good: Optional[Dict[str, Any]] = None
+        self.loss_sum, self.loss_count = 0.0, 0  # training loss since the last checkpoint
         self.history: List[Dict[str, Any]] = []
         self.skipped_train: List[str] = []
+        self.load_weights = True  # read model.weights (not when resuming: the checkpoint holds every weight)
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
-        config, t = self.config, self.config.train
+        """:meth:`setup_context`, then :meth:`setup_run`."""
+        self.setup_context()
+        self.setup_run()
+
+    def setup_context(self) -> None:
+        """Joins the process group (under torchrun) and picks the device."""
+        t = self.config.train
         cuda = t.device.startswith("cuda") or (t.device == "auto" and torch.cuda.is_available())
         self.context = init_distributed("cuda" if cuda else "cpu")
         self.device = resolve_device(t.device, self.context)
+
+    def setup_run(self) -> None:
+        """Datasets, model, optimiser, schedule and sampler."""
+        config, t = self.config, self.config.train
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
         if self.device.type == "cuda":
@@ -356,7 +416,7 @@ class Trainer:
         self.num_classes = len(self.names) if self.names else config.data.num_classes
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.model = build_model_from_config(config, self.num_classes).to(self.device)
+        self.model = build_model_from_config(config, self.num_classes, load_weights=self.load_weights).to(self.device)
         torch.manual_seed(t.seed + 1_000 * self.context.rank)  # per-rank dropout streams
         self.ddp_model: nn.Module = self.model
         if self.context.enabled:
@@ -384,10 +444,20 @@ class Trainer:
     # ------------------------------------------------------------ resume
     def resume(self, path: Path) -> None:
         """Restores every state of ``path`` (a ``last.pt``); a changed ``optim.lr`` rescales the
-        schedule from the resumed step on (a documented resumable change)."""
+        schedule from the resumed step on (a documented resumable change).
+
+        A checkpoint that breaks the blow-up rule (:data:`MAX_HEALTHY_WEIGHT`: non-finite or
+        exploded weights, or a blown-up loss) is refused, naming a checkpoint of its folder that
+        can continue the run, if there is one.
+        """
+        path = Path(path)
         checkpoint = load_checkpoint(path)
         saved = Config.from_dict(checkpoint["config"], source=str(path))
-        _check_resume_config(saved, self.config, Path(path))
+        _check_resume_config(saved, self.config, path)
+        problem = checkpoint_problem(checkpoint["model"], self._parameter_names(), checkpoint.get("train_loss"),
+                                     self.num_classes)
+        if problem:
+            raise TrainingError(self._cannot_continue(path, problem))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -402,12 +472,53 @@ class Trainer:
                         self.config.optim.lr, saved.optim.lr, scale)
         self.epoch, self.batches_done, self.step = checkpoint["epoch"], checkpoint["batches_done"], checkpoint["step"]
         self.best = checkpoint.get("best", self.best)
-        self.last_good = {"epoch": self.epoch, "batches_done": self.batches_done, "step": self.step}
+        self.last_good = {"path": path, "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step}
         set_rng_state(checkpoint["rng"][min(self.context.rank, len(checkpoint["rng"]) - 1)])
-        self.best_state = self._broadcast_best_state(Path(path).parent / "best.pt")
+        self.best_state = self._broadcast_best_state(path.parent / "best.pt")
         if self.context.is_main:
             logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batches_done,
                         self.step)
+
+    def _parameter_names(self) -> List[str]:
+        return [name for name, _ in self.model.named_parameters()]
+
+    def _lower_lr(self) -> str:
+        return f"{self.config.optim.lr / 10:g}"
+
+    def _start_over(self, folder: Path) -> str:
+        """A command that starts the run in ``folder`` over with a 10x lower learning rate, when
+        the folder has the run's config.yaml and manifest; else the advice in words."""
+        if (folder / "config.yaml").is_file() and read_manifest(folder) is not None:
+            return (f"start over with a 10x lower learning rate: taggnn train --config "
+                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder)} --overwrite "
+                    f"--set optim.lr={self._lower_lr()}")
+        return f"start a new run with a lower optim.lr (e.g. {self._lower_lr()})"
+
+    def _cannot_continue(self, path: Path, problem: str) -> str:
+        """The refusal of a checkpoint that cannot continue a run, naming the newest checkpoint of
+        its folder that can."""
+        candidates = []
+        for name in ("last.pt", "best.pt"):
+            other = path.parent / name
+            if not other.is_file() or other.resolve() == path.resolve():
+                continue
+            try:
+                checkpoint = load_checkpoint(other)
+            except (CheckpointError, OSError):
+                continue
+            if checkpoint_problem(checkpoint["model"], self._parameter_names(), checkpoint.get("train_loss"),
+                                  self.num_classes) is None:
+                candidates.append((int(checkpoint.get("step", 0)), other))
+        if candidates:
+            step, other = max(candidates, key=lambda item: item[0])
+            into = "" if other.parent.resolve() == self.out.resolve() else f" --out {_quote(self.out)}"
+            if into and read_manifest(self.out):
+                into += " --overwrite"
+            advice = (f"{other} (step {step}) can; continue it with a 10x lower learning rate: taggnn train --resume "
+                      f"{_quote(other)}{into} --set optim.lr={self._lower_lr()}")
+        else:
+            advice = f"no other checkpoint in {path.parent} can; {self._start_over(path.parent)}"
+        return f"{path} cannot continue the run: {problem} (a checkpoint that can has {HEALTH_RULE}); {advice}"
 
     def _broadcast_best_state(self, best_path: Path) -> Optional[Dict[str, torch.Tensor]]:
         """The best weights so far, read by the main rank and sent to the others."""
@@ -426,29 +537,46 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
                 "batches_done": batches_done, "step": self.step, "rng": states, "best": self.best,
-                "config": self.config.to_dict(), "classes": self.names, "num_classes": self.num_classes}
+                "config": self.config.to_dict(), "classes": self.names, "num_classes": self.num_classes,
+                "train_loss": self._loss_since_checkpoint()}
+
+    def _loss_since_checkpoint(self) -> Optional[float]:
+        return self.loss_sum / self.loss_count if self.loss_count else None
+
+    def require_healthy(self) -> None:
+        """Stops the run (naming the last checkpoint that can continue it) when the weights break
+        the blow-up rule (:data:`MAX_HEALTHY_WEIGHT`): non-finite, exploded, or a blown-up loss
+        since the previous checkpoint."""
+        state = self.model.state_dict()
+        bad = non_finite_parameters(state)
+        problem = (f"the weights became non-finite ({', '.join(bad[:3])})" if bad else
+                   checkpoint_problem(state, self._parameter_names(), self._loss_since_checkpoint(), self.num_classes))
+        if broadcast_flag(problem is not None, self.context):
+            raise TrainingError(self._diverged(f"{problem or 'the run diverged on another rank'} at step {self.step}"))
 
     def save_last(self, epoch: int, batches_done: int) -> None:
-        """Writes ``last.pt``, unless the weights are no longer finite: then the previous
-        ``last.pt`` (the last finite one) is kept and the run stops saying how to go on."""
-        bad = non_finite_parameters(self.model.state_dict())
-        if broadcast_flag(bool(bad), self.context):
-            raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad[:3]) or 'on a rank'}) "
-                                               f"at step {self.step}"))
+        """Writes ``last.pt``, unless the weights break the blow-up rule (non-finite or exploded
+        weights, or a blown-up loss; :data:`MAX_HEALTHY_WEIGHT`): then the previous ``last.pt``
+        (the last one that can continue the run) is kept and the run stops saying how to go on."""
+        self.require_healthy()
         data = self.payload(epoch, batches_done)
         if self.context.is_main:
             save_checkpoint(self.out / "last.pt", data)
-        self.last_good = {"epoch": epoch, "batches_done": batches_done, "step": self.step}
+        self.last_good = {"path": self.out / "last.pt", "epoch": epoch, "batches_done": batches_done,
+                          "step": self.step}
+        self.loss_sum, self.loss_count = 0.0, 0
 
     def _diverged(self, what: str) -> str:
-        last = self.out / "last.pt"
+        """The message of a run that diverged: the last checkpoint that can continue it and a
+        command that continues it with a 10x lower learning rate (or starts over with one)."""
         if self.last_good is None:
-            kept = "no checkpoint was written before it"
+            kept = f"no checkpoint was written before it; {self._start_over(self.out)}"
         else:
-            good = self.last_good
-            kept = (f"kept the last good checkpoint {last} from step {good['step']} (epoch {good['epoch'] + 1}, "
-                    f"batch {self.last_good['batches_done']}), whose weights are finite; continue it with a lower "
-                    f"learning rate: taggnn train --resume {last} --set optim.lr=<lower>")
+            good, path = self.last_good, Path(self.last_good["path"])
+            into = "" if path.parent.resolve() == self.out.resolve() else f" --out {_quote(self.out)} --overwrite"
+            kept = (f"kept the last good checkpoint {path} from step {good['step']} (epoch {good['epoch'] + 1}, "
+                    f"batch {good['batches_done']}), the last one with {HEALTH_RULE}; continue it with a 10x lower "
+                    f"learning rate: taggnn train --resume {_quote(path)}{into} --set optim.lr={self._lower_lr()}")
         return f"{what}; {kept} (or set optim.grad_clip, or check the data)"
 
     # ------------------------------------------------------------- epoch
@@ -477,6 +605,8 @@ class Trainer:
                                self.batches_done)
             else:
                 loss, correct = self._forward_backward(clips, labels, last_of_step)
+                self.loss_sum += loss * labels.numel()
+                self.loss_count += labels.numel()
                 running_loss += loss * labels.numel()
                 running_correct += correct
                 running_count += labels.numel()
@@ -549,10 +679,8 @@ class Trainer:
             record.update({f"val_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             if metrics["top1"] > self.best["top1"]:  # the same counts on every rank: all agree
                 self.best = {"top1": metrics["top1"], "mca": metrics["mca"], "epoch": self.epoch}
+                self.require_healthy()
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-                bad = non_finite_parameters(self.best_state)
-                if bad:
-                    raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad[:3])})"))
                 data = self.payload(self.epoch, 0)
                 if self.context.is_main:
                     save_checkpoint(self.out / "best.pt", data)
@@ -570,9 +698,12 @@ class Trainer:
             raise ConfigError("train.export_backbone needs a model with a backbone (not data.features)")
         state = {k[len("backbone."):]: v for k, v in self.best_state.items() if k.startswith("backbone.")}
         save_weights = {k: v.clone() for k, v in state.items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(save_weights, tmp)
-        tmp.replace(path)
+        tmp = temporary_path(path)
+        try:
+            torch.save(save_weights, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         logger.info("wrote the backbone weights of the best epoch to %s (use --set model.weights=%s)", path, path)
 
     # -------------------------------------------------------- final test
@@ -600,78 +731,117 @@ class Trainer:
         return metrics
 
 
-def prepare_run_folder(out: Path, *, resume: Optional[Path], overwrite: bool) -> None:
-    """Refuses a folder that already holds a run unless resuming it or overwriting it."""
-    out.mkdir(parents=True, exist_ok=True)
-    existing = existing_run_files(out)
-    if existing and resume is None:
-        if not overwrite:
-            raise TrainingError(
-                f"{out} already holds a run ({', '.join(p.name for p in existing[:4])}); continue it with "
-                f"--resume {out / 'last.pt'}, start over with --overwrite, or choose another --out")
-        for path in existing:
-            path.unlink()
-        logger.warning("--overwrite: removed %d files of the previous run in %s", len(existing), out)
+def run_outputs(config: Config) -> List[str]:
+    """Names of the files a run of ``config`` writes into its folder (its manifest lists them)."""
+    tag = config.data.test_split
+    names = ["config.yaml", "log.jsonl", "tensorboard", "last.pt", "best.pt", "summary.json",
+             f"metrics_{tag}.json", f"per_class_{tag}.csv", f"confusion_{tag}.png", f"skipped_{tag}.txt"]
+    if "csv" in config.train.loggers:
+        names += ["log.csv", "params.csv"]
+    if "wandb" in config.train.loggers and not os.environ.get("WANDB_DIR"):
+        names.append("wandb")
+    return names + (["backbone.pt"] if config.train.export_backbone else [])
+
+
+def config_inputs(config: Config) -> List[Path]:
+    """The existing files and folders that values of ``config`` name (``model.weights``,
+    ``data.features``, ...): inputs of the run, which ``--overwrite`` never removes."""
+    return [Path(value) for value in flatten(config.to_dict()).values()
+            if isinstance(value, str) and value and os.path.exists(value)]
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    tmp = temporary_path(target)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True,
-          overwrite: bool = False) -> Dict[str, Any]:
+          overwrite: bool = False, inputs: Iterable[Path] = ()) -> Dict[str, Any]:
     """Trains, validates and finally tests a model as configured; returns the summary.
 
+    The run folder is locked first (a second process is refused before anything is removed or
+    written), then checked (:func:`~taggnn.engine.runfolder.check_run_folder`), and only after the
+    data and model are set up does ``overwrite`` remove the previous run's files. Every file the
+    run writes is listed in the folder's manifest ``.taggnn-manifest.json`` before it is written.
+
     Args:
-        config: The run's configuration (validated).
-        out: The run folder. It must not hold another run unless ``resume`` continues it or
-            ``overwrite`` removes it; a lock file keeps a second process out while this one runs.
-        resume: A ``last.pt`` to continue exactly (the same config, up to
-            :data:`RESUMABLE_CHANGES`).
+        config: The run's configuration (validated). With ``resume``, the checkpoint's config up
+            to :data:`RESUMABLE_CHANGES` (see :func:`resume_config`).
+        out: The run folder. It must not hold another run unless ``resume`` continues it (in
+            its own folder) or ``overwrite`` removes it; a lock file keeps a second process out
+            while this one runs.
+        resume: A ``last.pt`` to continue exactly, in its own folder or in an ``out`` that holds
+            no run (then the run's ``best.pt`` is copied into ``out``).
         progress: tqdm progress bars.
-        overwrite: Remove the files of a previous run in ``out`` first.
+        overwrite: Remove the files that ``out``'s manifest lists first (never an input of the
+            run: ``inputs``, the files its config names, the resumed checkpoint).
+        inputs: Further files the command reads (e.g. its ``--config`` file).
     """
     out = Path(out)
+    resume = Path(resume) if resume is not None else None
     trainer = Trainer(config, out, progress=progress)
-    trainer.setup()
+    trainer.load_weights = resume is None
+    trainer.setup_context()
     context = trainer.context
-    lock = RunLock(out) if context.is_main else nullcontext()
     if context.is_main:
-        prepare_run_folder(out, resume=resume, overwrite=overwrite)
-    barrier(context)
-    with lock, RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:
+        out.mkdir(parents=True, exist_ok=True)
+    read_by_run = [*inputs, *config_inputs(config), *([resume] if resume is not None else [])]
+    outputs = run_outputs(config)
+    with RunLock(out) if context.is_main else nullcontext():
+        if context.is_main:
+            check_run_folder(out, resume=resume, overwrite=overwrite, inputs=read_by_run, outputs=outputs)
+        trainer.setup_run()
         if resume is not None:
-            trainer.resume(Path(resume))
+            trainer.resume(resume)
+        if context.is_main:
+            if overwrite:
+                clear_run_folder(out, inputs=read_by_run)
+            remove_stale_temporaries(out)
+            record_outputs(out, outputs)
+            best = resume.parent / "best.pt" if resume is not None else None
+            if best is not None and best.is_file() and resume.parent.resolve() != out.resolve():
+                _copy_atomic(best, out / "best.pt")  # the run's best weights, in the run's own folder
+        barrier(context)
         t = config.train
         finished_before = trainer.epoch >= t.epochs
         if finished_before and context.is_main:
             logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
-        if context.is_main:
-            (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-            log.log_params(flatten(config.to_dict()))
-            logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
-                        config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
-                        t.epochs, trainer.device, context.world_size)
-        stopped = False
-        while trainer.epoch < t.epochs:
-            if not trainer.train_epoch(log):
-                stopped = True
-                break
-            trainer.validate(log)
-        barrier(context)
-        summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
-                                   "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
-                                   "already_finished": finished_before}
-        if trainer.skipped_train:
-            summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
-        if stopped:
-            summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) before the "
-                                       f"last epoch; continue with --resume {out / 'last.pt'} to finish and test")
+        with RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:
             if context.is_main:
-                logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
-        else:
-            test = trainer.final_test()
-            if test:
-                summary["test"] = test
-                log.log_final(test)
-        if context.is_main:
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+                write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+                log.log_params(flatten(config.to_dict()))
+                logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
+                            config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
+                            t.epochs, trainer.device, context.world_size)
+            stopped = False
+            while trainer.epoch < t.epochs:
+                if not trainer.train_epoch(log):
+                    stopped = True
+                    break
+                trainer.validate(log)
+            barrier(context)
+            summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
+                                       "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
+                                       "already_finished": finished_before}
+            if trainer.skipped_train:
+                summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
+            if stopped:
+                summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) before the "
+                                           f"last epoch; to finish and test, continue with: taggnn train --resume "
+                                           f"{_quote(out / 'last.pt')}")
+                if context.is_main:
+                    logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
+            else:
+                test = trainer.final_test()
+                if test:
+                    summary["test"] = test
+                    log.log_final(test)
+            if context.is_main:
+                write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
