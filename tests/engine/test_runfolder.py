@@ -279,3 +279,13 @@ def test_temporary_files_of_killed_writers_are_removed_on_the_next_start(tmp_pat
         assert not killed.exists() and not ours.exists() and live.exists()
     finally:
         alive.communicate(b"")
+
+
+def test_eval_results_in_a_run_folder_are_listed_and_removed_by_overwrite(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--split", "val", "--no-progress"]) == 0
+    assert (out / "metrics_val.last.json").is_file() and "metrics_val.last.json" in read_manifest(out)
+    assert main(["train", "--out", str(out), "--overwrite", "--no-progress", *CLI_SMALL,
+                 "--set", "train.epochs=1", "--set", "train.max_steps=1"]) == 0
+    assert not (out / "metrics_val.last.json").exists()
