@@ -24,6 +24,8 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
+from ..utils.optional import require
+
 logger = logging.getLogger(__name__)
 
 FORMATS = {"torchscript": ".pt", "exported-program": ".pt2", "onnx": ".onnx"}
@@ -46,6 +48,9 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
     when the difference exceeds ``atol``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":  # torch's ONNX exporter writes through onnxscript and onnx: refuse before any work
+        for module in ("onnx", "onnxscript"):
+            require(module, extra="export", feature="exporting to ONNX")
     model = exportable(model).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
