@@ -107,16 +107,30 @@ def test_require_names_the_extra(monkeypatch, extra):
     assert message.startswith(f"the feature needs some_optional_package: pip install 'taggnn[{extra}]' (")
 
 
-def test_require_refuses_a_blocked_parent_even_when_the_child_was_imported(monkeypatch):
-    import importlib.util  # noqa: F401  (importlib.util is in sys.modules)
+@pytest.fixture
+def optional_package(tmp_path, monkeypatch):
+    """An importable package ``optional_pkg`` with a submodule ``child``, removed afterwards."""
+    package = tmp_path / "optional_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "child.py").write_text("VALUE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "optional_pkg"
+    for name in ("optional_pkg.child", "optional_pkg"):
+        sys.modules.pop(name, None)
 
-    monkeypatch.setitem(sys.modules, "importlib", None)
-    with pytest.raises(MissingExtraError):
-        require("importlib.util", extra="zoo", feature="f")
+
+def test_require_returns_the_module(optional_package):
+    assert require(f"{optional_package}.child", extra="zoo", feature="f").VALUE == 3
 
 
-def test_require_returns_the_module():
-    assert require("importlib.util", extra="zoo", feature="f") is sys.modules["importlib.util"]
+def test_require_refuses_a_blocked_parent_even_when_the_child_was_imported(optional_package, monkeypatch):
+    """As ``from pytorchvideo.models import hub`` does: a parent set to None in sys.modules means
+    missing, even when the submodule is already imported."""
+    require(f"{optional_package}.child", extra="zoo", feature="f")
+    monkeypatch.setitem(sys.modules, optional_package, None)
+    with pytest.raises(MissingExtraError, match=r"^f needs optional_pkg: pip install 'taggnn\[zoo\]'"):
+        require(f"{optional_package}.child", extra="zoo", feature="f")
 
 
 def test_ext_hint_says_no_build_isolation(monkeypatch):
@@ -146,12 +160,16 @@ def untrained_checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("missing", ["onnx", "onnxscript"])
 def test_export_to_onnx_without_the_export_extra(untrained_checkpoint, tmp_path, monkeypatch, capsys, missing):
+    import importlib.util
+
+    # the first of the two the exporter needs that cannot be imported here is named
+    named = next(m for m in ("onnx", "onnxscript") if m == missing or importlib.util.find_spec(m) is None)
     monkeypatch.setitem(sys.modules, missing, None)
     out = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(untrained_checkpoint), "--format", "onnx", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
-    assert error.startswith(f"taggnn export: error: exporting to ONNX needs {missing}: pip install 'taggnn[export]'")
+    assert error.startswith(f"taggnn export: error: exporting to ONNX needs {named}: pip install 'taggnn[export]'")
     assert not out.exists()
 
 
