@@ -180,3 +180,13 @@ def test_zoo_backbone_without_pytorchvideo(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("taggnn train: error: backbone 'x3d_s' needs pytorchvideo: pip install 'taggnn[zoo]'")
+
+
+def test_sparse_tensor_backend_without_the_ext_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("taggnn.utils.optional.has_torch_sparse", lambda: False)
+    argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", "model.backend=sparse_tensor"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.startswith("taggnn train: error: backend='sparse_tensor' needs torch-sparse, which is not "
+                            "importable here; pip install --no-build-isolation torch-scatter torch-sparse")
