@@ -43,11 +43,11 @@ test-min:
 
 # `pip install .` gives a working taggnn: build the wheel, check what it ships, install it into a
 # fresh venv (torch from TORCH_SPEC) and run the command from outside the source tree.
-test-wheel:
+test-wheel: install
 	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
-	$(PYTHON) -m pip wheel --no-deps -w $(WHEEL_DIR) .
-	$(PYTHON) -c "import glob, sys, zipfile; names = zipfile.ZipFile(glob.glob(sys.argv[1])[0]).namelist(); \
-	need = ['taggnn/py.typed', 'taggnn/configs/synthgym_tiny.yaml', 'licenses/LICENSE']; \
+	$(PY) -m pip wheel --no-deps -w $(WHEEL_DIR) .
+	$(PY) -c "import glob, sys, zipfile; names = zipfile.ZipFile(glob.glob(sys.argv[1])[0]).namelist(); \
+	need = ['taggnn/py.typed', '.dist-info/licenses/LICENSE'] + glob.glob('taggnn/configs/*.yaml'); \
 	missing = [n for n in need if not any(x.endswith(n) for x in names)]; \
 	sys.exit(f'wheel lacks {missing}' if missing else 0)" '$(WHEEL_DIR)/taggnn-*.whl'
 	$(PYTHON) -m venv $(WHEEL_VENV)
