@@ -4,8 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Torch releases this project is tested with (CUDA build on x86_64 Linux; runs on CPU too).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# The oldest releases pyproject.toml declares (its floors; tests/test_packaging.py keeps the two
+# in step), checked by make test-min in a venv of their own.
+MIN_SPEC ?= torch==2.7.0 torchvision==0.22.0 torch-geometric==2.8.0
+MIN_VENV ?= build/venv-min
+WHEEL_VENV ?= build/venv-wheel
+WHEEL_DIR ?= build/wheel
+# A CLI run small enough for a check (tests/engine/test_trainer.py's SMALL, one epoch).
+TINY_TRAIN := --config synthgym_tiny --no-progress --set data.num_frames=8 --set data.crop_size=32 \
+	--set data.short_side=32 --set data.synth_size=32 --set data.synth_train=48 --set data.synth_val=16 \
+	--set data.synth_test=16 --set train.batch_size=8 --set train.eval_batch_size=16 --set model.ffn_dim=32 \
+	--set train.epochs=1
 
-.PHONY: install install-ext test lint demo bench bench-cuda clean
+.PHONY: install install-ext test test-min test-wheel lint demo bench bench-cuda clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +32,30 @@ install-ext: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The declared floors are facts: the graph and nn tests against the oldest torch, torchvision and
+# torch-geometric pyproject.toml allows, in a fresh venv (several GB of CUDA wheels from PyPI).
+test-min:
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install $(MIN_SPEC) -e . 'pytest>=7'
+	$(MIN_VENV)/bin/python -m pytest -q tests/graph tests/nn
+
+# `pip install .` gives a working taggnn: build the wheel, check what it ships, install it into a
+# fresh venv (torch from TORCH_SPEC) and run the command from outside the source tree.
+test-wheel: install
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	$(PY) -m pip wheel --no-deps -w $(WHEEL_DIR) .
+	$(PY) -c "import glob, sys, zipfile; names = zipfile.ZipFile(glob.glob(sys.argv[1])[0]).namelist(); \
+	need = ['taggnn/py.typed', '.dist-info/licenses/LICENSE'] + glob.glob('taggnn/configs/*.yaml'); \
+	missing = [n for n in need if not any(x.endswith(n) for x in names)]; \
+	sys.exit(f'wheel lacks {missing}' if missing else 0)" '$(WHEEL_DIR)/taggnn-*.whl'
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install $(TORCH_SPEC) $(WHEEL_DIR)/taggnn-*.whl
+	cd "$$(mktemp -d)" && bin="$(CURDIR)/$(WHEEL_VENV)/bin" \
+	  && "$$bin/python" -c "import taggnn, sys; sys.exit(0 if 'site-packages' in taggnn.__file__ else taggnn.__file__)" \
+	  && "$$bin/taggnn" --version && "$$bin/taggnn" --help > /dev/null \
+	  && "$$bin/taggnn" train --out run $(TINY_TRAIN) && test -f run/best.pt
 
 # ruff (pinned in the 'lint' extra); one line length (120) for the whole tree, see pyproject.toml.
 lint: install

@@ -481,11 +481,13 @@ def cmd_synth(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .engine.config import list_presets
 
     presets = ", ".join(list_presets())
     parser = argparse.ArgumentParser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

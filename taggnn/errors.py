@@ -14,7 +14,7 @@ from typing import Union
 
 __all__ = [
     "TaggnnError", "ConfigError", "VideoError", "AnnotationError", "WeightsError", "CheckpointError",
-    "TrainingError", "GraphTooLargeError",
+    "TrainingError", "GraphTooLargeError", "MissingExtraError",
 ]
 
 
@@ -66,3 +66,15 @@ class TrainingError(TaggnnError, RuntimeError):
 
 class GraphTooLargeError(TaggnnError, MemoryError):
     """A graph's edge list would not fit in memory; refused before allocating it."""
+
+
+class MissingExtraError(TaggnnError, ImportError):
+    """A feature needs an optional package that is not installed: the message names the
+    ``taggnn`` extra that installs it (``pip install 'taggnn[export]'``, ...)."""
+
+    def __init__(self, message: str, extra: str):
+        self.extra = extra
+        super().__init__(message)
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return type(self), (str(self), self.extra)

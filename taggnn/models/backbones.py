@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torchvision.models import video as tv_video
 
 from ..data.constants import IG65M_MEAN, IG65M_STD, KINETICS_MEAN, KINETICS_STD, SLOWFAST_MEAN, SLOWFAST_STD
+from ..utils.optional import require
 from .weights import (
     PathLike,
     WeightsEntry,
@@ -310,12 +311,7 @@ class PyTorchVideoBackbone(VideoBackbone):
 
     def __init__(self, hub_name: str, zoo_file: str, num_frames: int, crop: int):
         super().__init__()
-        try:
-            from pytorchvideo.models import hub
-        except ImportError as error:
-            raise ImportError(
-                f"backbone {hub_name!r} needs pytorchvideo: pip install 'taggnn[zoo]' ({error})"
-            ) from error
+        hub = require("pytorchvideo.models.hub", extra="zoo", feature=f"backbone {hub_name!r}")
         model = getattr(hub, hub_name)(pretrained=False)
         head_index = len(model.blocks) - 1
         self.blocks = nn.ModuleList(list(model.blocks)[:-1])

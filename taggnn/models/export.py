@@ -36,6 +36,7 @@ from typing import Dict, Union
 import torch
 from torch import Tensor, nn
 
+from ..utils.optional import require
 from ..utils.outputs import atomic_output
 from .tagnet import load_pretrained, save_pretrained_folder
 
@@ -78,6 +79,9 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":  # torch's ONNX exporter writes through onnxscript and onnx: refuse before any work
+        for module in ("onnx", "onnxscript"):
+            require(module, extra="export", feature="exporting to ONNX")
     model = (model if fmt == "safetensors" else exportable(model)).eval()  # safetensors keeps any back-end
     path = Path(path)
     expected = model(example)

@@ -33,7 +33,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from torch import Tensor
 
 from ..data.constants import NORMALIZATIONS, RESIZE_RATIOS
-from ..errors import CheckpointError, ConfigError, TaggnnError
+from ..errors import CheckpointError, ConfigError, MissingExtraError
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,13 @@ CONFIG_VERSION = 1
 MODEL_TYPES = ("TAGNet", "HeadOnly")
 INSTALL_HINT = "pip install 'taggnn[hub]'"
 
-PAPER_TITLE = "TAG-Head: Time-Aligned Graph head for fine-grained action recognition"
+PAPER_TITLE = "TAG-Head: Time-Aligned Graph Head for Plug-and-Play Fine-grained Action Recognition"
 AUTHORS_CODE = "https://github.com/ImtiazUlHassan/Tag-Head"
-CITATION = f"""@misc{{taghead,
-  title        = {{{PAPER_TITLE}}},
-  howpublished = {{\\url{{{AUTHORS_CODE}}}}},
-  note         = {{The authors' code (MIT); cite the paper as given there}}
+CITATION = f"""@article{{hassan2026taghead,
+  title   = {{{PAPER_TITLE}}},
+  author  = {{Hassan, Imtiaz Ul and Bessis, Nik and Behera, Ardhendu}},
+  journal = {{arXiv preprint arXiv:2604.11498}},
+  year    = {{2026}}
 }}"""
 
 #: Options of the Hugging Face mixin class (model card metadata).
@@ -63,17 +64,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".pt2", ".ckpt", ".onnx", ".bin")
 
 
-class MissingExtraError(TaggnnError, ImportError):
-    """An optional package of an extra is not installed: the message names the extra."""
-
-
 def require_safetensors():
     """The ``safetensors.torch`` module, or :class:`MissingExtraError` naming the extra."""
     try:
         import safetensors.torch
     except ImportError:
         raise MissingExtraError(f"writing and reading model.safetensors needs the safetensors package: "
-                                f"{INSTALL_HINT}") from None
+                                f"{INSTALL_HINT}", extra="hub") from None
     return safetensors.torch
 
 
@@ -150,7 +147,7 @@ def resolve_pretrained(source: Union[str, os.PathLike], *, revision: Optional[st
         from huggingface_hub import snapshot_download
     except ImportError:
         raise MissingExtraError(f"{text} is neither a local file nor folder; downloading it as a Hub model needs "
-                                f"huggingface_hub: {INSTALL_HINT}") from None
+                                f"huggingface_hub: {INSTALL_HINT}", extra="hub") from None
     try:
         folder = snapshot_download(repo_id=text, revision=revision, cache_dir=cache_dir, token=token,
                                    force_download=force_download, local_files_only=local_files_only,
@@ -355,7 +352,7 @@ class LocalPretrainedMixin:
                                     local_files_only=local_files_only, token=token, **model_kwargs)
 
     def push_to_hub(self, repo_id: str, **kwargs):
-        raise MissingExtraError(f"push_to_hub({repo_id!r}) needs huggingface_hub: {INSTALL_HINT}")
+        raise MissingExtraError(f"push_to_hub({repo_id!r}) needs huggingface_hub: {INSTALL_HINT}", extra="hub")
 
 
 try:
