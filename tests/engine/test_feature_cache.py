@@ -194,6 +194,7 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_ones_lock_is_taken_over(
     finally:
         holder.kill()
         holder.wait()
+    (out / f".{lock.name}.{holder.pid}.tmp").write_text("")  # the lock's temporary file, left by a killed writer
     assert features(out, "--split", "val") == 0  # its process has ended: stale
     assert (out / "val.pt").is_file() and not lock.exists()
     # a PID now used by another process (another start time) is stale too
