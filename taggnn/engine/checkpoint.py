@@ -12,7 +12,6 @@ import contextlib
 import errno
 import os
 import random
-import re
 import signal
 import threading
 from pathlib import Path
@@ -23,20 +22,9 @@ import torch
 
 from ..errors import CheckpointError
 from ..utils.identify import describe_file
+from ..utils.outputs import TEMPORARY_NAME, temporary_path, write_atomic  # noqa: F401  (names re-exported)
 
 CHECKPOINT_VERSION = 1
-
-#: Name of a temporary file being written: ``.<final name>.<pid of the writer>.tmp`` beside the final
-#: file, so that a later run can tell whether its writer is gone (see
-#: :func:`taggnn.engine.runfolder.remove_stale_temporaries`).
-TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
-
-
-def temporary_path(path: Union[str, os.PathLike]) -> Path:
-    """Where this process writes ``path`` before renaming it into place (``.<name>.<pid>.tmp``)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
 
 def rng_state() -> Dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -104,21 +92,14 @@ def save_checkpoint(path: Union[str, os.PathLike], payload: Dict[str, Any]) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
     payload = dict(payload, checkpoint_version=CHECKPOINT_VERSION)
     try:
         with _signals_raise():
-            with open(tmp, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: torch.save(payload, f))  # removes its temporary file on failure
     except _Interrupted as interrupted:
-        tmp.unlink(missing_ok=True)
         signal.raise_signal(interrupted.signum)  # the default action (or the caller's handler) now
         raise
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
         if _is_no_space(error):
             kept = f"; the previous {path.name} is intact" if path.exists() else ""
             raise CheckpointError(f"no space left on device writing {path}{kept}: free some space and resume") \

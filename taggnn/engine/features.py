@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, TaggnnError, VideoError
+from ..utils.outputs import write_atomic, write_text_atomic
 from .config import Config, flatten
 
 logger = logging.getLogger(__name__)
@@ -344,8 +344,8 @@ class _Folder:
         foreign, leftovers, splits = [], [], []
         for entry in entries:
             name = entry.name
-            if name == LOCK_NAME or name.startswith(LOCK_NAME + "."):
-                continue
+            if name == LOCK_NAME or name.startswith((LOCK_NAME + ".", f".{LOCK_NAME}.")):
+                continue  # the lock, and the temporary file it is written to
             if _TEMP_NAME.match(name) and entry.is_file():
                 leftovers.append(entry)
             elif name == INFO_NAME:
@@ -400,21 +400,6 @@ class _Folder:
         return self.info is not None and split in self.info["splits"] and (self.out / f"{split}.pt").is_file()
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Calls ``write(file)`` on a temporary file next to ``path`` and renames it into place; on
-    any failure the temporary file is removed and ``path`` is left as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_failed(path: Path, error: BaseException, needed: int) -> FeatureCacheError:
     from .checkpoint import _is_no_space
 
@@ -432,9 +417,9 @@ def _write_failed(path: Path, error: BaseException, needed: int) -> FeatureCache
 
 
 def _write_info(out: Path, info: Dict[str, Any]) -> None:
-    text = json.dumps(info, indent=2).encode()
+    text = json.dumps(info, indent=2)
     try:
-        _atomic_write_bytes(out / INFO_NAME, lambda f: f.write(text))
+        write_text_atomic(out / INFO_NAME, text)
     except Exception as error:
         raise _write_failed(out / INFO_NAME, error, len(text)) from None
 
@@ -514,7 +499,7 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
     backbone = backbone.to(device)
     out.mkdir(parents=True, exist_ok=True)
     written: Dict[str, Path] = {}
-    with LockFile(out / LOCK_NAME, busy_error=FeatureCacheError, what=f"the features folder {out}"):
+    with LockFile(out / LOCK_NAME, error=FeatureCacheError, what=f"the features folder {out}"):
         folder = _Folder(out, fields, fingerprint, source)
         info = folder.info or {
             "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": fingerprint, "fields": fields,
@@ -555,7 +540,7 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
                 raise FeatureCacheError(f"no space for {path}: about {needed / 2**20:.0f} MiB needed, "
                                         f"{free / 2**20:.0f} MiB free; nothing was written for split {split!r}")
             try:
-                _atomic_write_bytes(path, lambda f: torch.save(payload, f))
+                write_atomic(path, lambda f: torch.save(payload, f))
             except Exception as error:
                 raise _write_failed(path, error, needed) from None
             info["channels"], info["grid"] = channels, grid

@@ -1,11 +1,12 @@
 """Run folders: the lock that keeps a second process out, the manifest of the files a run
 wrote, and the checks that decide what a new command may do with a folder.
 
-- The lock ``.taggnn.lock`` names its owner (PID, host, and the process's start time), and is
-  written to a temporary file first and then hard-linked into place, so it is never empty or
-  half written. A lock whose owner is gone is stale and taken over: a dead PID, a PID now used
-  by another process (its start time differs), or this very PID when this process does not hold
-  it (a restarted container whose trainer is PID 1 again).
+- The lock ``.taggnn.lock`` (a :class:`~taggnn.utils.lockfile.LockFile`) names its owner (PID,
+  host, boot and the process's start time), and is written to a temporary file first and then
+  hard-linked into place, so it is never empty or half written. A lock whose owner is gone is
+  stale and taken over: a dead PID, a PID now used by another process (its start time differs),
+  or this very PID when this process does not hold it (a restarted container whose trainer is
+  PID 1 again).
 - The manifest ``.taggnn-manifest.json`` lists every file a run wrote into the folder (written
   before the file itself, atomically). ``--overwrite`` removes exactly those files and never an
   input of the command (its ``--config``, ``model.weights``, ...); files that no manifest lists
@@ -15,18 +16,17 @@ wrote, and the checks that decide what a new command may do with a folder.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shlex
 import shutil
-import socket
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set
+from typing import Any, Iterable, List, Optional, Sequence
 
 from ..errors import TrainingError
-from .checkpoint import TEMPORARY_NAME, temporary_path
+from ..utils.lockfile import LockFile, folder_mutex, process_alive, process_identity, process_start_time
+from ..utils.outputs import TEMPORARY_NAME, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -44,267 +44,15 @@ RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "
 #: Patterns of the evaluation outputs a run (or ``taggnn eval``) writes into a run folder.
 RUN_PATTERNS = ("metrics_*.json", "per_class_*.csv", "confusion_*.png", "skipped_*.txt")
 
-_HELD: Set[str] = set()  # lock files this process holds
 
-
-# ------------------------------------------------------------------------ processes
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this host (it may be another process than the
-    one that wrote a file: compare :func:`process_identity`)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by another user
-        return True
-    except OSError:
-        return False
-    try:  # a zombie (killed, not yet reaped by its parent) runs no more
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _proc_start_ticks(pid: int) -> Optional[int]:
-    """The start time of a process in clock ticks since boot (field 22 of /proc/<pid>/stat)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the command name may hold spaces and parentheses
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def process_identity(pid: int) -> Optional[str]:
-    """What tells a process apart from a later one with the same PID: the boot and the start
-    time of the process (``/proc`` on Linux; psutil's creation time elsewhere, when installed);
-    ``None`` where neither is available (then only the PID is compared)."""
-    ticks = _proc_start_ticks(pid)
-    if ticks is not None:
-        return f"{_boot_id()}:{ticks}"
-    try:
-        import psutil
-
-        return f"created:{psutil.Process(pid).create_time():.2f}"
-    except Exception:
-        return None
-
-
-def process_start_time(pid: int) -> Optional[float]:
-    """When a process started (seconds since the epoch), or ``None`` where unknown."""
-    ticks = _proc_start_ticks(pid)
-    if ticks is not None:
-        try:
-            boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                        if line.startswith("btime "))
-            return boot + ticks / os.sysconf("SC_CLK_TCK")
-        except (OSError, StopIteration, ValueError):
-            return None
-    try:
-        import psutil
-
-        return float(psutil.Process(pid).create_time())
-    except Exception:
-        return None
-
-
-# ---------------------------------------------------------------------- small writes
-
-
-@contextlib.contextmanager
-def _folder_mutex(folder: Path) -> Iterator[None]:
-    """Serialises read-modify-write of a folder's lock and manifest between processes (flock on
-    the folder itself where the platform has it)."""
-    try:
-        import fcntl
-
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """``data`` into a new file ``path`` (flushed to disk); on any failure nothing is left."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename: ``path`` holds the old
-    or the new text, never a part of it."""
-    path = Path(path)
-    tmp = temporary_path(path)
-    _write_synced(tmp, text.encode())
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-class RunLock:
-    """An exclusive lock file in a run folder: two processes never write into one run.
-
-    The lock holds ``{"pid", "host", "identity"}`` and appears complete or not at all (written to
-    a temporary file, then hard-linked to ``.taggnn.lock``, which fails when a lock exists). A
-    lock is stale, and taken over with a warning, when its process is gone: no process with its
-    PID, a process whose start time differs (the PID was reused), or this process's own PID while
-    this process does not hold it (a restarted container); or when the file is empty (left by an
-    older taggnn on a full disk). A lock that cannot be written (a full disk) leaves nothing behind.
-    """
+class RunLock(LockFile):
+    """The lock ``.taggnn.lock`` of a run folder: two processes never write into one run. A
+    :class:`~taggnn.utils.lockfile.LockFile` whose errors are :class:`~taggnn.errors.TrainingError`
+    naming the folder; a lock of an ended process is taken over with a warning, one that cannot
+    be written leaves nothing behind."""
 
     def __init__(self, folder: Path):
-        self.path = Path(folder) / LOCK_NAME
-        self.held = False
-        self.text = ""
-
-    def __enter__(self) -> "RunLock":
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "identity": process_identity(os.getpid())}
-        self.text = json.dumps(me)
-        for _ in range(3):
-            if self._create():
-                self.held = True
-                _HELD.add(str(self.path.resolve()))
-                return self
-            with _folder_mutex(self.path.parent):
-                text = self._read()
-                if text is None:  # released meanwhile: try again
-                    continue
-                owner = _parse_owner(text)
-                stale = self._stale(owner, text)
-                if stale is None:
-                    raise TrainingError(
-                        f"{self.path.parent} is in use by another taggnn process ({_describe(owner, text)}); wait "
-                        f"for it to finish, or remove {self.path} if that process is gone")
-                logger.warning("%s: taking over a stale lock (%s)", self.path, stale)
-                self.path.unlink(missing_ok=True)
-        raise TrainingError(f"could not lock {self.path}: other processes keep taking it")  # pragma: no cover
-
-    def _create(self) -> bool:
-        """Creates the lock with its full contents; False when a lock exists."""
-        tmp = temporary_path(self.path)
-        try:
-            _write_synced(tmp, self.text.encode())
-        except OSError as error:
-            raise TrainingError(
-                f"cannot lock {self.path.parent}: writing {self.path} failed ({error.strerror or error}); nothing "
-                f"was left behind: free some space (or fix the folder's permissions) and run again") from None
-        try:
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links: exclusive create, then write
-            return self._create_without_link()
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _create_without_link(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        try:
-            os.write(fd, self.text.encode())
-            os.fsync(fd)
-        except OSError as error:
-            os.close(fd)
-            self.path.unlink(missing_ok=True)
-            raise TrainingError(f"cannot lock {self.path.parent}: writing {self.path} failed "
-                                f"({error.strerror or error}); nothing was left behind: free some space and run "
-                                f"again") from None
-        os.close(fd)
-        return True
-
-    def _read(self) -> Optional[str]:
-        try:
-            return self.path.read_text()
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return "?"
-
-    def _stale(self, owner: Optional[Dict[str, Any]], text: str) -> Optional[str]:
-        """Why the lock is stale, or ``None`` while its owner may run."""
-        if not text.strip():
-            return "the lock file is empty"
-        if owner is None or owner.get("host") != socket.gethostname():
-            return None  # not ours to judge
-        pid = owner["pid"]
-        if pid == os.getpid():
-            if str(self.path.resolve()) in _HELD:
-                return None  # this process holds it
-            return f"it names this process's PID {pid}, left by an earlier process with the same PID"
-        if not process_alive(pid):
-            return f"process {pid} is gone"
-        identity, now = owner.get("identity"), process_identity(pid)
-        if identity and now and identity != now:
-            return f"PID {pid} now belongs to another process"
-        return None
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        _HELD.discard(str(self.path.resolve()))
-        with _folder_mutex(self.path.parent):
-            if self._read() == self.text:  # never remove a lock another process took over
-                self.path.unlink(missing_ok=True)
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def _parse_owner(text: str) -> Optional[Dict[str, Any]]:
-    try:
-        owner = json.loads(text)
-        if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
-            return owner
-    except ValueError:
-        pass
-    parts = text.split()  # an older taggnn's "<pid> <host>"
-    if len(parts) == 2 and parts[0].isdigit():
-        return {"pid": int(parts[0]), "host": parts[1], "identity": None}
-    return None
-
-
-def _describe(owner: Optional[Dict[str, Any]], text: str) -> str:
-    if owner is None:
-        return f"unknown: the lock holds {text.strip()[:60]!r}"
-    return f"process {owner['pid']} on {owner.get('host')}"
+        super().__init__(Path(folder) / LOCK_NAME, error=TrainingError)
 
 
 # ------------------------------------------------------------------------ the manifest
@@ -336,7 +84,7 @@ def record_outputs(folder: Path, names: Iterable[str]) -> None:
     missing. Call it *before* writing the files, so that no file of a run is ever unlisted."""
     folder = Path(folder)
     names = [Path(name).name for name in names]
-    with _folder_mutex(folder):
+    with folder_mutex(folder):
         recorded = read_manifest(folder) or []
         if set(names) - set(recorded):
             _write_manifest(folder, recorded + names)
@@ -432,7 +180,7 @@ def clear_run_folder(out: Path, *, inputs: Iterable[Any] = ()) -> List[Path]:
     out = Path(out)
     inputs = _resolved(inputs)
     removed, kept = [], []
-    with _folder_mutex(out):
+    with folder_mutex(out):
         for name in read_manifest(out) or []:
             path = out / name
             if not (path.exists() or path.is_symlink()):

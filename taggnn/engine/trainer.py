@@ -30,7 +30,8 @@ from torch import nn
 from ..models import build_model_from_config
 from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
 from ..models.tagnet import load_pretrained, record_config
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, temporary_path
+from ..utils.outputs import write_atomic
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ConfigError, flatten, load_config, set_value, validate
 from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
 from .distributed import (
@@ -698,12 +699,7 @@ class Trainer:
             raise ConfigError("train.export_backbone needs a model with a backbone (not data.features)")
         state = {k[len("backbone."):]: v for k, v in self.best_state.items() if k.startswith("backbone.")}
         save_weights = {k: v.clone() for k, v in state.items()}
-        tmp = temporary_path(path)
-        try:
-            torch.save(save_weights, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, lambda f: torch.save(save_weights, f))
         logger.info("wrote the backbone weights of the best epoch to %s (use --set model.weights=%s)", path, path)
 
     # -------------------------------------------------------- final test
@@ -751,12 +747,8 @@ def config_inputs(config: Config) -> List[Path]:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    tmp = temporary_path(target)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with open(source, "rb") as data:
+        write_atomic(target, lambda f: shutil.copyfileobj(data, f))
 
 
 def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True,

@@ -4,21 +4,32 @@ A command that writes a file the user names (or a default name) checks it first 
 :func:`check_output`: an existing file is refused unless the command was given
 ``--overwrite``, and a file the command reads is refused always. The file itself is written
 through :func:`atomic_output`, so that a failure half-way leaves the previous file (or no
-file) instead of a truncated one.
+file) instead of a truncated one. Single files that taggnn writes for itself (manifests,
+checkpoints) go through :func:`write_atomic`: a temporary file ``.<name>.<pid>.tmp``, flushed to
+disk, then renamed into place.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Union
 
 from ..errors import TaggnnError
 
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["OutputExistsError", "check_output", "atomic_output", "same_path"]
+__all__ = [
+    "OutputExistsError", "check_output", "atomic_output", "same_path", "TEMPORARY_NAME", "temporary_path",
+    "write_synced", "write_atomic", "write_text_atomic",
+]
+
+#: Name of a temporary file being written: ``.<final name>.<pid of the writer>.tmp`` beside the final
+#: file, so that a later run can tell whether its writer is gone (see
+#: :func:`taggnn.engine.runfolder.remove_stale_temporaries`).
+TEMPORARY_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
 class OutputExistsError(TaggnnError, FileExistsError):
@@ -93,7 +104,7 @@ def atomic_output(path: PathLike, *, overwrite: bool = True, flag: str = "--over
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    staging = temporary_path(path)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -118,3 +129,43 @@ def atomic_output(path: PathLike, *, overwrite: bool = True, flag: str = "--over
             os.replace(staged, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def temporary_path(path: PathLike) -> Path:
+    """Where this process writes ``path`` before renaming it into place (``.<name>.<pid>.tmp``)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_synced(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Calls ``write(file)`` on the new file ``path`` and flushes it to disk; on any failure or
+    interruption ``path`` is removed, so nothing is left behind."""
+    path = Path(path)
+    try:
+        with open(path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """Calls ``write(file)`` on a temporary file beside ``path`` (:func:`temporary_path`), flushes
+    it to disk and renames it to ``path``: ``path`` holds the old or the new content, never a part
+    of it. On any failure or interruption the temporary file is removed."""
+    path = Path(path)
+    tmp = temporary_path(path)
+    write_synced(tmp, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` with :func:`write_atomic`."""
+    return write_atomic(path, lambda f: f.write(text.encode()))

@@ -190,10 +190,11 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_ones_lock_is_taken_over(
         lock.write_text(_lock_text(holder.pid, _start_time(holder.pid)))
         assert features(out, "--split", "val") == 2
         line = one_line_error(capsys)
-        assert f"in use by process {holder.pid}" in line and not (out / "val.pt").exists()
+        assert f"in use by another taggnn process (process {holder.pid}" in line and not (out / "val.pt").exists()
     finally:
         holder.kill()
         holder.wait()
+    (out / f".{lock.name}.{holder.pid}.tmp").write_text("")  # the lock's temporary file, left by a killed writer
     assert features(out, "--split", "val") == 0  # its process has ended: stale
     assert (out / "val.pt").is_file() and not lock.exists()
     # a PID now used by another process (another start time) is stale too
@@ -206,8 +207,8 @@ def test_the_lock_file_is_exclusive_and_released(tmp_path):
 
     path = tmp_path / "x.lock"
     with LockFile(path) as held:
-        assert path.read_text() == held.identity()
-        with pytest.raises(RuntimeError, match="in use by process"):
+        assert path.read_text() == held.text and json.loads(held.text)["pid"] == os.getpid()
+        with pytest.raises(RuntimeError, match="in use by another taggnn process"):
             LockFile(path).__enter__()
     assert not path.exists()
 
