@@ -460,6 +460,20 @@ def _meta_backbone(name: str):
     return _META_BACKBONES[name]
 
 
+_GRIDS: Dict[Tuple[str, int, int], Union[Tuple[int, ...], str]] = {}
+
+
+def _token_grid(name: str, num_frames: int, crop_size: int) -> Union[Tuple[int, ...], str]:
+    """The backbone's token grid for clips of this size, or why it cannot take them (cached)."""
+    key = (name, num_frames, crop_size)
+    if key not in _GRIDS:
+        try:
+            _GRIDS[key] = tuple(_meta_backbone(name).feature_grid(num_frames, crop_size, crop_size))
+        except ValueError as error:
+            _GRIDS[key] = str(error)
+    return _GRIDS[key]
+
+
 def _backbone_channels(name: str) -> Optional[int]:
     backbone = _meta_backbone(name)
     return None if backbone is None else int(backbone.out_channels)
@@ -561,7 +575,8 @@ def _model_build_problem(config: "Config") -> Optional[str]:
     import torch
 
     from ..errors import TaggnnError
-    from ..models import build_model_from_config
+    from ..models.tagnet import head_options
+    from ..nn import TAGHead
 
     m, d = config.model, config.data
     if d.features is None:
@@ -569,29 +584,30 @@ def _model_build_problem(config: "Config") -> Optional[str]:
         if backbone is None:
             return None
         clip = f"clips of data.num_frames={d.num_frames} x data.crop_size={d.crop_size}"
-        try:
-            grid = backbone.feature_grid(d.num_frames, d.crop_size, d.crop_size)
-        except ValueError as error:
-            return f"{clip} are too small for model.backbone={m.backbone!r} ({error}); use longer clips or larger crops"
+        grid = _token_grid(m.backbone, d.num_frames, d.crop_size)
+        if isinstance(grid, str):
+            return f"{clip} are too small for model.backbone={m.backbone!r} ({grid}); use longer clips or larger crops"
         if min(grid) < 1:
             return f"{clip} give model.backbone={m.backbone!r} an empty token grid {tuple(grid)}; use longer clips"
-        width = m.embed_dim or backbone.out_channels
-        source = "model.embed_dim" if m.embed_dim else f"the channels of model.backbone={m.backbone!r}"
+        channels = int(backbone.out_channels)
+        source = f"the channels of model.backbone={m.backbone!r}"
     else:
         info = _features_info(d.features)
         if info is None:  # the run says what is missing
             return None
-        width = m.embed_dim or int(info["channels"])
-        source = "model.embed_dim" if m.embed_dim else f"the channels of the features in {d.features}"
+        channels, grid = int(info["channels"]), tuple(info["grid"])
+        source = f"the channels of the features in {d.features}"
+    width = m.embed_dim or channels
+    source = "model.embed_dim" if m.embed_dim else source
     for key, heads, used in (("model.num_heads", m.num_heads, m.use_transformer),
                              ("model.graph_heads", m.graph_heads, m.propagation == "gat")):
         if used and width % heads:
             divisors = ", ".join(str(h) for h in range(1, min(width, 64) + 1) if width % h == 0)
             return (f"{key}={heads} does not divide the token width {width} ({source}): each head takes "
                     f"width/heads channels; use one of {divisors}")
-    try:
+    try:  # the head on the backbone's token grid (the backbone itself was built above)
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            build_model_from_config(config, d.num_classes, load_weights=False)
+            TAGHead(channels, d.num_classes, grid, **head_options(m))
     except (ValueError, TypeError, TaggnnError) as error:
         return f"the model of this config cannot be built: {error}"
     except Exception as error:  # a limit of the meta device, not of the config: the real build decides
