@@ -484,9 +484,13 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m taggnn.data.synthgym write OUT --split train [--count N]``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(args)
+    try:
+        run(args)
+    except ConfigError as error:  # one line, like argparse's own errors
+        parser.exit(2, f"{parser.prog} write: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -348,7 +348,7 @@ def is_device_name(name: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
-#: SynthGym refuses shorter clips: a move needs four frames to be told from its mirror image.
+#: The shortest clip :class:`~taggnn.data.SynthGym` renders (it needs 4 frames to show a move).
 SYNTHGYM_MIN_FRAMES = 4
 FINEGYM_CLASS_COUNTS = (99, 288)  # Gym99 and Gym288 (the annotation files gym99_* / gym288_*)
 FINEGYM_VERSIONS = ("v1.0", "v1.1")
@@ -433,9 +433,10 @@ def _features_info(folder: str) -> Optional[Dict[str, Any]]:
 
     path = Path(folder) / "info.json"
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except (OSError, ValueError):  # the run itself says what is missing
         return None
+    return info if isinstance(info, dict) and {"channels", "grid"} <= set(info) else None
 
 
 _META_BACKBONES: Dict[str, Any] = {}
@@ -506,9 +507,9 @@ def minimum_memory(config: "Config", channels: Optional[int]) -> Dict[str, int]:
     the head's parameters (``channels``: the backbone's width; None skips them).
 
     The head's parameters are :math:`L (4C^2 + 2 C F)` for ``L`` Transformer layers of width
-    ``C`` and feed-forward width ``F``, plus the post-graph MLP (:math:`2CF`), GCN / GAT layers
-    (:math:`C^2` each) and the classifier; biases and norms are left out, so the sum never
-    exceeds what the run really needs.
+    ``C`` and feed-forward width ``F``, plus the post-graph MLP (:math:`2CF`) and GCN / GAT
+    layers (:math:`C^2` each); biases, norms, the positional table and the classifier are left
+    out, so the sum never exceeds what the run really needs.
     """
     m, d, t, e = config.model, config.data, config.train, config.eval
     parts: Dict[str, int] = {}
@@ -521,8 +522,7 @@ def minimum_memory(config: "Config", channels: Optional[int]) -> Dict[str, int]:
             parts[f"one SynthGym clip of {d.num_frames} x {d.synth_size} x {d.synth_size} x 3 being rendered "
                   f"(data.synth_size)"] = 4 * d.num_frames * d.synth_size ** 2 * 3
     if channels is not None:
-        width = m.embed_dim or channels
-        floats = width * d.num_classes
+        width, floats = m.embed_dim or channels, 0
         if m.use_transformer:
             floats += m.num_layers * (4 * width ** 2 + 2 * width * m.ffn_dim)
         if m.post_graph == "ffn":

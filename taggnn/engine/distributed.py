@@ -123,6 +123,7 @@ def init_distributed(device_type: str) -> DistributedContext:
                             f"(torchrun starts them together), check MASTER_ADDR and MASTER_PORT, or wait longer "
                             f"with {RENDEZVOUS_TIMEOUT_VARIABLE}=<seconds>") from None
     store.set_timeout(dist.default_pg_timeout)
+    store = dist.PrefixStore("default_pg", store)  # as init_process_group keys its own env:// store
     # CPU tensors (confusion matrices, flags) go through gloo even when the model is on CUDA.
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo", store=store,
                             rank=context.rank, world_size=context.world_size, timeout=dist.default_pg_timeout)
