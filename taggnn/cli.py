@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     presets = ", ".join(list_presets())
     parser = _Parser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
