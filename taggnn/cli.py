@@ -30,12 +30,69 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line in one line, like every other ``taggnn`` error (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def int_at_least(low: int):
+    """An argparse ``type``: an integer >= ``low``, refused in one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def _device(name: str):
+    """The torch device of ``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``; a name that is not a device, or one this machine lacks, is a
+    :class:`~taggnn.errors.ConfigError`."""
     import torch
 
+    from .engine.config import DEVICE_NAMES, is_device_name
+    from .errors import ConfigError
+
+    if not is_device_name(name):
+        raise ConfigError(f"--device {name!r} is not a device: use {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def _check_set_values(overrides: List[str]) -> None:
+    """Refuses a ``--set`` value that is not valid YAML, naming the key, before any work."""
+    import yaml
+
+    from .errors import ConfigError
+
+    for item in overrides:
+        key, equals, value = item.partition("=")
+        if not equals:
+            continue  # the config loader names it
+        try:
+            yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({problem}); "
+                              f"close its brackets and quotes, or quote the whole value") from None
 
 
 def cmd_train(args) -> int:
@@ -271,9 +328,14 @@ def cmd_predict(args) -> int:
     from .data import count_frames, eval_transform, load_clip
     from .data.views import MultiCropTransform, average_views, view_indices
     from .engine.trainer import load_trained
+    from .errors import ConfigError
 
     device = _device(args.device)
     config = _overridden_config(Path(args.checkpoint), args.overrides)
+    if config.data.features is not None:
+        raise ConfigError(f"{args.checkpoint} holds a head trained on cached backbone features (data.features="
+                          f"{config.data.features}): it has no backbone, so it cannot take videos; predict with a "
+                          f"checkpoint trained on videos (without data.features)")
     model, config, names = load_trained(Path(args.checkpoint), device, config)
     d, e = config.data, config.eval
     transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
@@ -485,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine.config import list_presets
 
     presets = ", ".join(list_presets())
-    parser = argparse.ArgumentParser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -535,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("videos", nargs="+")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int_at_least(1), default=5, help="the best classes shown")
     _add_set(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="auto")
@@ -559,7 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, help="repeatable: one row of panels each")
     p.add_argument("--split", default="test")
-    p.add_argument("--max-clips", type=int, default=400, help="clips, sampled stratified over the classes")
+    p.add_argument("--max-clips", type=int_at_least(2), default=400,
+                   help="clips, sampled stratified over the classes (a t-SNE needs 2 or more)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
     p.add_argument("--out", default="tsne.png", help="the figure (an existing file only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -592,9 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--format", choices=("onnx", "torchscript", "exported-program", "safetensors"),
                    default="exported-program")
-    p.add_argument("--frames", type=int, help="clip length of the exported model (default: the config's)")
-    p.add_argument("--crop", type=int, help="crop size of the exported model (default: the config's)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the exported model")
+    p.add_argument("--frames", type=int_at_least(1), help="clip length of the exported model (default: the config's)")
+    p.add_argument("--crop", type=int_at_least(1), help="crop size of the exported model (default: the config's)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the exported model")
     p.add_argument("--out", help="output file, a folder for safetensors (default: next to the checkpoint, "
                                  "<stem>.torchscript.pt, <stem>.pt2, <stem>.onnx or the folder <stem>, e.g. best.pt "
                                  "-> best.onnx; never a checkpoint's own name)")
@@ -613,12 +676,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):  # --help
+            raise
+        return exit_.code  # a bad command line, reported in one line
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .errors import TaggnnError
 
     try:
+        _check_set_values(getattr(args, "overrides", None) or [])
+        if getattr(args, "device", None) is not None:
+            _device(args.device)  # a bad --device is refused before any checkpoint or data is read
         return args.func(args)
     except (TaggnnError, OSError) as error:
         message = " ".join(str(error).split())  # one line

@@ -487,6 +487,27 @@ def check_synth_folder(out: Path, split: str, *, overwrite: bool = False) -> Non
         logger.warning("--overwrite: removed the previous %r split of %s", split, out)
 
 
+def _number(kind: type, low: float, what: str = ""):
+    """An argparse ``type``: a ``kind`` (int or float) >= ``low``, refused in one line otherwise."""
+    expected = f"{'an integer' if kind is int else 'a number'} >= {low}{what}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not low <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = expected
+    return parse
+
+
+#: The class counts SynthGym renders: its first 1, 2, 3 or 4 groups.
+CLASS_COUNTS = tuple(sum(len(GROUPS[g]) for g in GROUP_NAMES[: i + 1]) for i in range(len(GROUP_NAMES)))
+
+
 def build_parser(prog: str = "python -m taggnn.data.synthgym",
                  parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """The ``write`` command's parser (also ``taggnn synth``, which passes its own sub-parser)."""
@@ -496,13 +517,14 @@ def build_parser(prog: str = "python -m taggnn.data.synthgym",
     write = sub.add_parser("write", help="write a split to disk")
     write.add_argument("out", type=Path)
     write.add_argument("--split", choices=sorted(SPLITS), default="train")
-    write.add_argument("--count", type=int, default=None, help="clips (default: the split's size)")
-    write.add_argument("--num-frames", type=int, default=16)
-    write.add_argument("--size", type=int, default=64)
-    write.add_argument("--num-classes", type=int, default=16)
-    write.add_argument("--seed", type=int, default=0)
-    write.add_argument("--long-tail", type=float, default=None)
-    write.add_argument("--fps", type=int, default=8)
+    write.add_argument("--count", type=_number(int, 1), default=None, help="clips (default: the split's size)")
+    write.add_argument("--num-frames", type=_number(int, 4, " (a move needs 4 frames)"), default=16)
+    write.add_argument("--size", type=_number(int, 16, " pixels"), default=64, help="frame height and width")
+    write.add_argument("--num-classes", type=int, choices=CLASS_COUNTS, default=16,
+                       help="the first 1-4 groups of 4 classes")
+    write.add_argument("--seed", type=_number(int, 0), default=0)
+    write.add_argument("--long-tail", type=_number(float, 1, " (an imbalance ratio)"), default=None)
+    write.add_argument("--fps", type=_number(int, 1), default=8)
     write.add_argument("--overwrite", action="store_true",
                        help="write a split again that this command wrote in OUT before (its clips are replaced); "
                             "a folder holding other files is always refused")
@@ -510,11 +532,15 @@ def build_parser(prog: str = "python -m taggnn.data.synthgym",
 
 
 def run(args: argparse.Namespace) -> None:
-    """Runs a parsed ``write`` command."""
-    for name in ("count", "num_frames", "size", "num_classes", "fps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    """Runs a parsed ``write`` command (its values are checked by :func:`build_parser`'s types;
+    a clip that would not fit in the machine's memory is refused here, with its size)."""
+    from ..engine.config import format_bytes, machine_memory
+
+    clip_bytes = 4 * args.num_frames * args.size ** 2 * 3  # one clip as float32 while it is rendered
+    if clip_bytes > machine_memory():
+        raise ConfigError(f"one clip of --num-frames {args.num_frames} x --size {args.size} x {args.size} x 3 needs "
+                          f"at least {format_bytes(clip_bytes)} to render, more than the "
+                          f"{format_bytes(machine_memory())} of memory of this machine; lower --num-frames or --size")
     write_split(args.out, args.split, count=args.count, fps=args.fps, num_frames=args.num_frames,
                 size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail,
                 overwrite=args.overwrite)
@@ -522,9 +548,13 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m taggnn.data.synthgym write OUT --split train [--count N]``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(args)
+    try:
+        run(args)
+    except ConfigError as error:  # one line, like argparse's own errors
+        parser.exit(2, f"{parser.prog} write: error: {error}\n")
 
 
 if __name__ == "__main__":

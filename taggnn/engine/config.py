@@ -7,6 +7,7 @@ checked: an unknown key or a value of the wrong type is rejected with the list o
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -16,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import yaml
 
 from ..errors import ConfigError  # noqa: E402  (re-exported)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,6 +233,10 @@ class Range:
 
 AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
 FRACTION = Range(0, 1, high_open=True)  # [0, 1)
+#: Upper bound of ``model.K`` and ``model.num_graph_layers``: APPNP's change after ``K`` steps
+#: shrinks like :math:`(1 - \alpha)^K` (below 1e-4 at K=1024 for alpha >= 0.01), and every step
+#: costs a pass over the graph, so a larger count only makes a run hang.
+MAX_PROPAGATION_STEPS = 1024
 
 #: The allowed range of every numeric option (``None`` values, where a key is optional, skip the check).
 RANGES: Dict[str, Range] = {
@@ -248,13 +255,13 @@ RANGES: Dict[str, Range] = {
     "data.synth_size": Range(16),
     "data.synth_long_tail": AT_LEAST_1,
     "data.seed": AT_LEAST_0,
-    "model.num_layers": AT_LEAST_0,
+    "model.num_layers": AT_LEAST_1,
     "model.num_heads": AT_LEAST_1,
     "model.ffn_dim": AT_LEAST_1,
     "model.dropout": FRACTION,
-    "model.K": AT_LEAST_0,
+    "model.K": Range(0, MAX_PROPAGATION_STEPS),
     "model.alpha": Range(0, 1, low_open=True),
-    "model.num_graph_layers": AT_LEAST_1,
+    "model.num_graph_layers": Range(1, MAX_PROPAGATION_STEPS),
     "model.graph_heads": AT_LEAST_1,
     "model.head_dropout": FRACTION,
     "model.pos_init_std": AT_LEAST_0,
@@ -285,9 +292,21 @@ RANGES: Dict[str, Range] = {
 
 
 def validate(config: "Config") -> "Config":
-    """Checks every value of ``config`` against its allowed range or choices, and the values
-    that constrain each other; raises :class:`ConfigError` naming the key, the value and what
-    is allowed. Called whenever a config is built, before any work starts."""
+    """Checks ``config`` before any work starts; raises :class:`ConfigError` naming the key, the
+    value and what is allowed. Called whenever a config is built.
+
+    Three stages, each run only when the one before found nothing:
+
+    1. every value against its range or choices, and the values that constrain each other
+       (the class counts and splits of the dataset, the device name, the arguments of a
+       graph convolution, ...);
+    2. the memory the run allocates at least (a batch of clips, the head's parameters)
+       against the machine's memory (:func:`minimum_memory`);
+    3. the model, built on the ``meta`` device (no memory, no weights read): the backbone
+       must take clips of ``data.num_frames`` x ``data.crop_size``, ``model.num_heads`` must
+       divide the token width, and every option of the head must be accepted
+       (:func:`check_model_build`, cached per model).
+    """
     flat = flatten(config.to_dict())
     problems = []
     for key, allowed in RANGES.items():
@@ -315,8 +334,15 @@ def validate(config: "Config") -> "Config":
         problems.append(f"eval.num_crops={config.eval.num_crops} is not 1 (centre) or 3 (along the long side)")
     if d.short_side is not None and d.short_side < d.crop_size:
         problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
+    if not is_device_name(config.train.device):
+        problems.append(f"train.device={config.train.device!r} is not a device ({DEVICE_NAMES})")
+    problems += _dataset_problems(config)
+    problems += _model_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+    channels = _input_channels(config)
+    check_memory(config, channels)
+    check_model_build(config)
     return config
 
 
@@ -331,6 +357,284 @@ def check_installed(config: "Config") -> "Config":
     check_loggers(config.train.loggers)
     check_decoder(config.data.decoder)
     return config
+
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (N = 0, 1, ...) or ``mps``."""
+    kind, colon, index = str(name).partition(":")
+    if name == "auto" or (not colon and kind in ("cpu", "cuda", "mps")):
+        return True
+    return kind == "cuda" and index.isdigit()
+
+
+#: The shortest clip :class:`~taggnn.data.SynthGym` renders (it needs 4 frames to show a move).
+SYNTHGYM_MIN_FRAMES = 4
+FINEGYM_CLASS_COUNTS = (99, 288)  # Gym99 and Gym288 (the annotation files gym99_* / gym288_*)
+FINEGYM_VERSIONS = ("v1.0", "v1.1")
+
+
+def _dataset_problems(config: "Config") -> List[str]:
+    """The values that must fit the dataset: its class counts, clip length and split names.
+    Cached features (``data.features``) bring their own splits and classes."""
+    d = config.data
+    if d.features is not None:
+        return []
+    problems, splits = [], None
+    if d.dataset == "synthgym":
+        from ..data.synthgym import GROUPS
+
+        sizes = [len(classes) for classes in GROUPS.values()]
+        counts = tuple(sum(sizes[: i + 1]) for i in range(len(sizes)))
+        if d.num_classes not in counts:
+            problems.append(f"data.num_classes={d.num_classes} does not fit SynthGym, whose generator renders "
+                            f"{len(sizes)} fixed groups of classes: use one of {', '.join(map(str, counts))}")
+        if d.num_frames < SYNTHGYM_MIN_FRAMES:
+            problems.append(f"data.num_frames={d.num_frames} is too short for SynthGym (a move needs at least "
+                            f"{SYNTHGYM_MIN_FRAMES} frames)")
+        splits = ("train", "val", "test")
+    elif d.dataset == "finegym":
+        if d.num_classes not in FINEGYM_CLASS_COUNTS:
+            problems.append(f"data.num_classes={d.num_classes} does not fit FineGym: use 99 (Gym99) or 288 (Gym288)")
+        if d.version not in FINEGYM_VERSIONS:
+            problems.append(f"data.version={d.version!r} is not a FineGym split version "
+                            f"({', '.join(FINEGYM_VERSIONS)})")
+        splits = ("train", "holdout", "val", "test")
+        for key in ("val_split", "test_split"):
+            if getattr(d, key) == "holdout" and d.holdout == 0:
+                problems.append(f"data.{key}='holdout' needs data.holdout > 0 (e.g. --set data.holdout=0.1)")
+    elif d.dataset == "haa500":
+        from ..data.datasets import HAA500_SPLITS
+
+        splits = tuple(HAA500_SPLITS)
+    elif d.dataset == "csv":
+        splits = ("train", "val", "test")
+    for key in ("val_split", "test_split"):
+        value = getattr(d, key)
+        if splits is not None and value not in splits:
+            problems.append(f"data.{key}={value!r} is not a split of {d.dataset} ({', '.join(splits)})")
+    return problems
+
+
+def _model_problems(config: "Config") -> List[str]:
+    """The backbone's name and the arguments of a ``torch_geometric.nn`` convolution."""
+    from ..models.backbones import list_backbones
+    from ..nn.refiner import PROPAGATIONS, conv_arguments, pyg_conv_class
+
+    m, problems = config.model, []
+    if m.backbone not in list_backbones():
+        problems.append(f"model.backbone={m.backbone!r} is not a registered backbone; choose one of "
+                        f"{', '.join(list_backbones())}")
+    conv = None if m.propagation in PROPAGATIONS else pyg_conv_class(m.propagation)
+    if m.graph_kwargs and conv is None and m.propagation in PROPAGATIONS:
+        problems.append(f"model.graph_kwargs={m.graph_kwargs!r} are arguments of a torch_geometric.nn convolution, "
+                        f"but model.propagation={m.propagation!r} takes none: name a convolution class "
+                        f"(e.g. model.propagation=GATv2Conv) or drop model.graph_kwargs")
+    elif m.graph_kwargs and conv is not None:
+        accepted = conv_arguments(conv)
+        unknown = [key for key in m.graph_kwargs if key not in accepted]
+        if unknown:
+            problems.append(f"model.graph_kwargs: {conv.__name__} takes no argument {', '.join(map(repr, unknown))}; "
+                            f"its arguments: {', '.join(accepted)}")
+    return problems
+
+
+def _input_channels(config: "Config") -> Optional[int]:
+    """The width of the features the head takes: the backbone's channels (from a build on the
+    ``meta`` device), or those recorded in ``data.features`` (None when not readable)."""
+    if config.data.features is not None:
+        info = _features_info(config.data.features)
+        return None if info is None else int(info["channels"])
+    return _backbone_channels(config.model.backbone)
+
+
+def _features_info(folder: str) -> Optional[Dict[str, Any]]:
+    import json
+
+    path = Path(folder) / "info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # the run itself says what is missing
+        return None
+    return info if isinstance(info, dict) and {"channels", "grid"} <= set(info) else None
+
+
+_META_BACKBONES: Dict[str, Any] = {}
+
+
+def _meta_backbone(name: str):
+    """The backbone ``name`` built on the ``meta`` device (cached; None when a builder cannot
+    run there). A missing optional package is a :class:`ConfigError`."""
+    if name not in _META_BACKBONES:
+        import torch
+
+        from ..models.backbones import build_backbone
+
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                _META_BACKBONES[name] = build_backbone(name)
+        except ImportError as error:
+            raise ConfigError(f"model.backbone={name!r}: {error}") from None
+        except Exception as error:  # a limit of the meta device, not of the config: the real build decides
+            logger.debug("meta-device build of backbone %r skipped: %s", name, error)
+            _META_BACKBONES[name] = None
+    return _META_BACKBONES[name]
+
+
+_GRIDS: Dict[Tuple[str, int, int], Union[Tuple[int, ...], str]] = {}
+
+
+def _token_grid(name: str, num_frames: int, crop_size: int) -> Union[Tuple[int, ...], str]:
+    """The backbone's token grid for clips of this size, or why it cannot take them (cached)."""
+    key = (name, num_frames, crop_size)
+    if key not in _GRIDS:
+        try:
+            _GRIDS[key] = tuple(_meta_backbone(name).feature_grid(num_frames, crop_size, crop_size))
+        except ValueError as error:
+            _GRIDS[key] = str(error)
+    return _GRIDS[key]
+
+
+def _backbone_channels(name: str) -> Optional[int]:
+    backbone = _meta_backbone(name)
+    return None if backbone is None else int(backbone.out_channels)
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine: ``psutil`` when installed, else ``os.sysconf``,
+    else :data:`MEMORY_CEILING`."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return MEMORY_CEILING
+
+
+#: The memory assumed where the machine's cannot be read (1 TiB).
+MEMORY_CEILING = 1 << 40
+
+
+def minimum_memory(config: "Config", channels: Optional[int]) -> Dict[str, int]:
+    """Lower bounds, in bytes of float32, of what a run of ``config`` allocates, by part: a
+    batch of clips (training, or evaluation with every view), one rendered SynthGym clip, and
+    the head's parameters (``channels``: the backbone's width; None skips them).
+
+    The head's parameters are :math:`L (4C^2 + 2 C F)` for ``L`` Transformer layers of width
+    ``C`` and feed-forward width ``F``, plus the post-graph MLP (:math:`2CF`) and GCN / GAT
+    layers (:math:`C^2` each); biases, norms, the positional table and the classifier are left
+    out, so the sum never exceeds what the run really needs.
+    """
+    m, d, t, e = config.model, config.data, config.train, config.eval
+    parts: Dict[str, int] = {}
+    if d.features is None:
+        clips = max(t.batch_size, t.eval_batch_size * e.num_clips * e.num_crops)
+        parts[f"a batch of {clips} clips of 3 x {d.num_frames} x {d.crop_size} x {d.crop_size} "
+              f"(train.batch_size, train.eval_batch_size x eval views, data.num_frames, data.crop_size)"] = \
+            4 * clips * 3 * d.num_frames * d.crop_size ** 2
+        if d.dataset == "synthgym":
+            parts[f"one SynthGym clip of {d.num_frames} x {d.synth_size} x {d.synth_size} x 3 being rendered "
+                  f"(data.synth_size)"] = 4 * d.num_frames * d.synth_size ** 2 * 3
+    if channels is not None:
+        width, floats = m.embed_dim or channels, 0
+        if m.use_transformer:
+            floats += m.num_layers * (4 * width ** 2 + 2 * width * m.ffn_dim)
+        if m.post_graph == "ffn":
+            floats += 2 * width * m.ffn_dim
+        if m.propagation in ("gcn", "gat"):
+            floats += m.num_graph_layers * width ** 2
+        parts[f"the TAG-Head's parameters (model.num_layers={m.num_layers} x (4 x {width}^2 + 2 x {width} x "
+              f"model.ffn_dim={m.ffn_dim}) floats and more)"] = 4 * floats
+    return parts
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} PiB"  # pragma: no cover
+
+
+def check_memory(config: "Config", channels: Optional[int]) -> None:
+    """Refuses a config whose run would allocate more than this machine has
+    (:func:`minimum_memory` against :func:`machine_memory`), naming the sizes."""
+    parts = minimum_memory(config, channels)
+    total, available = sum(parts.values()), machine_memory()
+    if total > available:
+        detail = "; ".join(f"{name}: {format_bytes(size)}" for name, size in parts.items() if size >= total / 100)
+        raise ConfigError(f"this run would allocate at least {format_bytes(total)} ({detail}), more than the "
+                          f"{format_bytes(available)} of memory of this machine; lower the sizes named")
+
+
+_BUILD_PROBLEMS: Dict[str, Optional[str]] = {}
+
+
+def check_model_build(config: "Config") -> None:
+    """Builds the model of ``config`` on the ``meta`` device (shapes only: no memory, no
+    weights read, the global random state untouched) and turns any refusal of a value into a
+    :class:`ConfigError` naming the keys. Cached per model configuration."""
+    import json
+
+    d = config.data
+    key = json.dumps([asdict(config.model), d.num_frames, d.crop_size, d.num_classes, d.features],
+                     sort_keys=True, default=str)
+    if key not in _BUILD_PROBLEMS:
+        _BUILD_PROBLEMS[key] = _model_build_problem(config)
+    if _BUILD_PROBLEMS[key] is not None:
+        raise ConfigError(_BUILD_PROBLEMS[key])
+
+
+def _model_build_problem(config: "Config") -> Optional[str]:
+    import torch
+
+    from ..errors import TaggnnError
+    from ..models.tagnet import head_options
+    from ..nn import TAGHead
+
+    m, d = config.model, config.data
+    if d.features is None:
+        backbone = _meta_backbone(m.backbone)
+        if backbone is None:
+            return None
+        clip = f"clips of data.num_frames={d.num_frames} x data.crop_size={d.crop_size}"
+        grid = _token_grid(m.backbone, d.num_frames, d.crop_size)
+        if isinstance(grid, str):
+            return f"{clip} are too small for model.backbone={m.backbone!r} ({grid}); use longer clips or larger crops"
+        if min(grid) < 1:
+            return f"{clip} give model.backbone={m.backbone!r} an empty token grid {tuple(grid)}; use longer clips"
+        channels = int(backbone.out_channels)
+        source = f"the channels of model.backbone={m.backbone!r}"
+    else:
+        info = _features_info(d.features)
+        if info is None:  # the run says what is missing
+            return None
+        channels, grid = int(info["channels"]), tuple(info["grid"])
+        source = f"the channels of the features in {d.features}"
+    width = m.embed_dim or channels
+    source = "model.embed_dim" if m.embed_dim else source
+    for key, heads, used in (("model.num_heads", m.num_heads, m.use_transformer),
+                             ("model.graph_heads", m.graph_heads, m.propagation == "gat")):
+        if used and width % heads:
+            divisors = ", ".join(str(h) for h in range(1, min(width, 64) + 1) if width % h == 0)
+            return (f"{key}={heads} does not divide the token width {width} ({source}): each head takes "
+                    f"width/heads channels; use one of {divisors}")
+    try:  # the head on the backbone's token grid (the backbone itself was built above)
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            TAGHead(channels, d.num_classes, grid, **head_options(m))
+    except (ValueError, TypeError, TaggnnError) as error:
+        return f"the model of this config cannot be built: {error}"
+    except Exception as error:  # a limit of the meta device, not of the config: the real build decides
+        logger.debug("meta-device build check skipped: %s", error)
+    return None
 
 
 def flatten(values: Dict[str, Any]) -> Dict[str, Any]:

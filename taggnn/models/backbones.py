@@ -21,6 +21,7 @@ from torch.func import functional_call
 from torchvision.models import video as tv_video
 
 from ..data.constants import IG65M_MEAN, IG65M_STD, KINETICS_MEAN, KINETICS_STD, SLOWFAST_MEAN, SLOWFAST_STD
+from ..errors import ConfigError
 from ..utils.optional import require
 from .weights import (
     PathLike,
@@ -399,7 +400,7 @@ def list_backbones(*, available_only: bool = False) -> List[str]:
 
 def backbone_info(name: str) -> BackboneInfo:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(list_backbones())}")
     return _REGISTRY[name]
 
 

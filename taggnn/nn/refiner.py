@@ -11,6 +11,7 @@ from torch_geometric.data import Batch
 from torch_geometric.nn import GATConv, GCNConv
 from torch_geometric.nn.conv import MessagePassing
 
+from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph, structured_appnp, structured_propagate
 from ..graph.sparse import SymmetricAPPNP
 from ..graph.structured import weighted_propagate
@@ -43,6 +44,23 @@ def pyg_conv_class(name: str):
     if inspect.isclass(cls) and issubclass(cls, MessagePassing) and cls is not MessagePassing:
         return cls
     return None
+
+
+def conv_arguments(cls) -> Tuple[str, ...]:
+    """The keyword arguments a ``torch_geometric.nn`` convolution class takes: those of its
+    own ``__init__`` and, where it passes ``**kwargs`` on, those of its base classes up to
+    :class:`~torch_geometric.nn.conv.MessagePassing` (``aggr``, ``flow``, ...)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = []
+    for base in cls.__mro__:
+        if "__init__" not in vars(base):
+            continue
+        parameters = inspect.signature(base.__init__).parameters
+        names += [name for name, p in parameters.items() if name != "self" and p.kind in named and name not in names]
+        passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        if base is MessagePassing or not passes_on:
+            break
+    return tuple(names)
 
 
 def pyg_conv_names() -> Tuple[str, ...]:
@@ -259,10 +277,10 @@ class GraphRefiner(nn.Module):
         kwargs.update(self.conv_kwargs)
         try:
             conv = cls(**kwargs)
-        except TypeError as error:
-            valid = [p for p in parameters if p not in ("self", "kwargs")]
-            raise ValueError(f"{name}({', '.join(f'{k}=...' for k in kwargs)}) failed: {error}; "
-                             f"its arguments: {', '.join(valid)}") from None
+        except (TypeError, ValueError) as error:  # an argument it does not take, or a value it refuses
+            raise ConfigError(f"{name}({', '.join(f'{k}=...' for k in kwargs)}) failed: {error}; "
+                              f"graph_kwargs {dict(self.conv_kwargs)!r}; its arguments: "
+                              f"{', '.join(conv_arguments(cls))}") from None
         forward = inspect.signature(conv.forward).parameters
         inputs = []
         if "edge_type" in forward and "num_relations" in parameters:

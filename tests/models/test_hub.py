@@ -210,7 +210,8 @@ def test_export_safetensors_writes_config_card_and_the_same_model(run, shared):
     test_metrics = json.loads((run / "metrics_test.json").read_text())
     assert config["metrics"]["test"]["top1"] == test_metrics["top1"] and config["metrics"]["val"]["epoch"] == 1
     card = (shared / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: taggnn\n") and "TAG-Head: Time-Aligned Graph Head for Plug-and-Play" in card
+    assert card.startswith("---\nlibrary_name: taggnn\n")
+    assert "TAG-Head: Time-Aligned Graph Head for Plug-and-Play" in card
     assert f"top1 {test_metrics['top1']:.4f}" in card and "synthgym" in card
     original, _, names = load_trained(run / "best.pt", torch.device("cpu"))
     for source in (shared, shared / WEIGHTS_NAME):
@@ -335,4 +336,4 @@ def test_model_card_without_metrics_says_so():
               "architecture": {"in_channels": 4, "grid": [1, 1, 1], "head_options": {}}}
     card = model_card(config, repo_id="someone/head")
     assert "## Metrics\n\nNot recorded." in card and 'HeadOnly.from_pretrained("someone/head")' in card
-    assert "@misc{taghead" in card and "x, y" in card
+    assert "@article{hassan2026taghead" in card and "x, y" in card
