@@ -779,61 +779,67 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
     trainer.load_weights = resume is None
     trainer.setup_context()
     context = trainer.context
+    created = context.is_main and not out.exists()  # removed again if the run fails before writing in it
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
     read_by_run = [*inputs, *config_inputs(config), *([resume] if resume is not None else [])]
     outputs = run_outputs(config)
-    with RunLock(out) if context.is_main else nullcontext():
-        if context.is_main:
-            check_run_folder(out, resume=resume, overwrite=overwrite, inputs=read_by_run, outputs=outputs)
-        trainer.setup_run()
-        if resume is not None:
-            trainer.resume(resume)
-        if context.is_main:
-            if overwrite:
-                clear_run_folder(out, inputs=read_by_run)
-            remove_stale_temporaries(out)
-            record_outputs(out, outputs)
-            best = resume.parent / "best.pt" if resume is not None else None
-            if best is not None and best.is_file() and resume.parent.resolve() != out.resolve():
-                _copy_atomic(best, out / "best.pt")  # the run's best weights, in the run's own folder
-        barrier(context)
-        t = config.train
-        finished_before = trainer.epoch >= t.epochs
-        if finished_before and context.is_main:
-            logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
-        with RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:
+    try:
+        with RunLock(out) if context.is_main else nullcontext():
             if context.is_main:
-                write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-                log.log_params(flatten(config.to_dict()))
-                logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
-                            config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
-                            t.epochs, trainer.device, context.world_size)
-            stopped = False
-            while trainer.epoch < t.epochs:
-                if not trainer.train_epoch(log):
-                    stopped = True
-                    break
-                trainer.validate(log)
+                check_run_folder(out, resume=resume, overwrite=overwrite, inputs=read_by_run, outputs=outputs)
+            trainer.setup_run()
+            if resume is not None:
+                trainer.resume(resume)
+            if context.is_main:
+                if overwrite:
+                    clear_run_folder(out, inputs=read_by_run)
+                remove_stale_temporaries(out)
+                record_outputs(out, outputs)
+                best = resume.parent / "best.pt" if resume is not None else None
+                if best is not None and best.is_file() and resume.parent.resolve() != out.resolve():
+                    _copy_atomic(best, out / "best.pt")  # the run's best weights, in the run's own folder
             barrier(context)
-            summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
-                                       "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
-                                       "already_finished": finished_before}
-            if trainer.skipped_train:
-                summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
-            if stopped:
-                summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) before the "
-                                           f"last epoch; to finish and test, continue with: taggnn train --resume "
-                                           f"{_quote(out / 'last.pt')}")
+            t = config.train
+            finished_before = trainer.epoch >= t.epochs
+            if finished_before and context.is_main:
+                logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
+            with RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:
                 if context.is_main:
-                    logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
-            else:
-                test = trainer.final_test()
-                if test:
-                    summary["test"] = test
-                    log.log_final(test)
-            if context.is_main:
-                write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+                    write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    log.log_params(flatten(config.to_dict()))
+                    logger.info("training %s on %s: %d clips, %d classes, %d epochs, device %s, world size %d",
+                                config.model.backbone, config.data.dataset, len(trainer.train_set), trainer.num_classes,
+                                t.epochs, trainer.device, context.world_size)
+                stopped = False
+                while trainer.epoch < t.epochs:
+                    if not trainer.train_epoch(log):
+                        stopped = True
+                        break
+                    trainer.validate(log)
+                barrier(context)
+                summary: Dict[str, Any] = {"out": str(out), "epochs_done": trainer.epoch, "steps": trainer.step,
+                                           "best": trainer.best, "stopped_early": stopped, "history": trainer.history,
+                                           "already_finished": finished_before}
+                if trainer.skipped_train:
+                    summary["skipped_train_clips"] = sorted(set(trainer.skipped_train))
+                if stopped:
+                    summary["test_skipped"] = (f"stopped at train.max_steps={t.max_steps} (step {trainer.step}) "
+                                               f"before the last epoch; to finish and test, continue with: taggnn "
+                                               f"train --resume {_quote(out / 'last.pt')}")
+                    if context.is_main:
+                        logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
+                else:
+                    test = trainer.final_test()
+                    if test:
+                        summary["test"] = test
+                        log.log_final(test)
+                if context.is_main:
+                    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2))
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
     return summary
 
 

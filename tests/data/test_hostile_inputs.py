@@ -184,7 +184,8 @@ def test_set_still_reads_numbers_booleans_and_none_for_their_fields():
     from taggnn.engine.config import load_config
 
     config = load_config("synthgym_tiny", ["optim.lr=1e-3", "data.flip=on", "train.max_steps=010",
-                                           "model.weights=none", "data.root='0777'", "model.graph_kwargs={heads: 4}"])
+                                           "model.weights=none", "data.root='0777'", "model.propagation=GATConv",
+                                           "model.graph_kwargs={heads: 4}"])
     assert config.optim.lr == 1e-3 and config.data.flip is True and config.train.max_steps == 10
     assert config.model.weights is None and config.data.root == "0777" and config.model.graph_kwargs == {"heads": 4}
 

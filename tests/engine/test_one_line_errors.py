@@ -171,11 +171,14 @@ def test_synth_write_arguments_are_one_line(argv, message, tmp_path, capsys, mac
 def test_predict_refuses_a_head_only_checkpoint(tmp_path, capsys):
     from taggnn.data import write_video
     from taggnn.engine.checkpoint import save_checkpoint
+    from taggnn.engine.features import FEATURES_FORMAT, FEATURES_VERSION
     from taggnn.models import build_model_from_config
 
     features = tmp_path / "features"  # what `taggnn features` records of 8 frames of 32x32 (tiny backbone)
     features.mkdir()
-    (features / "info.json").write_text(json.dumps({"channels": 128, "grid": [2, 2, 2], "settings": {}}))
+    (features / "info.json").write_text(json.dumps({  # a manifest as taggnn features writes it
+        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "fingerprint": "0" * 64, "fields": {},
+        "channels": 128, "grid": [2, 2, 2], "settings": {}, "splits": {}}))
     config = load_config("synthgym_tiny", SMALL + [f"data.features={features}"])
     model = build_model_from_config(config, 16)
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config.to_dict(),
