@@ -30,6 +30,7 @@ interpolated). Every export is loaded back and compared with the eager model on 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Dict, Union
 
@@ -102,9 +103,14 @@ def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str):
     """Writes the export at ``path`` and returns its output on ``example`` (``None`` when ONNX
     cannot be run here)."""
     if fmt == "torchscript":
-        traced = torch.jit.trace(model, example, check_trace=False)
+        with warnings.catch_warnings():  # the tracer's notes on Python-side values and its deprecation notice
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, str(path))
-        return torch.jit.load(str(path))(example)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            return torch.jit.load(str(path))(example)
     if fmt == "exported-program":
         program = torch.export.export(model, (example,))
         torch.export.save(program, str(path))
