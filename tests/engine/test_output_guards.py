@@ -149,7 +149,7 @@ def test_eval_dump_refuses_an_existing_file_before_evaluating(run, tmp_path, cap
                  str(tmp_path / "scores.npz")]) == 2
     assert "scores.npz already exists" in one_line_error(capsys)
     assert main(["eval", "--checkpoint", str(run / "last.pt"), "--no-progress", "--dump",
-                 str(tmp_path / "scores"), "--overwrite"]) == 0
+                 str(tmp_path / "scores.npz"), "--overwrite"]) == 0
     assert np.load(tmp_path / "scores.npz")["probabilities"].shape == (16, 16)
 
 
