@@ -14,6 +14,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -359,10 +360,33 @@ def cmd_eval_reference(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Optional[Path]) -> dict:
+    """Evaluates ``checkpoint`` and writes its results (and ``--dump``) into ``out``; returns the metrics."""
     from .engine.data import build_dataset
-    from .engine.runfolder import RunLock
     from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
+
+    state = checkpoint_state(checkpoint)
+    device = _device(args.device)
+    model, config, names = load_trained(checkpoint, device, config)
+    dataset = build_dataset(config, args.split, train=False, classes=names, views=True)
+    result = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
+                      num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
+                      progress=not args.no_progress, collect_logits=dump is not None)
+    meter, scores = result if dump is not None else (result, None)
+    if dump is not None:
+        _record_in_run_folder(dump.parent, [dump.name])
+        dump_scores(dump, dataset, meter, scores, names, config, overwrite=args.overwrite)
+    e = config.eval
+    _record_in_run_folder(out, _evaluation_files(tag))
+    (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
+    return write_evaluation(out, args.split, meter, names, config.train.mca,
+                            {"checkpoint": str(checkpoint), "checkpoint_state": state,
+                             "overrides": list(args.overrides),
+                             "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
+
+
+def cmd_eval(args) -> int:
+    from .engine.runfolder import RunLock
     from .errors import ConfigError, TrainingError
     from .utils.outputs import check_output
 
@@ -379,29 +403,20 @@ def cmd_eval(args) -> int:
     if dump is not None:  # every output is checked before the evaluation starts
         check_output(dump, overwrite=args.overwrite, inputs=[checkpoint], what="--dump")
     config = _overridden_config(checkpoint, args.overrides)
+    _claim_results(out, tag, checkpoint, args.overwrite)
     lock = RunLock(out)
     lock.error = lambda message: TrainingError(f"{message}; or write this evaluation's results elsewhere with "
                                                f"--out DIR")
-    with lock:  # a run training in `out` (or another evaluation) never sees its results written meanwhile
-        _claim_results(out, tag, checkpoint, args.overwrite)
-        state = checkpoint_state(checkpoint)
-        device = _device(args.device)
-        model, config, names = load_trained(checkpoint, device, config)
-        dataset = build_dataset(config, args.split, train=False, classes=names, views=True)
-        result = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
-                          num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
-                          progress=not args.no_progress, collect_logits=dump is not None)
-        meter, scores = result if dump is not None else (result, None)
-        if dump is not None:
-            _record_in_run_folder(dump.parent, [dump.name])
-            dump_scores(dump, dataset, meter, scores, names, config, overwrite=args.overwrite)
-        e = config.eval
-        _record_in_run_folder(out, _evaluation_files(tag))
-        (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
-        metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
-                                   {"checkpoint": str(checkpoint), "checkpoint_state": state,
-                                    "overrides": list(args.overrides),
-                                    "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
+    created = not out.exists()
+    try:
+        with lock:  # a run training in `out` (or another evaluation) never sees its results written meanwhile
+            _claim_results(out, tag, checkpoint, args.overwrite)  # again: another evaluation may have written them
+            metrics = _evaluate_into(args, checkpoint, config, out, tag, dump)
+    except BaseException:
+        if created:  # a folder the lock created and nothing was written into
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     skipped = f"  skipped {metrics['skipped']} unreadable (-> skipped_{tag}.txt)" if metrics["skipped"] else ""
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
           f"MCA (present) {metrics['mca_present']:.4f}  MCA (union) {metrics['mca_union']:.4f}  "
