@@ -14,8 +14,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -153,9 +155,14 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
 
 
 def dump_target(path: Path) -> Path:
-    """The file ``--dump`` writes: ``path`` for ``.csv`` and ``.npz``, else ``path`` with ``.npz``."""
+    """The file ``--dump`` writes: ``path`` itself, which must end in ``.npz`` or ``.csv``."""
+    from .errors import ConfigError
+
     path = Path(path)
-    return path if path.suffix in (".csv", ".npz") else path.with_suffix(".npz")
+    if path.suffix.lower() not in (".csv", ".npz"):
+        raise ConfigError(f"--dump {path}: the scores are written as .npz (numpy) or .csv; give a file name ending "
+                          f"in one of them, e.g. --dump {path.with_suffix('.npz').name}")
+    return path
 
 
 def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite: bool = True) -> None:
@@ -179,7 +186,7 @@ def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite:
     already = e.average == "prob" and e.num_clips * e.num_crops > 1  # averaged view probabilities
     probabilities = scores if already else scores.float().softmax(1)
     with atomic_output(target, overwrite=overwrite) as staged:
-        if target.suffix == ".csv":
+        if target.suffix.lower() == ".csv":
             with open(staged, "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["path", "label", "predicted",
@@ -187,9 +194,10 @@ def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite:
                 for p, label, row in zip(paths, labels, probabilities.tolist()):
                     writer.writerow([p, label, int(np.argmax(row)), *(f"{v:.6g}" for v in row)])
         else:
-            np.savez_compressed(staged, probabilities=probabilities.numpy(), labels=np.array(labels),
-                                paths=np.array(paths), classes=np.array(names or []),
-                                views=np.array(f"{e.num_clips}x{e.num_crops} {e.average}"))
+            with open(staged, "wb") as f:  # a file object: numpy would add .npz to a name without it
+                np.savez_compressed(f, probabilities=probabilities.numpy(), labels=np.array(labels),
+                                    paths=np.array(paths), classes=np.array(names or []),
+                                    views=np.array(f"{e.num_clips}x{e.num_crops} {e.average}"))
     print(f"dumped {len(paths)} videos' scores to {target}")
 
 
@@ -198,28 +206,102 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
     overrides when there are any (``test.best``, ``test.last``,
     ``test.best.data.num_frames=32``), so that ``taggnn eval`` never writes over the run's own
     ``metrics_test.json`` (written by training's final test) nor over the results of another
-    checkpoint or other settings."""
+    checkpoint or other settings. A shared model (a folder ``best`` written by ``taggnn export
+    --format safetensors``, its ``model.safetensors`` or a Hub id ``owner/best``) is tagged
+    ``best-shared``, apart from the checkpoint ``best.pt`` beside it."""
     import re
+
+    from .models.hub import WEIGHTS_NAME, is_pretrained_source
 
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9=._-]+", "-", text)
 
     tag = split
     if checkpoint is not None:
-        tag += "." + clean(Path(checkpoint).stem)
+        path = Path(checkpoint)
+        if is_pretrained_source(checkpoint):
+            name = path.parent.name if path.name == WEIGHTS_NAME else path.name
+            if name.endswith(".safetensors"):
+                name = name[: -len(".safetensors")]
+            tag += "." + clean(name or "model") + "-shared"
+        else:
+            tag += "." + clean(path.stem)
     if overrides:
         tag += "." + "_".join(clean(item) for item in overrides)[:150]
     return tag
 
 
-def _record_in_run_folder(out: Path, tag: str) -> None:
-    """Lists an evaluation's files in the run folder's manifest (when ``out`` is a run folder), so
-    that ``taggnn train --overwrite`` of that folder knows them as taggnn's own."""
+def _record_in_run_folder(out: Path, names: List[str]) -> None:
+    """Lists files a command is about to write into ``out`` in the run folder's manifest (when
+    ``out`` is a run folder), so that ``taggnn train --overwrite`` of that folder removes them as
+    taggnn's own."""
     from .engine.runfolder import MANIFEST_NAME, record_outputs
 
-    if (out / MANIFEST_NAME).is_file():
-        record_outputs(out, [f"metrics_{tag}.json", f"per_class_{tag}.csv", f"confusion_{tag}.png",
-                             f"skipped_{tag}.txt"])
+    if (Path(out) / MANIFEST_NAME).is_file():
+        record_outputs(Path(out), names)
+
+
+def _evaluation_files(tag: str) -> List[str]:
+    return [f"metrics_{tag}.json", f"per_class_{tag}.csv", f"confusion_{tag}.png", f"skipped_{tag}.txt"]
+
+
+def _checkpoint_argument(source: str) -> Path:
+    """``--checkpoint`` as a path, refused in one line when it names nothing usable: a path that
+    does not exist (unless it looks like a Hub id ``owner/name``), or something that is neither a
+    regular file nor a folder (a device, a pipe, a broken link)."""
+    import stat
+
+    from .errors import CheckpointError
+    from .models.hub import looks_like_hub_id
+
+    path = Path(source)
+    if not os.path.lexists(path):
+        if looks_like_hub_id(source):
+            return path
+        raise CheckpointError(f"--checkpoint {source}: no such file or folder; give a taggnn checkpoint "
+                              f"(runs/NAME/best.pt), a shared model's folder or a Hub id owner/name")
+    if path.is_file() or path.is_dir():
+        return path
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        kind = "a link to nothing"
+    else:
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+                else "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a special file")
+    raise CheckpointError(f"--checkpoint {source} is not a regular file ({kind}); give a taggnn checkpoint "
+                          f"(runs/NAME/best.pt), a shared model's folder or a Hub id owner/name")
+
+
+def checkpoint_state(source: Path) -> dict:
+    """What identifies the evaluated state of ``source``: for a file (or a shared folder's
+    ``model.safetensors``) its size, modification time and the first 16 hex digits of its SHA-256;
+    for a taggnn checkpoint also its ``epoch`` and ``step``; ``{}`` for a Hub id."""
+    import hashlib
+
+    from .models.hub import WEIGHTS_NAME
+
+    path = Path(source)
+    file = path / WEIGHTS_NAME if path.is_dir() else path
+    if not file.is_file():
+        return {}
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    info = file.stat()
+    state = {"file": str(file), "bytes": info.st_size, "mtime": info.st_mtime, "sha256": digest.hexdigest()[:16]}
+    if file.suffix != ".safetensors":
+        import torch
+
+        try:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # already read (and refused, if it is no checkpoint) by load_trained
+            checkpoint = None
+        if isinstance(checkpoint, dict):
+            state.update({key: checkpoint[key] for key in ("epoch", "step") if isinstance(checkpoint.get(key), int)})
+    return state
 
 
 def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> None:
@@ -278,43 +360,63 @@ def cmd_eval_reference(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
+def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Optional[Path]) -> dict:
+    """Evaluates ``checkpoint`` and writes its results (and ``--dump``) into ``out``; returns the metrics."""
     from .engine.data import build_dataset
     from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
-    from .utils.outputs import check_output
 
-    if args.reference:
-        return cmd_eval_reference(args)
-    if not args.checkpoint:
-        from .errors import ConfigError
-
-        raise ConfigError("eval needs --checkpoint (a taggnn checkpoint) or --reference (an authors' .pth)")
-    checkpoint = Path(args.checkpoint)
-    if not args.out and not checkpoint.exists():  # a Hub id: no local folder for the results
-        from .errors import ConfigError
-
-        raise ConfigError(f"--checkpoint {args.checkpoint} is a Hub model: give --out DIR for the metrics files")
-    out = Path(args.out) if args.out else checkpoint.parent
-    tag = results_tag(args.split, args.overrides, checkpoint)
-    if args.dump:  # every output is checked before the evaluation starts
-        check_output(dump_target(args.dump), overwrite=args.overwrite, inputs=[checkpoint], what="--dump")
-    config = _overridden_config(checkpoint, args.overrides)
-    _claim_results(out, tag, checkpoint, args.overwrite)
+    state = checkpoint_state(checkpoint)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
     dataset = build_dataset(config, args.split, train=False, classes=names, views=True)
     result = evaluate(model, dataset, batch_size=config.train.eval_batch_size, device=device,
                       num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(config, device), config=config,
-                      progress=not args.no_progress, collect_logits=bool(args.dump))
-    meter, scores = result if args.dump else (result, None)
-    if args.dump:
-        dump_scores(Path(args.dump), dataset, meter, scores, names, config, overwrite=args.overwrite)
+                      progress=not args.no_progress, collect_logits=dump is not None)
+    meter, scores = result if dump is not None else (result, None)
+    if dump is not None:
+        _record_in_run_folder(dump.parent, [dump.name])
+        dump_scores(dump, dataset, meter, scores, names, config, overwrite=args.overwrite)
     e = config.eval
-    _record_in_run_folder(out, tag)
+    _record_in_run_folder(out, _evaluation_files(tag))
     (out / f"skipped_{tag}.txt").unlink(missing_ok=True)  # a previous evaluation's list; rewritten if any
-    metrics = write_evaluation(out, args.split, meter, names, config.train.mca,
-                               {"checkpoint": str(checkpoint), "overrides": list(args.overrides),
-                                "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
+    return write_evaluation(out, args.split, meter, names, config.train.mca,
+                            {"checkpoint": str(checkpoint), "checkpoint_state": state,
+                             "overrides": list(args.overrides),
+                             "views": f"{e.num_clips}x{e.num_crops} ({e.average})"}, tag=tag)
+
+
+def cmd_eval(args) -> int:
+    from .engine.runfolder import RunLock
+    from .errors import ConfigError, TrainingError
+    from .utils.outputs import check_output
+
+    if args.reference:
+        return cmd_eval_reference(args)
+    if not args.checkpoint:
+        raise ConfigError("eval needs --checkpoint (a taggnn checkpoint) or --reference (an authors' .pth)")
+    checkpoint = _checkpoint_argument(args.checkpoint)
+    if not args.out and not os.path.lexists(checkpoint):  # a Hub id: no local folder for the results
+        raise ConfigError(f"--checkpoint {args.checkpoint} is a Hub model: give --out DIR for the metrics files")
+    out = Path(args.out) if args.out else checkpoint.parent
+    tag = results_tag(args.split, args.overrides, checkpoint)
+    dump = dump_target(args.dump) if args.dump else None
+    if dump is not None:  # every output is checked before the evaluation starts
+        check_output(dump, overwrite=args.overwrite, inputs=[checkpoint], what="--dump")
+    config = _overridden_config(checkpoint, args.overrides)
+    _claim_results(out, tag, checkpoint, args.overwrite)
+    lock = RunLock(out)
+    lock.error = lambda message: TrainingError(f"{message}; or write this evaluation's results elsewhere with "
+                                               f"--out DIR")
+    created = not out.exists()
+    try:
+        with lock:  # a run training in `out` (or another evaluation) never sees its results written meanwhile
+            _claim_results(out, tag, checkpoint, args.overwrite)  # again: another evaluation may have written them
+            metrics = _evaluate_into(args, checkpoint, config, out, tag, dump)
+    except BaseException:
+        if created:  # a folder the lock created and nothing was written into
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     skipped = f"  skipped {metrics['skipped']} unreadable (-> skipped_{tag}.txt)" if metrics["skipped"] else ""
     print(f"{args.split}: top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  "
           f"MCA (present) {metrics['mca_present']:.4f}  MCA (union) {metrics['mca_union']:.4f}  "
@@ -505,7 +607,7 @@ def cmd_export(args) -> int:
     from .models.export import default_export_path, export_model
     from .utils.outputs import check_output
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = _checkpoint_argument(args.checkpoint)
     out = Path(args.out) if args.out else default_export_path(checkpoint, args.format)
     if args.format == "safetensors":  # a folder to share: checked before any work
         from .errors import ConfigError
@@ -528,6 +630,8 @@ def cmd_export(args) -> int:
         example = torch.randn(args.batch, 3, frames, crop, crop)
     else:  # a head trained on cached features
         example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
+    # an export into a run folder is listed in its manifest, so `taggnn train --overwrite` removes it too
+    _record_in_run_folder(out.parent, [out.name, *([f"{out.name}.data"] if args.format == "onnx" else [])])
     result = export_model(model, example, out, args.format, overwrite=args.overwrite)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")

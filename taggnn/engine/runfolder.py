@@ -26,7 +26,7 @@ from typing import Any, Iterable, List, Optional, Sequence
 
 from ..errors import TrainingError
 from ..utils.lockfile import LockFile, folder_mutex, process_alive, process_identity, process_start_time
-from ..utils.outputs import TEMPORARY_NAME, write_text_atomic
+from ..utils.outputs import MANIFEST_NAME, TEMPORARY_NAME, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 LOCK_NAME = ".taggnn.lock"
-MANIFEST_NAME = ".taggnn-manifest.json"
 #: Names of the files (and the ``tensorboard`` folder) a training run writes into its folder.
 RUN_FILES = ("last.pt", "best.pt", "config.yaml", "log.jsonl", "summary.json", "backbone.pt", "tensorboard",
              "log.csv", "params.csv")

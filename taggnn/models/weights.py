@@ -132,7 +132,8 @@ def fetch(source: PathLike, *, sha256_prefix: Optional[str] = None,
                     ) from error
                 raise WeightsError(
                     f"could not download {source_str} ({error}); download it by hand and pass "
-                    f"the local path instead (weights='/path/to/{target.name}')"
+                    f"the local path instead: --set model.weights=/path/to/{target.name} (or weights='/path/to/"
+                    f"{target.name}' in Python)"
                 ) from error
             try:
                 verify_file(tmp, expected)

@@ -4,16 +4,21 @@ A command that writes a file the user names (or a default name) checks it first 
 :func:`check_output`: an existing file is refused unless the command was given
 ``--overwrite``, and a file the command reads is refused always. The file itself is written
 through :func:`atomic_output`, so that a failure half-way leaves the previous file (or no
-file) instead of a truncated one. Single files that taggnn writes for itself (manifests,
-checkpoints) go through :func:`write_atomic`: a temporary file ``.<name>.<pid>.tmp``, flushed to
-disk, then renamed into place.
+file) instead of a truncated one. A file that a training run wrote into its folder (its
+checkpoints, config, log and results, as the folder's manifest :data:`MANIFEST_NAME` lists them)
+or any taggnn training checkpoint is never replaced, even with ``--overwrite``. Single files that
+taggnn writes for itself (manifests, checkpoints) go through :func:`write_atomic`: a temporary
+file ``.<name>.<pid>.tmp``, flushed to disk, then renamed into place.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pickletools
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, Union
 
@@ -23,8 +28,18 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "OutputExistsError", "check_output", "atomic_output", "same_path", "TEMPORARY_NAME", "temporary_path",
-    "write_synced", "write_atomic", "write_text_atomic",
+    "write_synced", "write_atomic", "write_text_atomic", "MANIFEST_NAME", "TRAINING_OUTPUT", "protected_file",
 ]
+
+#: The manifest of a run folder: the names of the files taggnn wrote there (see
+#: :mod:`taggnn.engine.runfolder`).
+MANIFEST_NAME = ".taggnn-manifest.json"
+#: Names of the files a training run writes into its folder: its checkpoints, config, logs, backbone,
+#: tensorboard folder and the results of its own evaluations (``metrics_test.json``; ``taggnn eval``
+#: tags its results with the checkpoint, ``metrics_test.best.json``, so they never match).
+TRAINING_OUTPUT = re.compile(r"^(last\.pt|best\.pt|config\.yaml|log\.jsonl|log\.csv|params\.csv|summary\.json|"
+                             r"backbone\.pt|tensorboard|metrics_[^.]+\.json|per_class_[^.]+\.csv|"
+                             r"confusion_[^.]+\.png|skipped_[^.]+\.txt)$")
 
 #: Name of a temporary file being written: ``.<final name>.<pid of the writer>.tmp`` beside the final
 #: file, so that a later run can tell whether its writer is gone (see
@@ -47,6 +62,48 @@ def same_path(a: PathLike, b: PathLike) -> bool:
     return a.resolve() == b.resolve()
 
 
+def _listed_in_manifest(path: Path) -> bool:
+    try:
+        data = json.loads((path.parent / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    files = data.get("files") if isinstance(data, dict) else None
+    return isinstance(files, list) and path.name in files
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` zip whose top-level dictionary holds ``model`` and
+    ``config`` (a taggnn training checkpoint); reads the pickle's opcodes only, loads nothing."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pickles) != 1 or any("/code/" in n for n in archive.namelist()):
+                return False
+            with archive.open(pickles[0]) as f:
+                strings = {arg for op, arg, _ in pickletools.genops(f) if isinstance(arg, str)
+                           and op.name.endswith("UNICODE")}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return False
+    return {"model", "config"} <= strings
+
+
+def protected_file(path: PathLike) -> Optional[str]:
+    """Why no command may replace ``path`` even with ``--overwrite``: a file that a taggnn training
+    run wrote into its folder (its manifest lists it and its name is one of
+    :data:`TRAINING_OUTPUT`), or a taggnn training checkpoint anywhere; ``None`` for other files."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    if TRAINING_OUTPUT.match(path.name) and _listed_in_manifest(path):
+        return f"a file of the taggnn run in {path.parent} (listed in its {MANIFEST_NAME})"
+    if path.is_file() and _is_training_checkpoint(path):
+        return "a taggnn training checkpoint"
+    return None
+
+
 def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike] = (),
                  what: str = "output", flag: str = "--overwrite", folder_of: Optional[Iterable[str]] = None) -> Path:
     """Refuses to write ``path`` over an input of the command, a folder or an existing file.
@@ -62,6 +119,9 @@ def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[Pa
         what: How the message names the output (e.g. ``"--dump"``).
         flag: The option that allows replacing an existing file.
         folder_of: For a folder output, the names of the files it holds when written.
+
+    A file of a training run or a training checkpoint (:func:`protected_file`) is refused even
+    with ``overwrite``.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -88,6 +148,10 @@ def check_output(path: PathLike, *, overwrite: bool = False, inputs: Iterable[Pa
         return path
     if path.is_dir():
         raise OutputExistsError(f"{what} {path} is a folder; give a file name")
+    protected = protected_file(path)
+    if protected:
+        raise OutputExistsError(f"{what} {path} is {protected}; taggnn never writes over it, even with {flag}: "
+                                f"choose another path")
     if os.path.lexists(path) and not overwrite:
         raise OutputExistsError(f"{what} {path} already exists; pass {flag} to replace it, or choose another path")
     return path

@@ -144,12 +144,12 @@ def test_eval_dump_refuses_an_existing_file_before_evaluating(run, tmp_path, cap
     err = one_line_error(capsys)
     assert "--dump" in err and "already exists; pass --overwrite" in err
     assert dump.read_text() == "my spreadsheet" and not (run / "metrics_test.last.json").exists()
-    (tmp_path / "scores.npz").write_text("mine")  # --dump scores (no suffix) writes scores.npz
+    (tmp_path / "scores.npz").write_text("mine")
     assert main(["eval", "--checkpoint", str(run / "last.pt"), "--no-progress", "--dump",
-                 str(tmp_path / "scores")]) == 2
+                 str(tmp_path / "scores.npz")]) == 2
     assert "scores.npz already exists" in one_line_error(capsys)
     assert main(["eval", "--checkpoint", str(run / "last.pt"), "--no-progress", "--dump",
-                 str(tmp_path / "scores"), "--overwrite"]) == 0
+                 str(tmp_path / "scores.npz"), "--overwrite"]) == 0
     assert np.load(tmp_path / "scores.npz")["probabilities"].shape == (16, 16)
 
 

@@ -227,7 +227,7 @@ def test_eval_and_predict_accept_the_shared_folder(run, shared, tmp_path, capsys
 
     assert main(["eval", "--checkpoint", str(shared), "--split", "test", "--out", str(tmp_path / "eval"),
                  "--no-progress"]) == 0
-    shared_metrics = json.loads((tmp_path / "eval" / f"metrics_test.{shared.name}.json").read_text())
+    shared_metrics = json.loads((tmp_path / "eval" / f"metrics_test.{shared.name}-shared.json").read_text())
     run_metrics = json.loads((run / "metrics_test.json").read_text())
     assert shared_metrics["top1"] == run_metrics["top1"] and shared_metrics["count"] == run_metrics["count"]
     write_split(tmp_path / "videos", "test", count=1, num_frames=8, size=32)
@@ -247,7 +247,7 @@ def test_eval_of_a_hub_id_offline_in_a_fresh_process(shared, tmp_path):
                "--out", str(tmp_path / "eval"), "--no-progress"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "eval" / "metrics_val.tiny-tagnet.json").read_text())["count"] == 16
+    assert json.loads((tmp_path / "eval" / "metrics_val.tiny-tagnet-shared.json").read_text())["count"] == 16
 
 
 def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch, capsys):
