@@ -97,7 +97,6 @@ def test_plain_run_names_are_accepted():
 def test_the_epoch_record_after_a_mid_epoch_resume_equals_the_uninterrupted_one(finished, tmp_path):
     out = tmp_path / "resumed"
     train(small_config("train.max_steps=4"), out, progress=False)  # stopped at epoch 1, batch 4 of 6
-    assert load_checkpoint(out / "last.pt")["epoch_running"][0]["count"] == 32
     train(small_config(), out, resume=out / "last.pt", progress=False)
     full, resumed = records(finished, "epoch"), records(out, "epoch")
     assert [r["epoch"] for r in resumed] == [1, 2]
