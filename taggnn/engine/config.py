@@ -310,7 +310,8 @@ def validate(config: "Config") -> "Config":
        (:func:`check_model_build`, cached per model).
     """
     flat = flatten(config.to_dict())
-    problems = [f"{key}={value!r} is not a finite number (give a finite value)" for key, value in flat.items()
+    problems = [f"{key}={value!r} is out of range (allowed: a finite number"
+                + (f" in {RANGES[key]})" if key in RANGES else ")") for key, value in flat.items()
                 if isinstance(value, float) and not math.isfinite(value)]
     name = str(config.name)
     if name in ("", ".", "..") or any(separator in name for separator in ("/", "\\", os.sep)):

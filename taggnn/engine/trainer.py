@@ -501,12 +501,14 @@ class Trainer:
         return f"{self.config.optim.lr / 10:g}"
 
     def _start_over(self, folder: Path) -> str:
-        """A command that starts the run in ``folder`` over with a 10x lower learning rate, when
-        the folder has the run's config.yaml and manifest; else the advice in words."""
+        """A command that starts the run in ``folder`` over with a 10x lower learning rate in a new
+        folder beside it (its config.yaml, an input, is never a file the new run writes), when the
+        folder has the run's config.yaml and manifest; else the advice in words."""
         if (folder / "config.yaml").is_file() and read_manifest(folder) is not None:
+            lower = self._lower_lr()
             return (f"start over with a 10x lower learning rate: taggnn train --config "
-                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder)} --overwrite "
-                    f"--set optim.lr={self._lower_lr()}")
+                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder.parent / f'{folder.name}_lr{lower}')} "
+                    f"--set optim.lr={lower}")
         return f"start a new run with a lower optim.lr (e.g. {self._lower_lr()})"
 
     def _cannot_continue(self, path: Path, problem: str) -> str:

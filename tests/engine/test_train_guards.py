@@ -77,7 +77,7 @@ def test_a_header_only_test_csv_is_refused_before_the_first_step(tmp_path):
                                           ("optim.grad_clip=nan", "optim.grad_clip"),
                                           ("model.pos_init_std=inf", "model.pos_init_std")])
 def test_non_finite_floats_are_refused_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=f"{key}=(inf|nan) is not a finite number"):
+    with pytest.raises(ConfigError, match=rf"{key}=(inf|nan) is out of range \(allowed: a finite number"):
         load_config("synthgym_tiny", [override])
 
 
@@ -164,3 +164,16 @@ def test_train_refuses_any_input_among_its_outputs(finished, tmp_path):
     shutil.copytree(finished, run)
     with pytest.raises(TrainingError, match="copy it elsewhere first"):
         train(small_config(), run, overwrite=True, inputs=[run / "log.jsonl"])
+
+
+def test_a_features_test_split_of_another_backbone_is_refused_before_the_first_step(tmp_path, capsys):
+    from .test_feature_cache import features, one_line_error, train_on
+
+    folder, other = tmp_path / "features", tmp_path / "other"
+    assert features(folder) == 0
+    assert features(other, "--split", "test", extra=["train.seed=3"]) == 0  # another random backbone
+    shutil.copy(other / "test.pt", folder / "test.pt")
+    capsys.readouterr()
+    assert train_on(folder, out=tmp_path / "run") == 2
+    assert "test.pt was made with another backbone or settings" in one_line_error(capsys, "train")
+    assert not (tmp_path / "run" / "last.pt").exists()  # refused before any step
