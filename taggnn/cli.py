@@ -562,6 +562,8 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_features(args) -> int:
+    import shlex
+
     import torch
 
     from .engine.config import load_config
@@ -576,7 +578,8 @@ def cmd_features(args) -> int:
                              dtype=torch.float32 if args.float32 else torch.float16)
     for split, path in paths.items():
         print(f"{split}: {path}")
-    print(f"train the head alone on them: taggnn train --config {args.config} --set data.features={args.out}")
+    sets = "".join(f" --set {shlex.quote(item)}" for item in [*args.overrides, f"data.features={args.out}"])
+    print(f"train the head alone on them: taggnn train --config {shlex.quote(args.config)}{sets}")
     return 0
 
 

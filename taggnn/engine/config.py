@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -308,10 +310,16 @@ def validate(config: "Config") -> "Config":
        (:func:`check_model_build`, cached per model).
     """
     flat = flatten(config.to_dict())
-    problems = []
+    problems = [f"{key}={value!r} is out of range (allowed: a finite number"
+                + (f" in {RANGES[key]})" if key in RANGES else ")") for key, value in flat.items()
+                if isinstance(value, float) and not math.isfinite(value)]
+    name = str(config.name)
+    if name in ("", ".", "..") or any(separator in name for separator in ("/", "\\", os.sep)):
+        problems.append(f"name={name!r} is not a plain folder name (runs/<name> must stay inside runs/): "
+                        f"give a name without '/', '\\' or '..', or choose the folder with --out")
     for key, allowed in RANGES.items():
         value = flat[key]
-        if value is not None and value not in allowed:
+        if value is not None and value not in allowed and not (isinstance(value, float) and not math.isfinite(value)):
             problems.append(f"{key}={value!r} is out of range (allowed: {allowed})")
     for key, choices in _choices().items():
         if flat[key] not in choices:

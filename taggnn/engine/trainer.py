@@ -346,6 +346,11 @@ def loss_limit(num_classes: int) -> float:
     return BLOWUP_LOSS_FACTOR * math.log(max(num_classes, 2))
 
 
+def _readable(value: float) -> str:
+    """``value`` with one decimal (``2395.1``), or in scientific notation when very large."""
+    return f"{value:.1f}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
 def checkpoint_problem(state: Dict[str, Any], parameter_names: Iterable[str], loss: Optional[float],
                        num_classes: int) -> Optional[str]:
     """Why weights ``state`` (with the mean training ``loss`` before them, if known) cannot
@@ -364,8 +369,8 @@ def checkpoint_problem(state: Dict[str, Any], parameter_names: Iterable[str], lo
         return f"the weights exploded (max |w| = {largest:.3g} > {MAX_HEALTHY_WEIGHT:g})"
     limit = loss_limit(num_classes)
     if loss is not None and not loss <= limit:  # also NaN
-        return (f"the training loss before it ({loss:.4g}) exceeds the blow-up limit {limit:.3g} "
-                f"({BLOWUP_LOSS_FACTOR:g} x ln {num_classes} classes)")
+        return (f"the mean training loss {_readable(loss)} since the previous checkpoint exceeds the blow-up limit "
+                f"{BLOWUP_LOSS_FACTOR:g} x ln({num_classes} classes) = {limit:.1f}")
     return None
 
 
@@ -386,6 +391,8 @@ class Trainer:
         # the last checkpoint that can continue the run: its file and position
         self.last_good: Optional[Dict[str, Any]] = None
         self.loss_sum, self.loss_count = 0.0, 0  # training loss since the last checkpoint
+        # this rank's sums over the current epoch so far (its record's train_loss and train_top1)
+        self.running = {"loss": 0.0, "correct": 0, "count": 0}
         self.history: List[Dict[str, Any]] = []
         self.skipped_train: List[str] = []
         self.load_weights = True  # read model.weights (not when resuming: the checkpoint holds every weight)
@@ -404,7 +411,8 @@ class Trainer:
         self.device = resolve_device(t.device, self.context)
 
     def setup_run(self) -> None:
-        """Datasets, model, optimiser, schedule and sampler."""
+        """Datasets (train, validation and test: every split is checked before any step), model,
+        optimiser, schedule and sampler."""
         config, t = self.config, self.config.train
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
@@ -413,7 +421,9 @@ class Trainer:
 
         self.train_set = EpochSeeded(build_dataset(config, "train", train=True), t.seed)
         self.names = class_names(self.train_set)
+        # the evaluation splits are built (and thereby checked) now, before the first step, not after training
         self.val_set = build_dataset(config, config.data.val_split, train=False, classes=self.names)
+        self.test_set = build_dataset(config, config.data.test_split, train=False, classes=self.names, views=True)
         self.num_classes = len(self.names) if self.names else config.data.num_classes
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
@@ -475,6 +485,10 @@ class Trainer:
         self.best = checkpoint.get("best", self.best)
         self.last_good = {"path": path, "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step}
         set_rng_state(checkpoint["rng"][min(self.context.rank, len(checkpoint["rng"]) - 1)])
+        running = checkpoint.get("epoch_running")  # absent in checkpoints of older versions
+        if running and self.batches_done:
+            self.running = dict(running[min(self.context.rank, len(running) - 1)])
+        self.skipped_train = list(checkpoint.get("skipped_train", []))
         self.best_state = self._broadcast_best_state(path.parent / "best.pt")
         if self.context.is_main:
             logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batches_done,
@@ -487,12 +501,14 @@ class Trainer:
         return f"{self.config.optim.lr / 10:g}"
 
     def _start_over(self, folder: Path) -> str:
-        """A command that starts the run in ``folder`` over with a 10x lower learning rate, when
-        the folder has the run's config.yaml and manifest; else the advice in words."""
+        """A command that starts the run in ``folder`` over with a 10x lower learning rate in a new
+        folder beside it (its config.yaml, an input, is never a file the new run writes), when the
+        folder has the run's config.yaml and manifest; else the advice in words."""
         if (folder / "config.yaml").is_file() and read_manifest(folder) is not None:
+            lower = self._lower_lr()
             return (f"start over with a 10x lower learning rate: taggnn train --config "
-                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder)} --overwrite "
-                    f"--set optim.lr={self._lower_lr()}")
+                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder.parent / f'{folder.name}_lr{lower}')} "
+                    f"--set optim.lr={lower}")
         return f"start a new run with a lower optim.lr (e.g. {self._lower_lr()})"
 
     def _cannot_continue(self, path: Path, problem: str) -> str:
@@ -530,16 +546,17 @@ class Trainer:
 
     # ------------------------------------------------------- checkpoints
     def payload(self, epoch: int, batches_done: int) -> Dict[str, Any]:
-        states = [rng_state()]
-        if self.context.enabled:  # every rank's RNG state, so that each resumes its own stream
+        states, running = [rng_state()], [dict(self.running)]
+        if self.context.enabled:  # every rank's RNG state and sums, so that each resumes its own stream
             gathered: List[Any] = [None] * self.context.world_size
-            torch.distributed.all_gather_object(gathered, states[0])
-            states = gathered
+            torch.distributed.all_gather_object(gathered, (states[0], running[0]))
+            states, running = [item[0] for item in gathered], [item[1] for item in gathered]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "epoch": epoch,
                 "batches_done": batches_done, "step": self.step, "rng": states, "best": self.best,
                 "config": self.config.to_dict(), "classes": self.names, "num_classes": self.num_classes,
-                "train_loss": self._loss_since_checkpoint()}
+                "train_loss": self._loss_since_checkpoint(), "epoch_running": running,
+                "skipped_train": list(self.skipped_train)}
 
     def _loss_since_checkpoint(self) -> Optional[float]:
         return self.loss_sum / self.loss_count if self.loss_count else None
@@ -591,7 +608,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch, start=self.batches_done * t.batch_size)
         loader = make_loader(self.train_set, self.sampler, t.batch_size, config, self.device, self.epoch)
         self.model.train()
-        running_loss, running_correct, running_count = 0.0, 0, 0
+        running = self.running
         started = time.perf_counter()
         iterator = tqdm(loader, desc=f"epoch {self.epoch + 1}/{t.epochs}", unit="batch",
                         total=self.batches_per_epoch, initial=self.batches_done,
@@ -608,19 +625,19 @@ class Trainer:
                 loss, correct = self._forward_backward(clips, labels, last_of_step)
                 self.loss_sum += loss * labels.numel()
                 self.loss_count += labels.numel()
-                running_loss += loss * labels.numel()
-                running_correct += correct
-                running_count += labels.numel()
+                running["loss"] += loss * labels.numel()
+                running["correct"] += correct
+                running["count"] += labels.numel()
             if last_of_step:
                 self._optimizer_step()
                 elapsed = time.perf_counter() - started
-                rate = running_count * context.world_size / max(elapsed, 1e-9)
-                if running_count:
-                    iterator.set_postfix(loss=f"{running_loss / running_count:.3f}",
-                                         acc=f"{running_correct / running_count:.3f}", clips_s=f"{rate:.1f}")
+                rate = running["count"] * context.world_size / max(elapsed, 1e-9)
+                if running["count"]:
+                    iterator.set_postfix(loss=f"{running['loss'] / running['count']:.3f}",
+                                         acc=f"{running['correct'] / running['count']:.3f}", clips_s=f"{rate:.1f}")
                 if context.is_main and self.step % t.log_every == 0:
                     log.write({"kind": "train", "epoch": self.epoch + 1, "step": self.step,
-                               "loss": running_loss / max(running_count, 1),
+                               "loss": running["loss"] / max(running["count"], 1),
                                "lr": self.scheduler.get_last_lr()[0], "clips_per_s": rate})
                 if t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
                     self.save_last(self.epoch, self.batches_done)
@@ -628,8 +645,8 @@ class Trainer:
                     self.save_last(self.epoch, self.batches_done)
                     return False
         record = {"kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
-                  "train_loss": running_loss / max(running_count, 1),
-                  "train_top1": running_correct / max(running_count, 1),
+                  "train_loss": running["loss"] / max(running["count"], 1),
+                  "train_top1": running["correct"] / max(running["count"], 1),
                   "epoch_s": time.perf_counter() - started}
         if self.skipped_train:
             record["skipped_clips"] = len(self.skipped_train)
@@ -637,6 +654,7 @@ class Trainer:
                            len(self.skipped_train), ", ".join(self.skipped_train[:3]))
         self.epoch += 1
         self.batches_done = 0
+        self.running = {"loss": 0.0, "correct": 0, "count": 0}
         self.history.append(record)
         return True
 
@@ -709,9 +727,7 @@ class Trainer:
         if self.best_state is None:
             return {}
         self.model.load_state_dict(self.best_state)
-        test_set = build_dataset(self.config, self.config.data.test_split, train=False, classes=self.names,
-                                 views=True)
-        meter = evaluate(self.model, test_set, batch_size=t.eval_batch_size, device=self.device,
+        meter = evaluate(self.model, self.test_set, batch_size=t.eval_batch_size, device=self.device,
                          num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
                          config=self.config, progress=self.progress)
         if not self.context.is_main:
@@ -746,9 +762,39 @@ def config_inputs(config: Config) -> List[Path]:
             if isinstance(value, str) and value and os.path.exists(value)]
 
 
+def _tested_summary(out: Path, config: Config) -> Optional[Dict[str, Any]]:
+    """The summary of the finished run in ``out`` when its final test results are there
+    (``summary.json`` with the test metrics, and ``metrics_<test split>.json``), else None."""
+    path = out / "summary.json"
+    if not (out / f"metrics_{config.data.test_split}.json").is_file() or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("test"), dict):
+        return None
+    summary["already_finished"] = True
+    return summary
+
+
 def _copy_atomic(source: Path, target: Path) -> None:
     with open(source, "rb") as data:
         write_atomic(target, lambda f: shutil.copyfileobj(data, f))
+
+
+def _refuse_inputs_among_outputs(inputs: Iterable[Path], out: Path, outputs: Iterable[str]) -> None:
+    """Raises :class:`TrainingError` when a file the command reads is one the run writes into ``out``
+    (e.g. ``--config RUN/config.yaml --out RUN``): the run would replace its own input."""
+    written = [(out / name).resolve() for name in outputs]
+    for path in inputs:
+        resolved = Path(path).resolve()
+        clash = next((target for target in written if resolved == target or target in resolved.parents), None)
+        if clash is not None:
+            copy = Path(path).stem + "_copy" + Path(path).suffix
+            raise TrainingError(f"{path} is an input of this run but also a file the run writes into {out} "
+                                f"({clash.name}), so it would be replaced; copy it elsewhere first (e.g. "
+                                f"cp {_quote(path)} {_quote(copy)}) and pass the copy, or choose another --out")
 
 
 def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True,
@@ -779,11 +825,13 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
     trainer.load_weights = resume is None
     trainer.setup_context()
     context = trainer.context
+    read_by_run = [*inputs, *config_inputs(config), *([resume] if resume is not None else [])]
+    outputs = run_outputs(config)
+    if resume is None or resume.parent.resolve() != out.resolve():
+        _refuse_inputs_among_outputs(read_by_run, out, outputs)
     created = context.is_main and not out.exists()  # removed again if the run fails before writing in it
     if context.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    read_by_run = [*inputs, *config_inputs(config), *([resume] if resume is not None else [])]
-    outputs = run_outputs(config)
     try:
         with RunLock(out) if context.is_main else nullcontext():
             if context.is_main:
@@ -791,17 +839,25 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
             trainer.setup_run()
             if resume is not None:
                 trainer.resume(resume)
+            t = config.train
+            finished_before = trainer.epoch >= t.epochs
+            tested = _tested_summary(out, config) if finished_before and context.is_main else None
+            if broadcast_flag(tested is not None, context):
+                if context.is_main:
+                    logger.info("%s already finished all %d epochs and was tested: nothing left to do; its results "
+                                "are in %s", resume, t.epochs, out / "summary.json")
+                return tested or {}
             if context.is_main:
                 if overwrite:
                     clear_run_folder(out, inputs=read_by_run)
                 remove_stale_temporaries(out)
                 record_outputs(out, outputs)
-                best = resume.parent / "best.pt" if resume is not None else None
-                if best is not None and best.is_file() and resume.parent.resolve() != out.resolve():
-                    _copy_atomic(best, out / "best.pt")  # the run's best weights, in the run's own folder
+                if resume is not None and resume.parent.resolve() != out.resolve():
+                    # the run's best weights and earlier records, in the run's own folder
+                    for name in ("best.pt", "log.jsonl", "log.csv", "params.csv"):
+                        if (resume.parent / name).is_file() and name in outputs:
+                            _copy_atomic(resume.parent / name, out / name)
             barrier(context)
-            t = config.train
-            finished_before = trainer.epoch >= t.epochs
             if finished_before and context.is_main:
                 logger.info("%s already finished all %d epochs: nothing left to train", resume, t.epochs)
             with RunLog.open(out if context.is_main else None, config.train.loggers, run_name=config.name) as log:

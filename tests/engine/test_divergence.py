@@ -104,8 +104,8 @@ def test_a_run_that_fails_before_its_first_checkpoint_advises_commands_that_work
     refusal = capsys.readouterr().err
     assert "already holds a run" in refusal and "--resume" not in refusal and "--overwrite" in refusal
     advised = commands(err)
-    assert advised == [f"taggnn train --config {tmp_path / 'config.yaml'} --out {tmp_path} --overwrite "
-                       f"--set optim.lr=0.0002"]
+    fresh = tmp_path.parent / f"{tmp_path.name}_lr0.0002"  # a new folder: the run's config.yaml stays an input
+    assert advised == [f"taggnn train --config {tmp_path / 'config.yaml'} --out {fresh} --set optim.lr=0.0002"]
     assert run_command(advised[0]) == 0
-    checkpoint = load_checkpoint(tmp_path / "last.pt")
+    checkpoint = load_checkpoint(fresh / "last.pt")
     assert checkpoint["step"] == 1 and checkpoint["config"]["optim"]["lr"] == 2e-4

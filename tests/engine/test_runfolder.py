@@ -109,7 +109,8 @@ def test_overwrite_keeps_the_commands_inputs_and_refuses_files_no_manifest_lists
     record_outputs(out, ["backbone.pt"])
     weights = (out / "backbone.pt").read_bytes()
     (out / "notes.txt").write_text("mine")
-    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(out), "--overwrite", "--no-progress",
+    shutil.copy(out / "config.yaml", tmp_path / "config.yaml")  # the run's own config.yaml is a file it writes
+    assert main(["train", "--config", str(tmp_path / "config.yaml"), "--out", str(out), "--overwrite", "--no-progress",
                  "--set", f"model.weights={out / 'backbone.pt'}", "--set", "train.max_steps=1"]) == 0
     assert (out / "backbone.pt").read_bytes() == weights and (out / "notes.txt").read_text() == "mine"
     assert load_checkpoint(out / "last.pt")["step"] == 1 and (out / "config.yaml").is_file()
