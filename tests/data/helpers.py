@@ -31,3 +31,19 @@ def read_index(frame):
 def write_index_video(path, num_frames, fps=25, height=48, width=BITS * STRIPE, **kwargs):
     write_video(path, index_frames(num_frames, height, width), fps=fps, **kwargs)
     return path
+
+
+def write_audio_only(path):
+    """A file with one AAC audio stream and no video stream."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for _ in range(5):
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

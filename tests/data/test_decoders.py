@@ -9,7 +9,7 @@ from taggnn.data import VideoError, VideoFolder, load_clip, sample_indices
 from taggnn.data.decoders import DECODERS, torchcodec_problem
 from taggnn.engine.config import Config, ConfigError, load_config
 
-from .helpers import read_index, write_index_video
+from .helpers import read_index, write_audio_only, write_index_video
 
 needs_torchcodec = pytest.mark.skipif(torchcodec_problem() is not None,
                                       reason=f"torchcodec cannot run here: {torchcodec_problem()}")
@@ -106,21 +106,10 @@ def test_torchcodec_resamples_like_pyav_when_the_count_over_counts(videos, caplo
 
 @needs_torchcodec
 def test_torchcodec_unreadable_files_raise_the_same_video_errors(tmp_path):
-    import av
-
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     (tmp_path / "empty.mp4").write_bytes(b"")
-    audio = tmp_path / "audio.m4a"
-    with av.open(str(audio), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for _ in range(5):
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    audio = write_audio_only(tmp_path / "audio.m4a")
     cases = [(tmp_path / "nope.mp4", r"nope\.mp4: file does not exist"),
              (tmp_path / "empty.mp4", r"empty\.mp4: file is empty \(0 bytes\)"),
              (tmp_path, "is a directory"),

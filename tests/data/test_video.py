@@ -1,12 +1,11 @@
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from taggnn.data import VideoError, count_frames, load_clip, sample_indices
 
-from .helpers import read_index, write_index_video
+from .helpers import read_index, write_audio_only, write_index_video
 
 
 @pytest.fixture(scope="module")
@@ -113,18 +112,7 @@ def test_truncated_video_raises_or_resamples_never_black(videos, tmp_path):
 
 
 def test_audio_only_file(tmp_path):
-    import av
-
-    path = tmp_path / "audio.m4a"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-        frame.sample_rate = 16000
-        for _ in range(5):
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_audio_only(tmp_path / "audio.m4a")
     with pytest.raises(VideoError, match=r"audio\.m4a: has no video stream \(streams: audio\)"):
         load_clip(path, 8)
 

@@ -15,22 +15,6 @@ CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
 RUN_RESULTS = ("metrics_test.json", "per_class_test.csv", "confusion_test.png")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny finished run (best.pt, last.pt and the final test's files); tests work on copies."""
-    out = tmp_path_factory.mktemp("trained")
-    assert main(["train", "--out", str(out), "--no-progress", *CLI_SMALL, "--set", "train.epochs=1",
-                 "--set", "data.synth_train=16"]) == 0
-    return out
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy, ignore=shutil.ignore_patterns("tensorboard", ".taggnn.lock"))
-    return copy
-
-
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err

@@ -24,22 +24,6 @@ CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny finished run (best.pt, last.pt and the final test's files); tests work on copies."""
-    out = tmp_path_factory.mktemp("trained")
-    assert main(["train", "--out", str(out), "--no-progress", *CLI_SMALL, "--set", "train.epochs=1",
-                 "--set", "data.synth_train=16"]) == 0
-    return out
-
-
-@pytest.fixture
-def run(trained, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained, copy, ignore=shutil.ignore_patterns("tensorboard", ".taggnn.lock"))
-    return copy
-
-
 @pytest.fixture
 def quick_export(monkeypatch):
     """Exports that write their file (and an ONNX model's ``.data`` companion) without exporting,
