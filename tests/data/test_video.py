@@ -1,4 +1,4 @@
-import os
+import numpy as np
 
 import pytest
 import torch
@@ -93,7 +93,7 @@ def test_missing_empty_directory_and_garbage_files(videos, tmp_path):
         load_clip(tmp_path / "empty.mp4", 8)
     with pytest.raises(VideoError, match="is a directory"):
         load_clip(tmp_path, 8)
-    (tmp_path / "garbage.mp4").write_bytes(os.urandom(4096))
+    (tmp_path / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
     with pytest.raises(VideoError, match=r"garbage\.mp4: cannot be opened as a video"):
         load_clip(tmp_path / "garbage.mp4", 8)
 
