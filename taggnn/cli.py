@@ -103,22 +103,23 @@ def cmd_train(args) -> int:
     from .engine.config import load_config
     from .engine.trainer import resume_config, train
 
+    config_arg = getattr(args, "config", None)  # no default in --help: it depends on --resume
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
         if not resume.is_file():
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
         # the checkpoint's own config; --config / --set may change only the resumable keys
-        config = resume_config(resume, config=args.config, overrides=args.overrides,
+        config = resume_config(resume, config=config_arg, overrides=args.overrides,
                                rerun_options=f" --out {shlex.quote(args.out)}" if args.out else "")
     else:
-        config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        config = load_config(config_arg or DEFAULT_CONFIG, args.overrides)
     if args.out:
         out = Path(args.out)
     elif resume is not None:
         out = resume.parent  # continue in the run's own folder
     else:
         out = Path("runs") / config.name
-    inputs = [Path(args.config)] if args.config and Path(args.config).is_file() else []
+    inputs = [Path(config_arg)] if config_arg and Path(config_arg).is_file() else []
     try:
         summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
                         inputs=inputs)
@@ -662,8 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (and finally test) a model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help=f"preset name ({presets}) or YAML file (default: {DEFAULT_CONFIG}; with "
-                                    f"--resume: the checkpoint's own config)")
+    p.add_argument("--config", default=argparse.SUPPRESS,
+                   help=f"preset name ({presets}) or YAML file (default: {DEFAULT_CONFIG}; with --resume: the "
+                        f"checkpoint's own config)")
     _add_set(p)
     p.add_argument("--resume", help="continue exactly from this last.pt, with its own config (--config/--set may "
                                     "change only the resumable keys), in its own folder or an --out without a run")

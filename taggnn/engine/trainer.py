@@ -83,7 +83,10 @@ def resolve_device(name: str, context: DistributedContext) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+            raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
         if device.index is None:
             device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
