@@ -392,13 +392,10 @@ def _dataset_problems(config: "Config") -> List[str]:
         return []
     problems, splits = [], None
     if d.dataset == "synthgym":
-        from ..data.synthgym import GROUPS
-
-        sizes = [len(classes) for classes in GROUPS.values()]
-        counts = tuple(sum(sizes[: i + 1]) for i in range(len(sizes)))
+        from ..data.synthgym import CLASS_COUNTS as counts
         if d.num_classes not in counts:
             problems.append(f"data.num_classes={d.num_classes} does not fit SynthGym, whose generator renders "
-                            f"{len(sizes)} fixed groups of classes: use one of {', '.join(map(str, counts))}")
+                            f"{len(counts)} fixed groups of classes: use one of {', '.join(map(str, counts))}")
         if d.num_frames < SYNTHGYM_MIN_FRAMES:
             problems.append(f"data.num_frames={d.num_frames} is too short for SynthGym (a move needs at least "
                             f"{SYNTHGYM_MIN_FRAMES} frames)")

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import shutil
 import time
 from contextlib import nullcontext
@@ -52,6 +51,7 @@ from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing
     MANIFEST_NAME,
     RUN_FILES,
     RunLock,
+    _quote,
     check_run_folder,
     clear_run_folder,
     existing_run_files,
@@ -270,10 +270,6 @@ def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
         raise ConfigError(
             f"{path} was written by another config; these values differ (checkpoint -> now): "
             + "; ".join(differences) + ". Resume with the checkpoint's config or start a new run.")
-
-
-def _quote(value: Any) -> str:
-    return shlex.quote(str(value))
 
 
 def resume_config(checkpoint_path: Path, *, config: Optional[str] = None, overrides: Sequence[str] = (),
