@@ -290,7 +290,6 @@ class TAGHead(nn.Module):
         self.graph = self.graph.with_options(T=grid[0], H=grid[1], W=grid[2])
         if self.refiner is not None:
             self.refiner.graph = self.graph
-            self.refiner._sparse_tensors.clear()
         self.grid = grid
 
     def _check_features(self, features: Tensor) -> None:
@@ -343,7 +342,7 @@ class TAGHead(nn.Module):
             nodes = torch.arange(B, device=h0.device).repeat_interleave(N)  # (B*N,)
             ptr = torch.arange(B + 1, device=h0.device) * N  # (B+1,)
             return NodeBatch(h0.reshape(B * N, C), nodes, ptr, B)
-        edges = self.refiner is not None and self.refiner.backend != "structured"
+        edges = self.refiner is not None and self.refiner.propagation_backend.needs_edges
         return self.graph.batch(h0, edges=edges)
 
     def graph_stage(self, batch: Union[Batch, NodeBatch]) -> Tensor:
