@@ -114,11 +114,16 @@ def backend_names() -> Tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-def get_backend(name: str) -> PropagationBackend:
-    """A new instance of the back-end called ``name``."""
+def backend_class(name: str) -> Type[PropagationBackend]:
+    """The registered back-end class called ``name``."""
     if name not in _BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(_BACKENDS)} or None, got {name!r}")
-    return _BACKENDS[name]()
+    return _BACKENDS[name]
+
+
+def get_backend(name: str) -> PropagationBackend:
+    """A new instance of the back-end called ``name``."""
+    return backend_class(name)()
 
 
 def _weighted_adjacency(graph: SpatioTemporalGraph, batch_size: int, x: Tensor, weights: Tensor,
@@ -266,5 +271,6 @@ __all__ = [
     "StructuredBackend",
     "register_backend",
     "backend_names",
+    "backend_class",
     "get_backend",
 ]
