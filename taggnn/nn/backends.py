@@ -109,6 +109,11 @@ def register_backend(cls: Type[PropagationBackend]) -> Type[PropagationBackend]:
     return cls
 
 
+def unregister_backend(name: str) -> None:
+    """Removes a registered back-end (e.g. one a test registered)."""
+    _BACKENDS.pop(name, None)
+
+
 def backend_names() -> Tuple[str, ...]:
     """Names of the registered back-ends, in registration order."""
     return tuple(_BACKENDS)
@@ -245,7 +250,8 @@ class StructuredBackend(PropagationBackend):
     TEMPORAL = ("aligned", "none")
 
     def check_graph(self, graph):
-        spatial, temporal = getattr(graph, "intra", None), getattr(graph, "temporal", None)
+        spatial = getattr(graph, "spatial", None) or getattr(graph, "intra", None)  # `intra`: the paper's name
+        temporal = getattr(graph, "temporal", None)
         if spatial not in self.SPATIAL or temporal not in self.TEMPORAL or getattr(graph, "dynamic", None):
             raise ConfigError(
                 f"backend 'structured' computes the paper's IF-FC (spatial 'full') and TAT (temporal 'aligned') "
@@ -270,6 +276,7 @@ __all__ = [
     "SparseTensorBackend",
     "StructuredBackend",
     "register_backend",
+    "unregister_backend",
     "backend_names",
     "backend_class",
     "get_backend",

@@ -16,8 +16,7 @@ Adding one, e.g. two steps of :math:`\hat{A}` with no teleport, on every back-en
         def forward(self, x, graph, backend, weights=None):
             return backend.propagate(backend.propagate(x, graph, weights), graph, weights)
 
-    register_propagation("twohop", lambda options: TwoHop(), backends=backend_names(),
-                         learned_edge_weights=True)
+    register_propagation("twohop", lambda options: TwoHop(), learned_edge_weights=True)  # every back-end
 
 A stage module's ``forward(x, graph, backend, weights)`` maps ``(B, N, C)`` to ``(B, N, C)``;
 ``weights`` are the learned edge-type weights (``None`` for the fixed graph).
@@ -96,32 +95,49 @@ class Propagation:
     Attributes:
         name: Its name (``model.propagation``).
         build: ``build(options: StageOptions)`` -> the stage module, or ``None`` for the identity.
-        backends: The back-ends it runs on, the first being the default.
+        only_backends: The back-ends it runs on, or ``None`` for every registered one (also those
+            registered later, e.g. for new edge families).
+        default: The back-end used when none is chosen (``None``: the first of :attr:`backends`).
         learned_edge_weights: Whether it takes ``edge_weights="learned"`` (a normalised
             propagation whose products take edge weights).
     """
 
     name: str
     build: Callable[[StageOptions], Optional[nn.Module]]
-    backends: Tuple[str, ...]
+    only_backends: Optional[Tuple[str, ...]] = None
+    default: Optional[str] = None
     learned_edge_weights: bool = False
+
+    @property
+    def backends(self) -> Tuple[str, ...]:
+        """The back-ends it runs on, the default first."""
+        names = self.only_backends if self.only_backends is not None else backend_names()
+        if self.default is None:
+            return tuple(names)
+        return (self.default,) + tuple(name for name in names if name != self.default)
 
 
 _PROPAGATIONS: Dict[str, Propagation] = {}
 
 
 def register_propagation(name: str, build: Callable[[StageOptions], Optional[nn.Module]], *,
-                         backends: Tuple[str, ...], learned_edge_weights: bool = False) -> Propagation:
-    """Registers a propagation called ``name``; returns its entry. See the module docstring."""
+                         backends: Optional[Tuple[str, ...]] = None, default: Optional[str] = None,
+                         learned_edge_weights: bool = False) -> Propagation:
+    """Registers a propagation called ``name``; returns its entry (see :class:`Propagation` and the
+    module docstring). ``backends=None``: every registered back-end, now and later."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a propagation needs a non-empty name, got {name!r}")
     if name in _PROPAGATIONS:
         raise ValueError(f"a propagation named {name!r} is already registered")
-    unknown = [b for b in backends if b not in backend_names()]
-    if not backends or unknown:
-        raise ValueError(f"propagation {name!r}: backends must be a non-empty subset of "
-                         f"{', '.join(backend_names())}, got {tuple(backends)!r}")
-    entry = Propagation(name, build, tuple(backends), bool(learned_edge_weights))
+    if backends is not None:
+        backends = tuple(backends)
+        unknown = [b for b in backends if b not in backend_names()]
+        if not backends or unknown:
+            raise ValueError(f"propagation {name!r}: backends must be a non-empty subset of "
+                             f"{', '.join(backend_names())} or None (all), got {backends!r}")
+    if default is not None and default not in (backends if backends is not None else backend_names()):
+        raise ValueError(f"propagation {name!r}: default back-end {default!r} is not one of its back-ends")
+    entry = Propagation(name, build, backends, default, bool(learned_edge_weights))
     _PROPAGATIONS[name] = entry
     return entry
 
@@ -143,7 +159,7 @@ def get_propagation(name: str) -> Propagation:
     if name in _PROPAGATIONS:
         return _PROPAGATIONS[name]
     if isinstance(name, str) and pyg_conv_class(name) is not None:
-        return Propagation(name, lambda options: _conv_stack(name, options), ("edge_index",))
+        return Propagation(name, lambda options: _conv_stack(name, options), MESSAGE_PASSING_BACKENDS)
     raise ValueError(f"propagation must be one of {', '.join(_PROPAGATIONS)} or the name of a "
                      f"torch_geometric.nn convolution ({', '.join(pyg_conv_names())}), got {name!r}")
 
@@ -154,16 +170,16 @@ def _conv_stack(kind: str, options: StageOptions) -> ConvStack:
                      conv_kwargs=options.conv_kwargs)
 
 
-# The default back-end runs PyG's own APPNP / GCNConv propagation on the batch's cached sparse
+# APPNP and GCN need only the normalised product, so they run on every back-end (also those added
+# later); the default runs PyG's own APPNP / GCNConv propagation on the batch's cached sparse
 # adjacency ("csr"); "structured" is the exact O(N*C) opt-in (fastest for deep K and large grids,
 # see benchmarks/propagation.py). GATConv and other convolutions pass messages over edge_index.
-_NORMALISED = ("csr", "structured", "sparse_tensor", "edge_index")
-register_propagation("appnp", lambda options: APPNPPropagation(options.K, options.alpha), backends=_NORMALISED,
+MESSAGE_PASSING_BACKENDS = ("edge_index",)
+register_propagation("appnp", lambda options: APPNPPropagation(options.K, options.alpha), default="csr",
                      learned_edge_weights=True)
-register_propagation("gcn", lambda options: _conv_stack("gcn", options), backends=_NORMALISED,
-                     learned_edge_weights=True)
-register_propagation("gat", lambda options: _conv_stack("gat", options), backends=("edge_index",))
-register_propagation("none", lambda options: None, backends=("edge_index", "csr", "sparse_tensor", "structured"))
+register_propagation("gcn", lambda options: _conv_stack("gcn", options), default="csr", learned_edge_weights=True)
+register_propagation("gat", lambda options: _conv_stack("gat", options), backends=MESSAGE_PASSING_BACKENDS)
+register_propagation("none", lambda options: None)
 
 
 __all__ = [

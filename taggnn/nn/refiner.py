@@ -13,7 +13,7 @@ from ..utils.optional import require_torch_sparse
 from .backends import PropagationBackend, backend_names, get_backend
 from .conv_stack import ACTIVATIONS, NUM_EDGE_TYPES, ConvStack, conv_arguments, pyg_conv_class, pyg_conv_names
 from .edge_weights import EdgeTypeWeights
-from .propagation import StageOptions, get_propagation, propagation_names
+from .propagation import MESSAGE_PASSING_BACKENDS, StageOptions, get_propagation, propagation_names
 
 EDGE_WEIGHTS = ("fixed", "learned")
 
@@ -22,7 +22,7 @@ EDGE_WEIGHTS = ("fixed", "learned")
 PROPAGATIONS = propagation_names()
 BACKENDS = backend_names()
 SUPPORTED_BACKENDS: Dict[str, Tuple[str, ...]] = {name: get_propagation(name).backends for name in PROPAGATIONS}
-CONV_BACKENDS = ("edge_index",)
+CONV_BACKENDS = MESSAGE_PASSING_BACKENDS
 
 
 def check_refiner_options(propagation: str, backend=None, edge_weights: str = "fixed", *,

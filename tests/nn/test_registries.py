@@ -26,6 +26,7 @@ from taggnn.nn import (
     register_propagation,
     register_readout,
 )
+from taggnn.nn.backends import PropagationBackend, register_backend, unregister_backend
 from taggnn.nn.propagation import unregister_propagation
 from taggnn.nn.readout import unregister_readout
 from taggnn.utils import has_torch_sparse
@@ -52,17 +53,52 @@ class TwoHop(nn.Module):
 
 @pytest.fixture
 def twohop():
-    register_propagation("twohop", lambda options: TwoHop(), backends=backend_names(), learned_edge_weights=True)
+    register_propagation("twohop", lambda options: TwoHop(), learned_edge_weights=True)  # every back-end
     yield "twohop"
     unregister_propagation("twohop")
+
+
+class DenseBackend(PropagationBackend):
+    """A back-end added in a test: the dense normalised adjacency of one clip."""
+
+    name = "dense"
+
+    def check_graph(self, graph):
+        if graph.num_nodes > 64:
+            raise ValueError(f"dense: at most 64 nodes, got {graph.num_nodes}")
+
+    def propagate(self, x, graph, weights=None):
+        return graph.adj_t(1, dtype=x.dtype).to_dense() @ x  # (N, N) @ (B, N, C)
+
+
+@pytest.fixture
+def dense_backend():
+    register_backend(DenseBackend)
+    yield "dense"
+    unregister_backend("dense")
+
+
+def test_a_backend_registered_later_serves_the_normalised_propagations(dense_backend):
+    torch.manual_seed(0)
+    graph = SpatioTemporalGraph(3, 2, 2)
+    x = torch.randn(2, graph.num_nodes, 4)
+    for propagation in ("appnp", "gcn"):
+        refiner = GraphRefiner(graph, propagation=propagation, channels=4, K=3, backend="dense")
+        reference = GraphRefiner(graph, propagation=propagation, channels=4, K=3, backend="csr")
+        reference.load_state_dict(refiner.state_dict())
+        torch.testing.assert_close(refiner(x), reference(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="propagation 'gat' supports backends"):
+        GraphRefiner(graph, propagation="gat", channels=4, heads=2, backend="dense")
+    with pytest.raises(ValueError, match="dense: at most 64 nodes, got 98"):
+        GraphRefiner(SpatioTemporalGraph(2, 7, 7), backend="dense")
 
 
 def test_the_constants_are_the_registries_built_ins():
     assert READOUTS == readout_names() == ("mean", "max", "softmax", "powermean", "attention", "set2set")
     assert PROPAGATIONS == propagation_names() == ("appnp", "gcn", "gat", "none")
     assert BACKENDS == backend_names() == ("edge_index", "csr", "sparse_tensor", "structured")
-    assert SUPPORTED_BACKENDS == {"appnp": ("csr", "structured", "sparse_tensor", "edge_index"),
-                                  "gcn": ("csr", "structured", "sparse_tensor", "edge_index"),
+    assert SUPPORTED_BACKENDS == {"appnp": ("csr", "edge_index", "sparse_tensor", "structured"),
+                                  "gcn": ("csr", "edge_index", "sparse_tensor", "structured"),
                                   "gat": ("edge_index",), "none": BACKENDS}
     with pytest.raises(ValueError, match="already registered"):
         register_readout("mean", lambda channels: aggr.MeanAggregation())
