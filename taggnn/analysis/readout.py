@@ -35,7 +35,7 @@ from ..nn import TAGHead
 
 def _is_linear_stage(head: TAGHead) -> bool:
     refiner = head.refiner
-    return (refiner is None or refiner.is_linear) and head.post_graph is None and head.readout.is_linear
+    return (refiner is None or refiner.is_linear_map) and head.post_graph is None and head.readout.is_linear
 
 
 def pooled_token_weights(head: TAGHead) -> Tensor:
@@ -61,7 +61,7 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
     """
     if not _is_linear_stage(head):
         what = []
-        if head.refiner is not None and not head.refiner.is_linear:
+        if head.refiner is not None and not head.refiner.is_linear_map:
             what.append(f"propagation {head.refiner.propagation!r} (a stack with parameters and activations)")
         if head.post_graph is not None:
             what.append("post_graph 'ffn'")

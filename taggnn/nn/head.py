@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch
 
 from ..graph import SpatioTemporalGraph
+from .backends import backend_class
 from .encoder import TokenTransformer
 from .positional import SpatioTemporalPositionalEncoding, _check_grid
 from .readout import GraphReadout
@@ -290,7 +291,6 @@ class TAGHead(nn.Module):
         self.graph = self.graph.with_options(T=grid[0], H=grid[1], W=grid[2])
         if self.refiner is not None:
             self.refiner.graph = self.graph
-            self.refiner._sparse_tensors.clear()
         self.grid = grid
 
     def _check_features(self, features: Tensor) -> None:
@@ -335,15 +335,15 @@ class TAGHead(nn.Module):
 
     def batch(self, h0: Tensor) -> Union[Batch, NodeBatch]:
         """The clips' graphs as one PyG :class:`Batch` with node features ``h0`` ``(B, N, C)``
-        (cached template: ``x`` is a view; the edge list is attached unless the graph stage
-        is the structured propagation, which never reads it). While ``torch.compile`` traces,
+        (cached template: ``x`` is a view; the edge list is attached unless the graph stage's
+        back-end never reads it, e.g. the structured propagation). While ``torch.compile`` traces,
         a :class:`NodeBatch` with the same fields."""
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             B, N, C = h0.shape
             nodes = torch.arange(B, device=h0.device).repeat_interleave(N)  # (B*N,)
             ptr = torch.arange(B + 1, device=h0.device) * N  # (B+1,)
             return NodeBatch(h0.reshape(B * N, C), nodes, ptr, B)
-        edges = self.refiner is not None and self.refiner.backend != "structured"
+        edges = self.refiner is not None and backend_class(self.refiner.backend).needs_edges
         return self.graph.batch(h0, edges=edges)
 
     def graph_stage(self, batch: Union[Batch, NodeBatch]) -> Tensor:

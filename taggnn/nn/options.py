@@ -13,11 +13,12 @@ def check_model_options(model: Any) -> None:
     """Raises ``ValueError`` naming the key and the valid choices for a bad propagation,
     back-end or graph-stage option of a ``ModelConfig``-like object."""
     from .head import POST_GRAPH
-    from .readout import READOUTS
+    from .readout import readout_names
     from .refiner import ACTIVATIONS, check_refiner_options
 
     check_refiner_options(model.propagation, model.backend, model.edge_weights, key_prefix="model.")
-    for key, value, choices in (("readout", model.readout, READOUTS), ("post_graph", model.post_graph, POST_GRAPH),
+    for key, value, choices in (("readout", model.readout, readout_names()),
+                                ("post_graph", model.post_graph, POST_GRAPH),
                                 ("graph_activation", model.graph_activation, tuple(ACTIVATIONS))):
         if value not in choices:
             raise ValueError(f"model.{key} must be one of {', '.join(choices)}, got {value!r}")

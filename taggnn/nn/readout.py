@@ -1,12 +1,98 @@
 r"""Graph readouts: the pooled clip embedding from the refined nodes of a PyG ``Batch``."""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 from torch import Tensor, nn
-from torch_geometric.nn import aggr
+from torch_geometric.nn.resolver import aggregation_resolver
 
-READOUTS = ("mean", "max", "softmax", "powermean", "attention", "set2set")
+
+@dataclass(frozen=True)
+class Readout:
+    """A registered readout.
+
+    Attributes:
+        name: Its name (``model.readout``).
+        build: ``build(channels)`` -> the aggregation module, called as
+            ``aggr(x, index=batch, [ptr=ptr,] dim_size=B)`` on node features ``(B N, C)``.
+        needs_channels: Whether ``build`` needs the node width :math:`C`.
+        linear: Whether the readout is a fixed linear map of the nodes (the mean).
+        uses_ptr: Whether the aggregation is also given the batch's ``ptr`` (segment reduction).
+        width: The aggregation's output width in units of :math:`C`; a linear layer projects a
+            wider output back to :math:`C`.
+        dense: The name of the tensor reduction (``"mean"``, ``"amax"``...) equal to the readout on a
+            ``(B, N, C)`` view over its node axis, used while tracing for export and on the meta
+            device (every clip has the same :math:`N` nodes); ``None`` for none.
+    """
+
+    name: str
+    build: Callable[[Optional[int]], nn.Module]
+    needs_channels: bool = True
+    linear: bool = False
+    uses_ptr: bool = False
+    width: int = 1
+    dense: Optional[str] = None
+
+
+_READOUTS: Dict[str, Readout] = {}
+
+
+def register_readout(name: str, build: Callable[[Optional[int]], nn.Module], *, needs_channels: bool = True,
+                     linear: bool = False, uses_ptr: bool = False, width: int = 1,
+                     dense: Optional[str] = None) -> Readout:
+    """Registers a readout called ``name`` (see :class:`Readout` for the arguments); returns its
+    entry. :class:`GraphReadout`, the configuration's ``model.readout`` and the ``taggnn`` command
+    accept it from then on::
+
+        from torch_geometric.nn.resolver import aggregation_resolver
+        register_readout("median", lambda channels: aggregation_resolver("median"), needs_channels=False)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a readout needs a non-empty name, got {name!r}")
+    if name in _READOUTS:
+        raise ValueError(f"a readout named {name!r} is already registered")
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"readout {name!r}: width must be an integer >= 1, got {width!r}")
+    entry = Readout(name, build, bool(needs_channels), bool(linear), bool(uses_ptr), width, dense)
+    _READOUTS[name] = entry
+    return entry
+
+
+def unregister_readout(name: str) -> None:
+    """Removes a registered readout (e.g. one a test registered)."""
+    _READOUTS.pop(name, None)
+
+
+def readout_names() -> Tuple[str, ...]:
+    """Names of the registered readouts, in registration order."""
+    return tuple(_READOUTS)
+
+
+def get_readout(name: str) -> Readout:
+    """The entry of the readout called ``name``."""
+    if name not in _READOUTS:
+        raise ValueError(f"readout must be one of {', '.join(_READOUTS)}, got {name!r}")
+    return _READOUTS[name]
+
+
+def _attention_gate(channels: int) -> nn.Module:
+    hidden = channels // 2 or 1
+    return nn.Sequential(nn.Linear(channels, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+
+register_readout("mean", lambda channels: aggregation_resolver("mean"), needs_channels=False, linear=True,
+                 uses_ptr=True, dense="mean")
+register_readout("max", lambda channels: aggregation_resolver("max"), needs_channels=False, uses_ptr=True,
+                 dense="amax")
+register_readout("softmax", lambda channels: aggregation_resolver("softmax", t=1.0, learn=True, channels=channels),
+                 uses_ptr=True)
+register_readout("powermean", lambda channels: aggregation_resolver("powermean", p=1.0, learn=True,
+                                                                    channels=channels), uses_ptr=True)
+register_readout("attention", lambda channels: aggregation_resolver("attentional", gate_nn=_attention_gate(channels)))
+register_readout("set2set", lambda channels: aggregation_resolver("set2set", channels, processing_steps=3), width=2)
+
+READOUTS = readout_names()  # the built-in readouts; readout_names() is the live list
 
 
 def _tracing() -> bool:
@@ -40,8 +126,8 @@ class GraphReadout(nn.Module):
     the graph change the pooled embedding.
 
     Args:
-        name (str): One of ``mean``, ``max``, ``softmax``, ``powermean``, ``attention``,
-            ``set2set``. (default: ``"mean"``)
+        name (str): A registered readout (:func:`readout_names`; built in: ``mean``, ``max``,
+            ``softmax``, ``powermean``, ``attention``, ``set2set``). (default: ``"mean"``)
         channels (int): Node width :math:`C`.
 
     **Shapes:**
@@ -52,31 +138,19 @@ class GraphReadout(nn.Module):
 
     def __init__(self, name: str = "mean", channels: Optional[int] = None):
         super().__init__()
-        if name not in READOUTS:
-            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {name!r}")
-        if name != "mean" and (channels is None or channels < 1):
+        entry = get_readout(name)
+        if entry.needs_channels and (channels is None or channels < 1):
             raise ValueError(f"readout {name!r} needs channels >= 1, got {channels!r}")
         self.name, self.channels = name, channels
-        self.project: Optional[nn.Module] = None
-        if name == "mean":
-            self.aggr = aggr.MeanAggregation()
-        elif name == "max":
-            self.aggr = aggr.MaxAggregation()
-        elif name == "softmax":
-            self.aggr = aggr.SoftmaxAggregation(t=1.0, learn=True, channels=channels)
-        elif name == "powermean":
-            self.aggr = aggr.PowerMeanAggregation(p=1.0, learn=True, channels=channels)
-        elif name == "attention":
-            gate = nn.Sequential(nn.Linear(channels, channels // 2 or 1), nn.Tanh(), nn.Linear(channels // 2 or 1, 1))
-            self.aggr = aggr.AttentionalAggregation(gate_nn=gate)
-        else:
-            self.aggr = aggr.Set2Set(channels, processing_steps=3)
-            self.project = nn.Linear(2 * channels, channels)
+        # the entry's flags, not the entry (whose build function may not pickle)
+        self._linear, self.uses_ptr, self.dense = entry.linear, entry.uses_ptr, entry.dense
+        self.aggr = entry.build(channels)
+        self.project: Optional[nn.Module] = nn.Linear(entry.width * channels, channels) if entry.width > 1 else None
 
     @property
     def is_linear(self) -> bool:
         """Whether the readout is a fixed linear map of the nodes (the mean)."""
-        return self.name == "mean"
+        return self._linear
 
     def reset_parameters(self) -> None:
         self.aggr.reset_parameters()
@@ -86,15 +160,15 @@ class GraphReadout(nn.Module):
     def forward(self, x: Tensor, batch: Tensor, ptr: Optional[Tensor], num_graphs: int) -> Tensor:
         if x.dim() != 2:
             raise ValueError(f"expected node features of shape (B*N, C), got {tuple(x.shape)}")
-        if self.name in ("mean", "max") and (_tracing() or x.device.type == "meta"):
+        if self.dense is not None and (_tracing() or x.device.type == "meta"):
             # Every clip has the same N nodes: reduce a (B, N, C) view (equal to the aggregation),
             # which exports to ONNX (PyG's ptr path lowers to segment_reduce, which does not) and
             # runs on the meta device (FLOP counting) whatever scatter library PyG picked.
             dense = x.view(num_graphs, -1, x.size(-1))  # (B, N, C)
-            return dense.mean(1) if self.name == "mean" else dense.amax(1)
-        if self.name in ("mean", "max", "softmax", "powermean"):
+            return getattr(dense, self.dense)(1)  # (B, C)
+        if self.uses_ptr:
             out = self.aggr(x, index=batch, ptr=ptr, dim_size=num_graphs)  # (B, C)
-        else:  # attention / Set2Set work on the index vector
+        else:  # e.g. attention / Set2Set work on the index vector
             out = self.aggr(x, index=batch, dim_size=num_graphs)
         return self.project(out) if self.project is not None else out
 
@@ -102,4 +176,5 @@ class GraphReadout(nn.Module):
         return f"{self.name!r}, channels={self.channels}"
 
 
-__all__ = ["GraphReadout", "READOUTS"]
+__all__ = ["GraphReadout", "Readout", "READOUTS", "register_readout", "unregister_readout", "readout_names",
+           "get_readout"]

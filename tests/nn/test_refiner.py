@@ -140,7 +140,7 @@ def test_sparse_tensor_backend_with_torch_sparse():
 
     refiner = GraphRefiner(SpatioTemporalGraph(3, 2, 2), backend="sparse_tensor")
     refiner(torch.randn(2, 12, 3))
-    (adj,) = refiner._sparse_tensors.values()
+    (adj,) = refiner.propagation_backend.cache.values()
     assert isinstance(adj, torch_sparse.SparseTensor)
 
 
