@@ -411,6 +411,18 @@ def migrate_key(key: str, *, source: str = "config") -> str:
     return key
 
 
+def describe_keys(keys) -> str:
+    """``keys`` in words, a whole section as ``section.*`` (e.g. ``data.*, train.*, eval.*, name``)."""
+    keys, parts = set(keys), []
+    for section_name in SECTIONS:
+        members = [key for key in config_fields() if key.startswith(section_name + ".")]
+        if set(members) <= keys:
+            parts.append(f"{section_name}.*")
+        else:
+            parts.extend(key for key in members if key in keys)
+    return ", ".join(parts + (["name"] if "name" in keys else []))
+
+
 def docs_table() -> str:
     """A Markdown table of every config key: default, range or choices, resumable / features / eval, help."""
     rows = ["| key | default | allowed | resume | features | eval | help |", "|---|---|---|---|---|---|---|"]
