@@ -66,7 +66,6 @@ FRACTION = Range(0, 1, high_open=True)  # [0, 1)
 MAX_PROPAGATION_STEPS = 1024
 
 DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
-ON_ERROR = ("raise", "skip")
 SYNTH_TASKS = ("fine", "pretrain")
 SAMPLERS = ("random", "balanced", "sqrt")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -75,10 +74,7 @@ SCHEDULE_UNITS = ("step", "epoch")
 CLASS_WEIGHTS = ("none", "inverse", "effective_number")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 EVAL_AMP_MODES = ("off", "bf16", "fp16", "train")
-MCA_CONVENTIONS = ("present", "union")
-POS_INITS = ("trunc_normal", "normal")
 VIEW_AVERAGES = ("prob", "logits")
-CROP_COUNTS = (1, 3)
 
 
 class registry:
@@ -169,7 +165,7 @@ class DataConfig:
     train_sampling: str = option("random", help="training frame sampling",
                                  choices=registry("taggnn.data.video", "SAMPLINGS"))
     on_error: str = option("raise", help="an unreadable video: stop (raise) or leave it out and count it (skip)",
-                           choices=ON_ERROR)
+                           choices=registry("taggnn.data.constants", "ON_ERROR"))
     num_workers: int = option(0, help="DataLoader worker processes", range=AT_LEAST_0, resumable=True)
     decode_threads: int = option(0, help="PyAV decoding threads per worker (0: FFmpeg's automatic choice)",
                                  range=AT_LEAST_0, resumable=True)
@@ -230,7 +226,7 @@ class ModelConfig:
     pos_init_std: float = option(0.02, help="std of the positional table's initialisation (authors: 1.0)",
                                  range=AT_LEAST_0)
     pos_init: str = option("trunc_normal", help="trunc_normal (ViT convention) | normal (the authors' torch.randn)",
-                           choices=POS_INITS)
+                           choices=registry("taggnn.nn.positional", "POS_INITS"))
     bn_momentum: Optional[float] = option(None, help="override every backbone BatchNorm's momentum (authors: 0.9)",
                                           range=Range(0, 1))
     bn_eps: Optional[float] = option(None, help="override every backbone BatchNorm's eps (IG-65M port: 1e-3)",
@@ -291,7 +287,8 @@ class TrainConfig:
     log_every: int = option(10, help="steps between JSON-lines log records", range=AT_LEAST_1, resumable=True)
     deterministic: bool = option(False, help="torch.use_deterministic_algorithms (exact resume on CPU)")
     mca: str = option("present", help="mean class accuracy over the classes in the ground truth (present) or "
-                                      "in ground truth or predictions (union, mmaction2)", choices=MCA_CONVENTIONS)
+                                      "in ground truth or predictions (union, mmaction2)",
+                      choices=registry("taggnn.engine.metrics", "MCA_CONVENTIONS"))
     max_steps: Optional[int] = option(None, help="stop (with a checkpoint) after this many steps: for tests",
                                       range=AT_LEAST_1, resumable=True)
     compile: bool = option(False, help="torch.compile the model for training", resumable=True)
@@ -306,7 +303,7 @@ class EvalConfig:
     num_clips: int = option(1, help="temporal views per video at evenly spaced offsets (the paper: 1)",
                             range=AT_LEAST_1, resumable=True)
     num_crops: int = option(1, help="1: centre crop (the paper) | 3: three crops along the long side",
-                            range=Range(1, 3), choices=CROP_COUNTS, resumable=True)
+                            range=Range(1, 3), choices=registry("taggnn.data.constants", "CROP_COUNTS"), resumable=True)
     average: str = option("prob", help="combine the views' scores: prob (mean softmax) | logits (mean logit)",
                           choices=VIEW_AVERAGES, resumable=True)
 
