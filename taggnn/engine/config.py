@@ -421,8 +421,14 @@ def describe_keys(keys) -> str:
 
 
 def docs_table() -> str:
-    """A Markdown table of every config key: default, range or choices, resumable / features / eval, help."""
-    rows = ["| key | default | allowed | resume | features | eval | help |", "|---|---|---|---|---|---|---|"]
+    """``docs/config-keys.md``: a Markdown table of every config key with its default, range or choices,
+    whether it may change on resume / changes cached features / may change at evaluation, and its help."""
+    rows = ["# Config keys", "",
+            "Generated from the config's field metadata (`taggnn/engine/config.py`) by "
+            "`taggnn config table > docs/config-keys.md`; a test keeps this file current. `resume`: may change "
+            "on `--resume`; `features`: one of the settings of cached features (`taggnn features`); `eval`: may "
+            "change in `taggnn eval` / `predict`.", "",
+            "| key | default | allowed | resume | features | eval | help |", "|---|---|---|---|---|---|---|"]
     for key, f in config_fields().items():
         rows.append(f"| `{key}` | `{field_default(f)!r}` | {allowed_text(key) or ''} | "
                     f"{'yes' if f.metadata['resumable'] else ''} | {'yes' if f.metadata['features'] else ''} | "

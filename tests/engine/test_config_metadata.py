@@ -273,3 +273,10 @@ def test_help_names_config_show_in_clean_text(command, capsys):
         main(["--help"])
     assert "Examples::" not in capsys.readouterr().out
 
+
+
+def test_the_docs_table_is_current():
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config-keys.md"
+    assert docs.read_text() == docs_table(), "regenerate it: taggnn config table > docs/config-keys.md"
