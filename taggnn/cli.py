@@ -1,6 +1,6 @@
-"""The ``taggnn`` command: train, eval, predict, profile, tsne, synth.
+"""The taggnn command: train, eval, predict, profile, tsne, features, export, synth, config.
 
-Examples::
+Examples:
 
     taggnn train --config synthgym_tiny --out runs/demo
     taggnn train --config gym99_r2plus1d34 --set data.root=/data/finegym --set train.epochs=30
@@ -10,6 +10,7 @@ Examples::
     taggnn profile --config gym99_r2plus1d34
     taggnn tsne --checkpoint runs/demo/best.pt --split test
     taggnn synth write data/synthgym --split train
+    taggnn config show gym99_authors
 """
 from __future__ import annotations
 
@@ -25,11 +26,6 @@ from typing import List, Optional
 logger = logging.getLogger("taggnn")
 
 DEFAULT_CONFIG = "synthgym_tiny"  # the preset of `taggnn train` without --config (and without --resume)
-
-
-def _add_set(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr=1e-4 (repeatable)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,21 +76,11 @@ def _device(name: str):
 
 
 def _check_set_values(overrides: List[str]) -> None:
-    """Refuses a ``--set`` value that is not valid YAML, naming the key, before any work."""
-    import yaml
+    """Refuses an unknown key or an unreadable value of ``--set``, naming the key, before any work
+    (read by :func:`taggnn.engine.config.apply_override`, the one reader of ``--set``)."""
+    from .engine.config import check_overrides
 
-    from .errors import ConfigError
-
-    for item in overrides:
-        key, equals, value = item.partition("=")
-        if not equals:
-            continue  # the config loader names it
-        try:
-            yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise ConfigError(f"--set {key.strip()}: the value {value!r} is not valid YAML ({problem}); "
-                              f"close its brackets and quotes, or quote the whole value") from None
+    check_overrides(overrides)
 
 
 def cmd_train(args) -> int:
@@ -139,18 +125,27 @@ def cmd_train(args) -> int:
 
 
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
-    """The checkpoint's (or shared model's) config with --set overrides (data, train and eval keys
-    only), validated."""
-    from .engine.config import ConfigError, apply_override, validate
+    """The checkpoint's (or shared model's) config with --set overrides (only the keys that may
+    change at evaluation time, :data:`~taggnn.engine.config.EVAL_KEYS`), validated."""
+    from .engine.config import (
+        EVAL_KEYS,
+        ConfigError,
+        apply_override,
+        config_fields,
+        describe_keys,
+        migrate_key,
+        validate,
+    )
     from .engine.trainer import trained_config
 
     config = trained_config(checkpoint_path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        key = item.split("=", 1)[0].strip()
-        if key.startswith(("model.", "optim.")):
-            raise ConfigError(f"--set {key}: the model of a checkpoint cannot be changed at evaluation time")
+        key = migrate_key(item.split("=", 1)[0].strip(), source="--set")
+        if key in config_fields() and key not in EVAL_KEYS:
+            raise ConfigError(f"--set {key}: the model of a checkpoint cannot be changed at evaluation time (keys that "
+                              f"may change: {describe_keys(EVAL_KEYS)})")
         apply_override(config, item)
     return validate(config)
 
@@ -325,6 +320,7 @@ def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> No
 
 def cmd_eval_reference(args) -> int:
     """The authors' released checkpoint with their architecture and preprocessing."""
+    from .data.constants import NORMALIZATIONS, RESIZE_RATIOS
     from .engine.config import load_config
     from .engine.data import build_dataset
     from .engine.trainer import evaluate, write_evaluation
@@ -354,8 +350,12 @@ def cmd_eval_reference(args) -> int:
     metrics = write_evaluation(out, split, meter, getattr(dataset, "classes", None), "present",
                                {"checkpoint": str(reference), "preprocessing": "authors",
                                 "overrides": list(args.overrides)}, tag=tag)
-    print(f"{args.dataset} ({reference.name}, the authors' preprocessing: {setup.num_frames} frames by "
-          f"linspace, short side 128, centre 112, mean/std 0.45/0.225, float32): top-1 {metrics['top1']:.4f}  "
+    d = config.data
+    short_side = d.short_side or round(d.crop_size * RESIZE_RATIOS[d.transform_style])
+    mean, std = NORMALIZATIONS[d.normalization]
+    print(f"{args.dataset} ({reference.name}, the authors' preprocessing: {d.num_frames} frames by {d.sampling}, "
+          f"short side {short_side}, centre {d.crop_size}, mean/std {mean[0]:g}/{std[0]:g}, float32): "
+          f"top-1 {metrics['top1']:.4f}  "
           f"MCA (classes present, their convention) {metrics['mca_present']:.4f}  clips {metrics['count']}"
           f"  -> {out}/metrics_{tag}.json")
     return 0
@@ -650,6 +650,233 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from .engine.config import docs_table, load_config
+
+    if args.action == "table":
+        print(docs_table(), end="")
+        return 0
+    print(format_config(load_config(args.preset, args.overrides)), end="")
+    return 0
+
+
+def format_config(config) -> str:
+    """Every key of ``config`` with its value, default, range or choices, the stages it may change
+    in (``resume``, ``eval``; ``features``: it changes cached features) and its help, one line each."""
+    from .engine.config import allowed_text, config_fields, field_default, flatten
+
+    values = flatten(config.to_dict())
+    rows = [("key", "value", "default", "allowed", "flags", "help")]
+    for key, f in config_fields().items():
+        info = f.metadata
+        stages = " ".join(name for name, flag in (("resume", info["resumable"]), ("eval", info["eval"]),
+                                                   ("features", info["features"])) if flag)
+        rows.append((key, repr(values[key]), repr(field_default(f)), allowed_text(key) or "", stages, info["help"]))
+    widths = [min(max(len(row[i]) for row in rows), limit) for i, limit in enumerate((28, 24, 16, 40, 22))]
+    lines = []
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    legend = ("flags: resume = may change on --resume; eval = may change in taggnn eval/predict; "
+              "features = part of the cached features' settings")
+    return "\n".join([*lines, "", legend]) + "\n"
+
+
+#: The options several subcommands share, declared once: ``flag -> add_argument`` keywords
+#: (a subcommand may change some, e.g. the help of ``--out``).
+FLAGS = {
+    "--set": dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                  help="override a config value, e.g. --set optim.lr=1e-4 (repeatable); an empty value "
+                       "(--set data.root=) clears an optional key; `taggnn config show PRESET` lists every key"),
+    "--device": dict(default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N or mps"),
+    "--no-progress": dict(action="store_true", help="no progress bars"),
+    "--overwrite": dict(action="store_true", help="replace an existing output"),
+    "--split": dict(default="test", help="the split to use"),
+    "--checkpoint": dict(help="a taggnn checkpoint (best.pt / last.pt), a shared model's folder (taggnn export "
+                              "--format safetensors), its model.safetensors, or a Hub id owner/name"),
+    "--config": dict(default=DEFAULT_CONFIG, help="preset name or YAML file (see `taggnn config show PRESET`)"),
+    "--json": dict(action="store_true", help="print JSON"),
+}
+
+
+def _add(parser: argparse.ArgumentParser, *flags: str, **changes) -> None:
+    """Adds the shared ``flags`` (:data:`FLAGS`); ``changes`` maps a flag's name without dashes
+    (``no_progress``) to keywords replacing its defaults."""
+    for flag in flags:
+        parser.add_argument(flag, **{**FLAGS[flag], **changes.get(flag.lstrip("-").replace("-", "_"), {})})
+
+
+def _keys_epilog(*, keys=None, what: str = "Config keys --set takes") -> str:
+    """The help text's note on config keys, read from the config's metadata."""
+    from .engine.config import config_fields, describe_keys
+
+    keys = describe_keys(keys if keys is not None else config_fields())
+    return (f"{what}: {keys}. `taggnn config show PRESET` lists every key with its value in PRESET, its "
+            f"default, range or choices and help.")
+
+
+_EVAL_KEYS_NOTE = "Config keys --set may change (the model of the checkpoint stays)"
+
+
+def _subparser(sub, name: str, help: str, *, epilog: Optional[str] = None, **kwargs) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          **kwargs)
+
+
+def _train_parser(sub, presets: str) -> None:
+    from .engine.config import RESUMABLE_KEYS, describe_keys
+
+    p = _subparser(sub, "train", "train (and finally test) a model",
+                   epilog=_keys_epilog() + f" With --resume only these may change: {describe_keys(RESUMABLE_KEYS)}.")
+    _add(p, "--config", config=dict(default=argparse.SUPPRESS,
+                                    help=f"preset name ({presets}) or YAML file (default: {DEFAULT_CONFIG}; with "
+                                         f"--resume: the checkpoint's own config)"))
+    _add(p, "--set")
+    p.add_argument("--resume", help="continue exactly from this last.pt, with its own config (--config/--set may "
+                                    "change only the resumable keys), in its own folder or an --out without a run")
+    p.add_argument("--out", help="run folder (default: the resumed run's folder, else runs/<config name>)")
+    _add(p, "--overwrite", "--no-progress", overwrite=dict(
+        help="start over in a folder that holds a previous run: the files its manifest (.taggnn-manifest.json) "
+             "lists are removed, never the command's inputs or files it does not list"))
+    p.set_defaults(func=cmd_train)
+
+
+def _eval_parser(sub, presets: str) -> None:
+    from .engine.config import EVAL_KEYS
+
+    p = _subparser(sub, "eval", "Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
+                   epilog=_keys_epilog(keys=EVAL_KEYS, what=_EVAL_KEYS_NOTE))
+    _add(p, "--checkpoint")
+    p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
+                                       "gym288_last.pth) or a file their train.py wrote (best_model.pth, "
+                                       "last_checkpoint.pth), evaluated with their architecture and preprocessing")
+    p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
+    p.add_argument("--data-root", help="--reference: the dataset root (or the video root of --csv)")
+    p.add_argument("--csv", help="--reference: their split CSV (FileName,Class,TotalFrames,ClassEncoded; "
+                                 "videos at <data-root>/<Class>/<FileName>)")
+    _add(p, "--split", "--set")
+    p.add_argument("--out", help="where to write the results (default: the checkpoint's folder): "
+                                 "metrics_<split>.<checkpoint name>[.<overrides>].json, per_class_*.csv, "
+                                 "confusion_*.png, e.g. metrics_test.last.json; the run's own "
+                                 "metrics_<split>.json (training's final test) is never replaced")
+    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv; an existing "
+                                  "file only with --overwrite)")
+    _add(p, "--overwrite", "--device", "--no-progress", overwrite=dict(
+        help="replace an existing --dump file, or results in --out that another checkpoint wrote"))
+    p.set_defaults(func=cmd_eval)
+
+
+def _predict_parser(sub, presets: str) -> None:
+    from .engine.config import EVAL_KEYS
+
+    p = _subparser(sub, "predict", "labels with probabilities for video files",
+                   epilog=_keys_epilog(keys=EVAL_KEYS, what=_EVAL_KEYS_NOTE))
+    p.add_argument("videos", nargs="+")
+    _add(p, "--checkpoint", checkpoint=dict(required=True))
+    p.add_argument("--topk", type=int_at_least(1), default=5, help="the best classes shown")
+    _add(p, "--set", "--json", "--device")
+    p.set_defaults(func=cmd_predict)
+
+
+def _profile_parser(sub, presets: str) -> None:
+    p = _subparser(sub, "profile", "parameters, multiply-adds and latency of a config (Table 5)",
+                   epilog=_keys_epilog())
+    _add(p, "--config", config=dict(help=f"preset name ({presets}) or YAML file"))
+    _add(p, "--set")
+    p.add_argument("--no-latency", action="store_true")
+    _add(p, "--json", "--overwrite", "--device",
+         json=dict(action="store", help="also write the result here (an existing file only with --overwrite)"),
+         overwrite=dict(help="replace an existing --json file"), device=dict(default="cpu"))
+    p.set_defaults(func=cmd_profile)
+
+
+def _tsne_parser(sub, presets: str) -> None:
+    p = _subparser(sub, "tsne", "t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)",
+                   description="One row of two panels per --checkpoint: the backbone's pooled features "
+                               "(left) and the TAG-Head embedding (right), coloured by class. For the "
+                               "paper's Fig. 3 pass three checkpoints: transfer learning (frozen backbone + "
+                               "B), fine-tuned B, and TAG-Head.")
+    _add(p, "--checkpoint", checkpoint=dict(action="append", required=True,
+                                            help="repeatable: one row of panels each"))
+    _add(p, "--split")
+    p.add_argument("--max-clips", type=int_at_least(2), default=400,
+                   help="clips, sampled stratified over the classes (a t-SNE needs 2 or more)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
+    p.add_argument("--out", default="tsne.png", help="the figure (an existing file only with --overwrite)")
+    _add(p, "--overwrite", "--device", overwrite=dict(help="replace an existing --out file"))
+    p.set_defaults(func=cmd_tsne)
+
+
+def _features_parser(sub, presets: str) -> None:
+    from .engine.config import FEATURE_KEYS, describe_keys
+
+    p = _subparser(sub, "features", "cache the backbone's token grids of every split for head-only training",
+                   description="Writes <split>.pt files and their manifest info.json into --out. One folder "
+                               "holds the features of one backbone (weights) and one set of data settings: "
+                               "adding a split made otherwise is refused, a split already there is kept, and a "
+                               "folder holding files the cache did not write is refused. A lock keeps two runs "
+                               "out of one folder; an interrupted run leaves only complete splits listed.",
+                   epilog=_keys_epilog() + f" The keys that determine the features: {describe_keys(FEATURE_KEYS)}.")
+    _add(p, "--config", config=dict(help=f"preset name ({presets}) or YAML file"))
+    _add(p, "--set")
+    _add(p, "--checkpoint", checkpoint=dict(help="take the backbone of this taggnn checkpoint, at the config's clip "
+                                                 "size (its backbone must be the config's model.backbone; default: "
+                                                 "model.backbone with model.weights)"))
+    p.add_argument("--out", required=True, help="folder for <split>.pt and info.json: new, empty, or a features "
+                                                "folder of the same backbone and settings")
+    _add(p, "--split", split=dict(action="append", default=None,
+                                  help="only these splits (repeatable; default: train, val, test)"))
+    p.add_argument("--float32", action="store_true", help="store float32 instead of float16")
+    _add(p, "--device", "--no-progress")
+    p.set_defaults(func=cmd_features)
+
+
+def _export_parser(sub, presets: str) -> None:
+    p = _subparser(sub, "export", "write a checkpoint as TorchScript, a torch.export program, ONNX, or a "
+                                  "safetensors folder to share (model.safetensors + config.json + README.md)")
+    _add(p, "--checkpoint", checkpoint=dict(required=True, help="a taggnn checkpoint (best.pt / last.pt)"))
+    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program", "safetensors"),
+                   default="exported-program")
+    p.add_argument("--frames", type=int_at_least(1), help="clip length of the exported model (default: the config's)")
+    p.add_argument("--crop", type=int_at_least(1), help="crop size of the exported model (default: the config's)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the exported model")
+    p.add_argument("--out", help="output file, a folder for safetensors (default: next to the checkpoint, "
+                                 "<stem>.torchscript.pt, <stem>.pt2, <stem>.onnx or the folder <stem>, e.g. best.pt "
+                                 "-> best.onnx; never a checkpoint's own name)")
+    _add(p, "--overwrite", overwrite=dict(help="replace an existing output (the checkpoint itself is never "
+                                               "replaced)"))
+    p.set_defaults(func=cmd_export)
+
+
+def _synth_parser(sub, presets: str) -> None:
+    from .data.synthgym import build_parser as synth_parser
+
+    p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
+                       description="Write SynthGym clips as mp4 files + a VideoCSV file.")
+    synth_parser(parser=p)
+    p.set_defaults(func=cmd_synth)
+
+
+def _config_parser(sub, presets: str) -> None:
+    p = sub.add_parser("config", help="every config key of a preset: value, default, range or choices, help",
+                       description="`taggnn config show PRESET` lists every config key with its value in PRESET "
+                                   "(after --set), its default, its range or choices, whether it may change on "
+                                   "resume or at evaluation time, whether it changes cached features, and its "
+                                   "help. `taggnn config table` prints the same for the defaults as a Markdown "
+                                   "table.")
+    actions = p.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="the keys of a preset or YAML file")
+    show.add_argument("preset", nargs="?", default=DEFAULT_CONFIG, help=f"preset name ({presets}) or YAML file")
+    _add(show, "--set")
+    actions.add_parser("table", help="every key as a Markdown table (defaults)")
+    p.set_defaults(func=cmd_config)
+
+
+#: The subcommands, in ``--help`` order: each a function ``(subparsers, presets)`` adding its parser.
+SUBCOMMANDS = [_train_parser, _eval_parser, _predict_parser, _profile_parser, _tsne_parser, _features_parser,
+               _export_parser, _synth_parser, _config_parser]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .engine.config import list_presets
@@ -660,126 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train (and finally test) a model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default=argparse.SUPPRESS,
-                   help=f"preset name ({presets}) or YAML file (default: {DEFAULT_CONFIG}; with --resume: the "
-                        f"checkpoint's own config)")
-    _add_set(p)
-    p.add_argument("--resume", help="continue exactly from this last.pt, with its own config (--config/--set may "
-                                    "change only the resumable keys), in its own folder or an --out without a run")
-    p.add_argument("--out", help="run folder (default: the resumed run's folder, else runs/<config name>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in a folder that holds a previous run: the files its manifest "
-                        "(.taggnn-manifest.json) lists are removed, never the command's inputs or files it does not "
-                        "list")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("eval", help="Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", help="a taggnn checkpoint (best.pt / last.pt), a shared model's folder (taggnn "
-                                        "export --format safetensors), its model.safetensors, or a Hub id owner/name")
-    p.add_argument("--reference", help="an authors' released checkpoint (haa500_best.pth, gym99_best.pth, "
-                                       "gym288_last.pth) or a file their train.py wrote (best_model.pth, "
-                                       "last_checkpoint.pth), evaluated with their architecture and preprocessing")
-    p.add_argument("--dataset", choices=("haa500", "gym99", "gym288"), help="--reference: which release")
-    p.add_argument("--data-root", help="--reference: the dataset root (or the video root of --csv)")
-    p.add_argument("--csv", help="--reference: their split CSV (FileName,Class,TotalFrames,ClassEncoded; "
-                                 "videos at <data-root>/<Class>/<FileName>)")
-    p.add_argument("--split", default="test")
-    _add_set(p)
-    p.add_argument("--out", help="where to write the results (default: the checkpoint's folder): "
-                                 "metrics_<split>.<checkpoint name>[.<overrides>].json, per_class_*.csv, "
-                                 "confusion_*.png, e.g. metrics_test.last.json; the run's own "
-                                 "metrics_<split>.json (training's final test) is never replaced")
-    p.add_argument("--dump", help="also write per-video scores, labels and paths (.npz or .csv; an existing "
-                                  "file only with --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --dump file, or results in --out that another checkpoint wrote")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("predict", help="labels with probabilities for video files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("videos", nargs="+")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--topk", type=int_at_least(1), default=5, help="the best classes shown")
-    _add_set(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("profile", help="parameters, multiply-adds and latency of a config (Table 5)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
-    _add_set(p)
-    p.add_argument("--no-latency", action="store_true")
-    p.add_argument("--json", help="also write the result here (an existing file only with --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_profile)
-
-    p = sub.add_parser("tsne", help="t-SNE of backbone vs TAG-Head features (PNG like the paper's Fig. 3)",
-                       description="One row of two panels per --checkpoint: the backbone's pooled features "
-                                   "(left) and the TAG-Head embedding (right), coloured by class. For the "
-                                   "paper's Fig. 3 pass three checkpoints: transfer learning (frozen backbone + "
-                                   "B), fine-tuned B, and TAG-Head.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", action="append", required=True, help="repeatable: one row of panels each")
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-clips", type=int_at_least(2), default=400,
-                   help="clips, sampled stratified over the classes (a t-SNE needs 2 or more)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified sample")
-    p.add_argument("--out", default="tsne.png", help="the figure (an existing file only with --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=cmd_tsne)
-
-    p = sub.add_parser("features", help="cache the backbone's token grids of every split for head-only training",
-                       description="Writes <split>.pt files and their manifest info.json into --out. One folder "
-                                   "holds the features of one backbone (weights) and one set of data settings: "
-                                   "adding a split made otherwise is refused, a split already there is kept, and a "
-                                   "folder holding files the cache did not write is refused. A lock keeps two runs "
-                                   "out of one folder; an interrupted run leaves only complete splits listed.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", default="synthgym_tiny", help=f"preset name ({presets}) or YAML file")
-    _add_set(p)
-    p.add_argument("--checkpoint", help="take the backbone of this taggnn checkpoint, at the config's clip size "
-                                        "(its backbone must be the config's model.backbone; default: "
-                                        "model.backbone with model.weights)")
-    p.add_argument("--out", required=True, help="folder for <split>.pt and info.json: new, empty, or a features "
-                                                "folder of the same backbone and settings")
-    p.add_argument("--split", action="append", help="only these splits (repeatable; default: train, val, test)")
-    p.add_argument("--float32", action="store_true", help="store float32 instead of float16")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_features)
-
-    p = sub.add_parser("export", help="write a checkpoint as TorchScript, a torch.export program, ONNX, or a "
-                                      "safetensors folder to share (model.safetensors + config.json + README.md)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", choices=("onnx", "torchscript", "exported-program", "safetensors"),
-                   default="exported-program")
-    p.add_argument("--frames", type=int_at_least(1), help="clip length of the exported model (default: the config's)")
-    p.add_argument("--crop", type=int_at_least(1), help="crop size of the exported model (default: the config's)")
-    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the exported model")
-    p.add_argument("--out", help="output file, a folder for safetensors (default: next to the checkpoint, "
-                                 "<stem>.torchscript.pt, <stem>.pt2, <stem>.onnx or the folder <stem>, e.g. best.pt "
-                                 "-> best.onnx; never a checkpoint's own name)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing output (the checkpoint itself is never replaced)")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
-                       description="Write SynthGym clips as mp4 files + a VideoCSV file.")
-    from .data.synthgym import build_parser as synth_parser
-
-    synth_parser(parser=p)
-    p.set_defaults(func=cmd_synth)
+    for add_subcommand in SUBCOMMANDS:
+        add_subcommand(sub, presets)
     return parser
 
 

@@ -26,3 +26,8 @@ NORMALIZATIONS = {
 #: Short side / crop size of each transform style.
 RESIZE_RATIOS = {"paper": 126 / 112, "authors": 128 / 112}
 STYLES = tuple(RESIZE_RATIOS)
+
+#: What a dataset does with a video it cannot read: stop, or leave it out and count it.
+ON_ERROR = ("raise", "skip")
+#: Spatial crops per view: the centre (1), or start / centre / end along the long side (3).
+CROP_COUNTS = (1, 3)

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import AnnotationError, VideoError
+from .constants import ON_ERROR
 from .video import load_clip
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class VideoClipDataset(Dataset):
                  sampling: str = "uniform", transform: Optional[Callable] = None, on_error: str = "raise",
                  seed: Optional[int] = None, check_files: bool = True, decode_threads: int = 0,
                  decoder: str = "pyav"):
-        if on_error not in ("raise", "skip"):
+        if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from .constants import RESIZE_RATIOS
+from .constants import CROP_COUNTS, RESIZE_RATIOS
 from .transforms import ShortSideResize, ToClip, ToFrames, _normalization
 
 
@@ -41,7 +41,7 @@ class SpatialCrops(nn.Module):
 
     def __init__(self, size: int, num_crops: int = 1):
         super().__init__()
-        if num_crops not in (1, 3):
+        if num_crops not in CROP_COUNTS:
             raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
         self.size, self.num_crops = size, num_crops
 

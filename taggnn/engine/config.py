@@ -1,19 +1,28 @@
 """Typed run configuration: dataclasses, YAML presets, ``--set key=value`` overrides.
 
-A config has four sections: ``data``, ``model``, ``optim`` and ``train``. Presets live in
-``taggnn/configs/*.yaml`` (a preset may name a ``base:`` preset it overrides). Every key is
-checked: an unknown key or a value of the wrong type is rejected with the list of valid keys.
+A config has five sections: ``data``, ``model``, ``optim``, ``train`` and ``eval``. Presets live in
+``taggnn/configs/*.yaml`` (a preset may name a ``base:`` preset it overrides, and ``authors:`` a
+dataset whose authors' setup, :func:`taggnn.models.reference.authors_setup`, it applies). Every key
+is checked: an unknown key or a value of the wrong type is rejected with the list of valid keys.
+
+Every fact about a key is stated once, in its field's metadata (:func:`option`): its help text,
+its range or choices, whether it may change when a run is resumed, whether it changes cached
+features and whether it may change at evaluation time. :data:`RANGES`, :func:`choices_of`,
+:data:`RESUMABLE_KEYS`, :data:`FEATURE_KEYS`, :data:`EVAL_KEYS`, ``taggnn <command> --help``,
+``taggnn config show`` and :func:`docs_table` are read from it.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
@@ -21,190 +30,6 @@ import yaml
 from ..errors import ConfigError  # noqa: E402  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    dataset: str = "synthgym"  # synthgym | finegym | haa500 | csv | folder
-    root: Optional[str] = None  # dataset root (finegym, haa500, folder) or video root (csv)
-    train_csv: Optional[str] = None  # csv: split files
-    val_csv: Optional[str] = None
-    test_csv: Optional[str] = None
-    csv_layout: str = "flat"  # csv: videos at <root>/<FileName> (flat) or <root>/<Class>/<FileName> (authors)
-    num_classes: int = 16  # finegym: 99 or 288; synthgym: 4/8/12/16
-    version: str = "v1.1"  # finegym training split version
-    holdout: float = 0.0  # finegym: fraction of each training class held out as split "holdout"
-    holdout_min_clips: int = 10  # finegym: classes with fewer training clips hold out none
-    num_frames: int = 16
-    crop_size: int = 64
-    short_side: Optional[int] = None  # default: crop * 126/112 (paper) or * 128/112 (authors)
-    transform_style: str = "paper"  # paper | authors
-    normalization: str = "slowfast"  # ig65m | kinetics | slowfast | imagenet
-    flip: bool = True  # random horizontal flip when training (SynthGym: off, it swaps cw/ccw)
-    sampling: str = "uniform"  # test-time frame sampling: uniform | linspace
-    train_sampling: str = "random"  # uniform | random | linspace
-    on_error: str = "raise"  # raise | skip
-    num_workers: int = 0
-    decode_threads: int = 0  # PyAV decoding threads per worker (0: FFmpeg's automatic choice)
-    decoder: str = "pyav"  # pyav | torchcodec (extra torchcodec, needs FFmpeg's shared libraries)
-    sampler: str = "random"  # random | balanced (classes equally likely) | sqrt (P ~ n_c^-1/2)
-    persistent_workers: bool = False  # keep DataLoader workers alive between epochs
-    pin_memory: Optional[bool] = None  # page-locked batches (default: on for CUDA)
-    prefetch_factor: int = 2  # batches loaded ahead by each worker
-    synth_train: int = 1600  # SynthGym split sizes
-    synth_val: int = 320
-    synth_test: int = 640
-    synth_size: int = 64
-    synth_long_tail: Optional[float] = None
-    synth_task: str = "fine"  # fine: the 16 classes | pretrain: the pretrain_* splits with coarse (group) labels
-    features: Optional[str] = None  # a folder written by `taggnn features`: train the head alone on cached features
-    seed: int = 0  # the data's own seed: SynthGym's content, FineGym's hold-out (train.seed never changes the data)
-    val_split: str = "val"  # the split used for model selection
-    test_split: str = "test"  # evaluated once at the end
-
-
-@dataclass
-class ModelConfig:
-    backbone: str = "r2plus1d_tiny"
-    weights: Optional[str] = None  # backbone weights: catalogue name, path or URL
-    freeze_backbone: bool = False
-    num_layers: int = 2
-    num_heads: int = 4
-    ffn_dim: int = 256
-    dropout: float = 0.1
-    fast_cpu_dropout: bool = True  # bulk-drawn dropout masks on CPU (same distribution, ~3x cheaper)
-    norm_first: bool = True
-    use_transformer: bool = True
-    intra: bool = True
-    temporal: bool = True
-    propagation: str = "appnp"
-    K: int = 2
-    alpha: float = 0.1
-    backend: Optional[str] = None
-    num_graph_layers: int = 2
-    graph_heads: int = 8  # attention heads of GAT stacks
-    pre_classifier_norm: bool = False
-    head_dropout: float = 0.0
-    pos_init_std: float = 0.02
-    pos_init: str = "trunc_normal"  # trunc_normal (ViT convention) | normal (the authors' torch.randn)
-    bn_momentum: Optional[float] = None  # override every backbone BatchNorm's momentum (authors: 0.9)
-    bn_eps: Optional[float] = None  # override every backbone BatchNorm's eps (IG-65M port: 1e-3)
-    embed_dim: Optional[int] = None  # project backbone features to this width first (2048-ch backbones)
-    layer_scale: Optional[float] = None  # LayerScale init of every residual branch (0: the head starts as identity)
-    readout: str = "mean"  # mean (paper) | max | softmax | powermean | attention | set2set
-    post_graph: str = "none"  # none (paper) | ffn: residual per-node MLP after propagation
-    edge_weights: str = "fixed"  # fixed (paper) | learned: one positive weight per edge type
-    graph_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of a torch_geometric.nn conv
-    graph_activation: str = "relu"  # between the layers of a conv stack: relu | elu | gelu | none
-    graph_residual: bool = False  # residual connections in a conv stack
-
-
-@dataclass
-class OptimConfig:
-    optimizer: str = "adam"  # adam | adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    scheduler: str = "cosine"  # cosine | constant
-    schedule_unit: str = "step"  # step: the schedule moves every step | epoch: once per epoch (the authors')
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    grad_clip: Optional[float] = None  # max global grad norm
-    accumulate: int = 1  # gradient accumulation steps
-    class_weights: str = "none"  # none | inverse | effective_number (loss weight per class)
-    backbone_lr_mult: float = 1.0  # backbone learning rate = lr * this (the paper fine-tunes at 1e-5)
-    no_decay_norm_bias: bool = True  # no weight decay on biases, norm weights, positional table, LayerScale
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 16
-    eval_batch_size: int = 32
-    seed: int = 0
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
-    eval_amp: str = "off"  # evaluation precision: off (float32, every preset) | bf16 | fp16 | train (= amp)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every_steps: int = 0  # also checkpoint every N optimiser steps (0: per epoch only)
-    eval_every: int = 1  # epochs between validation passes
-    log_every: int = 10  # steps between JSON-lines log records
-    deterministic: bool = False  # torch.use_deterministic_algorithms (exact resume on CPU)
-    mca: str = "present"  # mean class accuracy over classes in the ground truth | union (mmaction2)
-    max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps: for tests
-    compile: bool = False  # torch.compile the model for training
-    export_backbone: bool = False  # also write the best model's backbone weights as backbone.pt (pretraining)
-    loggers: List[str] = field(default_factory=lambda: ["jsonl"])  # jsonl (always) csv tensorboard wandb mlflow
-
-
-@dataclass
-class EvalConfig:
-    num_clips: int = 1  # temporal views per video at evenly spaced offsets (the paper: 1)
-    num_crops: int = 1  # 1: centre crop (the paper) | 3: three crops along the long side
-    average: str = "prob"  # combine the views' scores: prob (mean softmax) | logits (mean logit)
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    name: str = "run"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any], *, source: str = "config") -> "Config":
-        config = cls()
-        apply_mapping(config, values, source=source)
-        return validate(config)
-
-    def diff(self, other: "Config") -> List[str]:
-        """``key: ours -> theirs`` for every value that differs."""
-        a, b = flatten(self.to_dict()), flatten(other.to_dict())
-        return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-
-
-def _choices() -> Dict[str, Tuple[str, ...]]:
-    """Valid values of every string option, taken from the modules that own them."""
-    from ..data.constants import NORMALIZATIONS, STYLES
-    from ..data.datasets import CSV_LAYOUTS
-    from ..data.decoders import DECODERS
-    from ..data.video import SAMPLINGS
-
-    return {
-        "data.dataset": DATASETS,
-        "data.transform_style": STYLES,
-        "data.normalization": tuple(NORMALIZATIONS),
-        "data.sampling": SAMPLINGS,
-        "data.train_sampling": SAMPLINGS,
-        "data.on_error": ON_ERROR,
-        "data.csv_layout": CSV_LAYOUTS,
-        "data.sampler": ("random", "balanced", "sqrt"),
-        "optim.class_weights": ("none", "inverse", "effective_number"),
-        "data.synth_task": SYNTH_TASKS,
-        "optim.optimizer": OPTIMIZERS,
-        "optim.scheduler": SCHEDULERS,
-        "optim.schedule_unit": ("step", "epoch"),
-        "train.eval_amp": ("off", "bf16", "fp16", "train"),
-        "model.pos_init": ("trunc_normal", "normal"),
-        "train.amp": AMP_MODES,
-        "train.mca": MCA_CONVENTIONS,
-        "eval.average": ("prob", "logits"),
-        "data.decoder": DECODERS,
-    }
-
-
-DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
-ON_ERROR = ("raise", "skip")
-SYNTH_TASKS = ("fine", "pretrain")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("cosine", "constant")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-MCA_CONVENTIONS = ("present", "union")
 
 
 @dataclass(frozen=True)
@@ -240,57 +65,390 @@ FRACTION = Range(0, 1, high_open=True)  # [0, 1)
 #: costs a pass over the graph, so a larger count only makes a run hang.
 MAX_PROPAGATION_STEPS = 1024
 
+DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
+SYNTH_TASKS = ("fine", "pretrain")
+SAMPLERS = ("random", "balanced", "sqrt")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+SCHEDULE_UNITS = ("step", "epoch")
+CLASS_WEIGHTS = ("none", "inverse", "effective_number")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+EVAL_AMP_MODES = ("off", "bf16", "fp16", "train")
+VIEW_AVERAGES = ("prob", "logits")
+
+
+class registry:
+    """The names a module owns (a tuple, a mapping's keys or a function's result), read when
+    first asked for, so that importing the config imports none of those modules."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self) -> Tuple[str, ...]:
+        value = getattr(importlib.import_module(self.module), self.name)
+        return tuple(value() if callable(value) else value)
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+Choices = Union[Sequence[Any], registry]
+
+
+def option(default: Any = MISSING, *, default_factory: Any = MISSING, help: str, range: Optional[Range] = None,
+           choices: Optional[Choices] = None, known: Optional[registry] = None, resumable: bool = False,
+           features: bool = False, eval: Optional[bool] = None) -> Any:
+    """A config field with what is known about it, as :func:`dataclasses.field` metadata.
+
+    Args:
+        default, default_factory: As for :func:`dataclasses.field`.
+        help: One line for ``--help``, ``taggnn config show`` and the docs table.
+        range: The allowed interval of a number (``None`` values of optional keys skip it).
+        choices: The allowed values, checked by :func:`validate` (a :class:`registry` is read
+            from the module that owns them).
+        known: Names listed in the help but checked by the module that owns them (which may
+            accept more, e.g. any ``torch_geometric.nn`` convolution as ``model.propagation``).
+        resumable: May change between a run and its resumption (nothing computed changes).
+        features: Changes the backbone features ``taggnn features`` caches.
+        eval: May change when a trained model is evaluated (default: the section's, see
+            :func:`section`).
+    """
+    metadata = {"help": help, "range": range, "choices": choices, "known": known, "resumable": resumable,
+                "features": features, "eval": eval}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def section(*, eval: bool):
+    """Class decorator of a config section: a dataclass whose fields that do not say whether they
+    may change at evaluation time take ``eval``."""
+    def decorate(cls):
+        cls = dataclass(cls)
+        for f in fields(cls):
+            if f.metadata.get("eval") is None:
+                f.metadata = MappingProxyType({**f.metadata, "eval": eval})
+        return cls
+    return decorate
+
+
+@section(eval=True)
+class DataConfig:
+    dataset: str = option("synthgym", help="the dataset", choices=DATASETS, features=True)
+    root: Optional[str] = option(None, help="dataset root (finegym, haa500, folder) or video root (csv)",
+                                 features=True)
+    train_csv: Optional[str] = option(None, help="csv: the training split file", features=True)
+    val_csv: Optional[str] = option(None, help="csv: the validation split file", features=True)
+    test_csv: Optional[str] = option(None, help="csv: the test split file", features=True)
+    csv_layout: str = option("flat", help="csv: videos at <root>/<FileName> (flat) or <root>/<Class>/<FileName> "
+                                          "(authors)", choices=registry("taggnn.data.datasets", "CSV_LAYOUTS"),
+                             features=True)
+    num_classes: int = option(16, help="finegym: 99 or 288; synthgym: 4/8/12/16", range=AT_LEAST_1, features=True)
+    version: str = option("v1.1", help="finegym training split version", features=True)
+    holdout: float = option(0.0, help='finegym: fraction of each training class held out as split "holdout"',
+                            range=FRACTION, features=True)
+    holdout_min_clips: int = option(10, help="finegym: classes with fewer training clips hold out none",
+                                    range=AT_LEAST_1, features=True)
+    num_frames: int = option(16, help="frames per clip", range=AT_LEAST_1, features=True)
+    crop_size: int = option(64, help="side of the square crop, in pixels", range=AT_LEAST_1, features=True)
+    short_side: Optional[int] = option(None, help="resize the short side to this first (default: crop * 126/112 "
+                                                  "(paper) or * 128/112 (authors))", range=AT_LEAST_1, features=True)
+    transform_style: str = option("paper", help="resizing and cropping: the paper's or the authors' code's",
+                                  choices=registry("taggnn.data.constants", "STYLES"), features=True)
+    normalization: str = option("slowfast", help="input mean/std (must match model.weights' unless "
+                                                 "data.keep_normalization)",
+                                choices=registry("taggnn.data.constants", "NORMALIZATIONS"), features=True)
+    keep_normalization: bool = option(False, help="keep data.normalization where model.weights were trained with "
+                                                  "other statistics (the authors' code: 0.45/0.225 on IG-65M)",
+                                      resumable=True)
+    flip: bool = option(True, help="random horizontal flip when training (SynthGym: off, it swaps cw/ccw)")
+    sampling: str = option("uniform", help="test-time frame sampling",
+                           choices=registry("taggnn.data.video", "SAMPLINGS"), features=True)
+    train_sampling: str = option("random", help="training frame sampling",
+                                 choices=registry("taggnn.data.video", "SAMPLINGS"))
+    on_error: str = option("raise", help="an unreadable video: stop (raise) or leave it out and count it (skip)",
+                           choices=registry("taggnn.data.constants", "ON_ERROR"))
+    num_workers: int = option(0, help="DataLoader worker processes", range=AT_LEAST_0, resumable=True)
+    decode_threads: int = option(0, help="PyAV decoding threads per worker (0: FFmpeg's automatic choice)",
+                                 range=AT_LEAST_0, resumable=True)
+    decoder: str = option("pyav", help="video decoder (torchcodec: extra torchcodec, needs FFmpeg's shared "
+                                       "libraries)", choices=registry("taggnn.data.decoders", "DECODERS"),
+                          resumable=True)
+    sampler: str = option("random", help="training order: random | balanced (classes equally likely) | sqrt "
+                                         "(P ~ n_c^-1/2)", choices=SAMPLERS)
+    persistent_workers: bool = option(False, help="keep DataLoader workers alive between epochs", resumable=True)
+    pin_memory: Optional[bool] = option(None, help="page-locked batches (default: on for CUDA)", resumable=True)
+    prefetch_factor: int = option(2, help="batches loaded ahead by each worker", range=AT_LEAST_1, resumable=True)
+    synth_train: int = option(1600, help="SynthGym: training clips", range=AT_LEAST_1, features=True)
+    synth_val: int = option(320, help="SynthGym: validation clips", range=AT_LEAST_1, features=True)
+    synth_test: int = option(640, help="SynthGym: test clips", range=AT_LEAST_1, features=True)
+    synth_size: int = option(64, help="SynthGym: side of the rendered frames, in pixels", range=Range(16),
+                             features=True)
+    synth_long_tail: Optional[float] = option(None, help="SynthGym: imbalance ratio of the training classes "
+                                                         "(none: balanced)", range=AT_LEAST_1, features=True)
+    synth_task: str = option("fine", help="SynthGym: fine (the 16 classes) | pretrain (the pretrain_* splits with "
+                                          "coarse group labels)", choices=SYNTH_TASKS, features=True)
+    features: Optional[str] = option(None, help="a folder written by `taggnn features`: train the head alone on "
+                                                "cached features")
+    seed: int = option(0, help="the data's own seed: SynthGym's content, FineGym's hold-out (train.seed never "
+                               "changes the data)", range=AT_LEAST_0, features=True)
+    val_split: str = option("val", help="the split used for model selection")
+    test_split: str = option("test", help="evaluated once at the end")
+
+
+@section(eval=False)
+class ModelConfig:
+    backbone: str = option("r2plus1d_tiny", help="the video backbone",
+                           known=registry("taggnn.models.backbones", "list_backbones"), features=True)
+    weights: Optional[str] = option(None, help="backbone weights: catalogue name, path or URL", features=True)
+    freeze_backbone: bool = option(False, help="train the head alone (the backbone's weights stay fixed)")
+    num_layers: int = option(2, help="Transformer layers", range=AT_LEAST_1)
+    num_heads: int = option(8, help="attention heads of the Transformer (divide the token width; paper: 8)",
+                            range=AT_LEAST_1)
+    ffn_dim: int = option(1024, help="feed-forward width of the Transformer (paper: 1024; Table 2 sweeps "
+                                     "256-2048)", range=AT_LEAST_1)
+    dropout: float = option(0.1, help="dropout in the Transformer (authors: 0.5)", range=FRACTION)
+    fast_cpu_dropout: bool = option(True, help="bulk-drawn dropout masks on CPU (same distribution, ~3x cheaper)")
+    norm_first: bool = option(True, help="pre-norm Transformer blocks (paper); false: post-norm (authors)")
+    use_transformer: bool = option(True, help="the Transformer stage (false: graph refinement of the backbone's "
+                                              "tokens alone)")
+    intra: bool = option(True, help="intra-frame fully-connected edges (IF-FC)")
+    temporal: bool = option(True, help="time-aligned temporal edges (TAT)")
+    propagation: str = option("appnp", help="graph refinement, or the name of a torch_geometric.nn convolution",
+                              known=registry("taggnn.nn.refiner", "PROPAGATIONS"))
+    K: int = option(2, help="APPNP propagation steps", range=Range(0, MAX_PROPAGATION_STEPS))
+    alpha: float = option(0.1, help="APPNP teleport probability", range=Range(0, 1, low_open=True))
+    backend: Optional[str] = option(None, help="sparse back-end of the propagation (none: its first supported)",
+                                    known=registry("taggnn.nn.refiner", "BACKENDS"))
+    num_graph_layers: int = option(2, help="layers of a GCN, GAT or convolution stack",
+                                   range=Range(1, MAX_PROPAGATION_STEPS))
+    graph_heads: int = option(8, help="attention heads of GAT stacks", range=AT_LEAST_1)
+    pre_classifier_norm: bool = option(False, help="LayerNorm before the classifier (authors)")
+    head_dropout: float = option(0.0, help="dropout before the classifier", range=FRACTION)
+    pos_init_std: float = option(0.02, help="std of the positional table's initialisation (authors: 1.0)",
+                                 range=AT_LEAST_0)
+    pos_init: str = option("trunc_normal", help="trunc_normal (ViT convention) | normal (the authors' torch.randn)",
+                           choices=registry("taggnn.nn.positional", "POS_INITS"))
+    bn_momentum: Optional[float] = option(None, help="override every backbone BatchNorm's momentum (authors: 0.9)",
+                                          range=Range(0, 1))
+    bn_eps: Optional[float] = option(None, help="override every backbone BatchNorm's eps (IG-65M port: 1e-3)",
+                                     range=POSITIVE, features=True)
+    embed_dim: Optional[int] = option(None, help="project backbone features to this width first (2048-ch "
+                                                 "backbones)", range=AT_LEAST_1)
+    layer_scale: Optional[float] = option(None, help="LayerScale init of every residual branch (0: the head "
+                                                     "starts as identity)", range=AT_LEAST_0)
+    readout: str = option("mean", help="pooling of the nodes (paper: mean)",
+                          known=registry("taggnn.nn.readout", "READOUTS"))
+    post_graph: str = option("none", help="none (paper) | ffn: residual per-node MLP after propagation",
+                             known=registry("taggnn.nn.head", "POST_GRAPH"))
+    edge_weights: str = option("fixed", help="fixed (paper) | learned: one positive weight per edge type",
+                               known=registry("taggnn.nn.refiner", "EDGE_WEIGHTS"))
+    graph_kwargs: Dict[str, Any] = option(default_factory=dict, help="extra arguments of a torch_geometric.nn "
+                                                                     "convolution, e.g. {heads: 4}")
+    graph_activation: str = option("relu", help="between the layers of a convolution stack",
+                                   known=registry("taggnn.nn.refiner", "ACTIVATIONS"))
+    graph_residual: bool = option(False, help="residual connections in a convolution stack")
+
+
+@section(eval=False)
+class OptimConfig:
+    optimizer: str = option("adam", help="the optimiser", choices=OPTIMIZERS)
+    lr: float = option(1e-3, help="learning rate (lowered on resume to continue a run that diverged)",
+                       range=POSITIVE, resumable=True)
+    weight_decay: float = option(0.0, help="weight decay", range=AT_LEAST_0)
+    momentum: float = option(0.9, help="sgd only", range=FRACTION)
+    scheduler: str = option("cosine", help="learning-rate schedule", choices=SCHEDULERS)
+    schedule_unit: str = option("step", help="step: the schedule moves every step | epoch: once per epoch "
+                                             "(the authors')", choices=SCHEDULE_UNITS)
+    warmup_epochs: float = option(0.0, help="linear warm-up, in epochs", range=AT_LEAST_0)
+    min_lr: float = option(0.0, help="the cosine schedule's last learning rate", range=AT_LEAST_0)
+    label_smoothing: float = option(0.0, help="label smoothing of the cross-entropy", range=FRACTION)
+    grad_clip: Optional[float] = option(None, help="max global grad norm", range=POSITIVE, resumable=True)
+    accumulate: int = option(1, help="gradient accumulation steps", range=AT_LEAST_1)
+    class_weights: str = option("none", help="loss weight per class", choices=CLASS_WEIGHTS)
+    backbone_lr_mult: float = option(1.0, help="backbone learning rate = lr * this (the paper fine-tunes at 1e-5)",
+                                     range=AT_LEAST_0)
+    no_decay_norm_bias: bool = option(True, help="no weight decay on biases, norm weights, positional table, "
+                                                 "LayerScale")
+
+
+@section(eval=True)
+class TrainConfig:
+    epochs: int = option(10, help="training epochs", range=AT_LEAST_1, resumable=True)
+    batch_size: int = option(16, help="clips per step and process", range=AT_LEAST_1)
+    eval_batch_size: int = option(32, help="clips per evaluation batch", range=AT_LEAST_1, resumable=True)
+    seed: int = option(0, help="seed of initialisation, shuffling and augmentation", range=AT_LEAST_0)
+    amp: str = option("auto", help="training precision: auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off",
+                      choices=AMP_MODES)
+    eval_amp: str = option("off", help="evaluation precision: off (float32, every preset) | bf16 | fp16 | "
+                                       "train (= amp)", choices=EVAL_AMP_MODES, resumable=True)
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N | mps", resumable=True)
+    checkpoint_every_steps: int = option(0, help="also checkpoint every N optimiser steps (0: per epoch only)",
+                                         range=AT_LEAST_0, resumable=True)
+    eval_every: int = option(1, help="epochs between validation passes", range=AT_LEAST_1)
+    log_every: int = option(10, help="steps between JSON-lines log records", range=AT_LEAST_1, resumable=True)
+    deterministic: bool = option(False, help="torch.use_deterministic_algorithms (exact resume on CPU)")
+    mca: str = option("present", help="mean class accuracy over the classes in the ground truth (present) or "
+                                      "in ground truth or predictions (union, mmaction2)",
+                      choices=registry("taggnn.engine.metrics", "MCA_CONVENTIONS"))
+    max_steps: Optional[int] = option(None, help="stop (with a checkpoint) after this many steps: for tests",
+                                      range=AT_LEAST_1, resumable=True)
+    compile: bool = option(False, help="torch.compile the model for training", resumable=True)
+    export_backbone: bool = option(False, help="also write the best model's backbone weights as backbone.pt "
+                                               "(pretraining)")
+    loggers: List[str] = option(default_factory=lambda: ["jsonl"], help="metric loggers (jsonl always)",
+                                known=registry("taggnn.engine.loggers", "LOGGERS"), resumable=True)
+
+
+@section(eval=True)
+class EvalConfig:
+    num_clips: int = option(1, help="temporal views per video at evenly spaced offsets (the paper: 1)",
+                            range=AT_LEAST_1, resumable=True)
+    num_crops: int = option(1, help="1: centre crop (the paper) | 3: three crops along the long side",
+                            range=Range(1, 3), choices=registry("taggnn.data.constants", "CROP_COUNTS"), resumable=True)
+    average: str = option("prob", help="combine the views' scores: prob (mean softmax) | logits (mean logit)",
+                          choices=VIEW_AVERAGES, resumable=True)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = option("run", help="the run's name (its folder: runs/<name>)", resumable=True, eval=True)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], *, source: str = "config") -> "Config":
+        config = cls()
+        apply_mapping(config, values, source=source)
+        return validate(config)
+
+    def diff(self, other: "Config") -> List[str]:
+        """``key: ours -> theirs`` for every value that differs."""
+        a, b = flatten(self.to_dict()), flatten(other.to_dict())
+        return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+SECTIONS = ("data", "model", "optim", "train", "eval")
+
+
+def config_fields() -> Dict[str, dataclasses.Field]:
+    """Every config key (``section.key``, and ``name``) with its dataclass field, in declaration order."""
+    keys: Dict[str, dataclasses.Field] = {}
+    for outer in fields(Config):
+        if outer.name in SECTIONS:
+            keys.update({f"{outer.name}.{f.name}": f for f in fields(outer.default_factory)})
+        else:
+            keys[outer.name] = outer
+    return keys
+
+
+def key_info(key: str) -> Dict[str, Any]:
+    """The metadata of config key ``key`` (help, range, choices, known, resumable, features, eval)."""
+    return dict(config_fields()[key].metadata)
+
+
+def choices_of(key: str) -> Optional[Tuple[Any, ...]]:
+    """The values :func:`validate` allows for ``key`` (None: any of its type within its range)."""
+    choices = config_fields()[key].metadata.get("choices")
+    return choices() if isinstance(choices, registry) else (tuple(choices) if choices is not None else None)
+
+
+def listed_values(key: str) -> Optional[Tuple[Any, ...]]:
+    """The values of ``key`` to list in help texts: its choices, or the names its owning module knows."""
+    info = config_fields()[key].metadata
+    if info.get("choices") is not None:
+        return choices_of(key)
+    known = info.get("known")
+    if known is None:
+        return None
+    try:
+        return known()
+    except ImportError:  # an optional module: its check says what to install
+        return None
+
+
+def _keys_where(flag: str) -> Tuple[str, ...]:
+    return tuple(key for key, f in config_fields().items() if f.metadata.get(flag))
+
+
 #: The allowed range of every numeric option (``None`` values, where a key is optional, skip the check).
-RANGES: Dict[str, Range] = {
-    "data.num_classes": AT_LEAST_1,
-    "data.holdout": FRACTION,
-    "data.holdout_min_clips": AT_LEAST_1,
-    "data.num_frames": AT_LEAST_1,
-    "data.crop_size": AT_LEAST_1,
-    "data.short_side": AT_LEAST_1,
-    "data.num_workers": AT_LEAST_0,
-    "data.decode_threads": AT_LEAST_0,
-    "data.prefetch_factor": AT_LEAST_1,
-    "data.synth_train": AT_LEAST_1,
-    "data.synth_val": AT_LEAST_1,
-    "data.synth_test": AT_LEAST_1,
-    "data.synth_size": Range(16),
-    "data.synth_long_tail": AT_LEAST_1,
-    "data.seed": AT_LEAST_0,
-    "model.num_layers": AT_LEAST_1,
-    "model.num_heads": AT_LEAST_1,
-    "model.ffn_dim": AT_LEAST_1,
-    "model.dropout": FRACTION,
-    "model.K": Range(0, MAX_PROPAGATION_STEPS),
-    "model.alpha": Range(0, 1, low_open=True),
-    "model.num_graph_layers": Range(1, MAX_PROPAGATION_STEPS),
-    "model.graph_heads": AT_LEAST_1,
-    "model.head_dropout": FRACTION,
-    "model.pos_init_std": AT_LEAST_0,
-    "model.bn_momentum": Range(0, 1),
-    "model.bn_eps": POSITIVE,
-    "model.embed_dim": AT_LEAST_1,
-    "model.layer_scale": AT_LEAST_0,
-    "optim.backbone_lr_mult": AT_LEAST_0,
-    "optim.lr": POSITIVE,
-    "optim.weight_decay": AT_LEAST_0,
-    "optim.momentum": FRACTION,
-    "optim.warmup_epochs": AT_LEAST_0,
-    "optim.min_lr": AT_LEAST_0,
-    "optim.label_smoothing": FRACTION,
-    "optim.grad_clip": POSITIVE,
-    "optim.accumulate": AT_LEAST_1,
-    "train.epochs": AT_LEAST_1,
-    "train.batch_size": AT_LEAST_1,
-    "train.eval_batch_size": AT_LEAST_1,
-    "train.seed": AT_LEAST_0,
-    "train.checkpoint_every_steps": AT_LEAST_0,
-    "train.eval_every": AT_LEAST_1,
-    "train.log_every": AT_LEAST_1,
-    "train.max_steps": AT_LEAST_1,
-    "eval.num_clips": AT_LEAST_1,
-    "eval.num_crops": Range(1, 3),
-}
+RANGES: Dict[str, Range] = {key: f.metadata["range"] for key, f in config_fields().items()
+                            if f.metadata.get("range") is not None}
+#: Keys that may change between a run and its resumption without changing what is computed
+#: (a lower ``optim.lr`` and a gradient clip may be set to continue a run that diverged).
+RESUMABLE_KEYS = frozenset(_keys_where("resumable"))
+#: Settings that determine the cached backbone features (``taggnn features``).
+FEATURE_KEYS = _keys_where("features")
+#: Keys ``taggnn eval`` / ``predict`` may change with ``--set`` (the model of a checkpoint stays).
+EVAL_KEYS = frozenset(_keys_where("eval"))
+
+
+def _choices() -> Dict[str, Tuple[Any, ...]]:
+    """Valid values of every option with choices, taken from the metadata (and the modules that own them)."""
+    return {key: choices_of(key) for key, f in config_fields().items() if f.metadata.get("choices") is not None}
+
+
+#: Config keys renamed since a release: ``{old: new}``. An old key in a config file, a checkpoint's
+#: config or ``--set`` is read as the new one, with a deprecation note in the log.
+RENAMED_KEYS: Dict[str, str] = {}
+
+
+def migrate_key(key: str, *, source: str = "config") -> str:
+    """The current name of config key ``key`` (itself unless :data:`RENAMED_KEYS` renamed it)."""
+    seen = set()
+    while key in RENAMED_KEYS and key not in seen:
+        seen.add(key)
+        new = RENAMED_KEYS[key]
+        logger.warning("%s: config key %r is deprecated, read as %r (rename it)", source, key, new)
+        key = new
+    return key
+
+
+def describe_keys(keys) -> str:
+    """``keys`` in words, a whole section as ``section.*`` (e.g. ``data.*, train.*, eval.*, name``)."""
+    keys, parts = set(keys), []
+    for section_name in SECTIONS:
+        members = [key for key in config_fields() if key.startswith(section_name + ".")]
+        if set(members) <= keys:
+            parts.append(f"{section_name}.*")
+        else:
+            parts.extend(key for key in members if key in keys)
+    return ", ".join(parts + (["name"] if "name" in keys else []))
+
+
+def docs_table() -> str:
+    """``docs/config-keys.md``: a Markdown table of every config key with its default, range or choices,
+    whether it may change on resume / changes cached features / may change at evaluation, and its help."""
+    rows = ["# Config keys", "",
+            "Generated from the config's field metadata (`taggnn/engine/config.py`) by "
+            "`taggnn config table > docs/config-keys.md`; a test keeps this file current. `resume`: may change "
+            "on `--resume`; `features`: one of the settings of cached features (`taggnn features`); `eval`: may "
+            "change in `taggnn eval` / `predict`.", "",
+            "| key | default | allowed | resume | features | eval | help |", "|---|---|---|---|---|---|---|"]
+    for key, f in config_fields().items():
+        rows.append(f"| `{key}` | `{field_default(f)!r}` | {allowed_text(key) or ''} | "
+                    f"{'yes' if f.metadata['resumable'] else ''} | {'yes' if f.metadata['features'] else ''} | "
+                    f"{'yes' if f.metadata['eval'] else ''} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def allowed_text(key: str) -> Optional[str]:
+    """What ``key`` allows, in words: its range, its choices or the names its module knows."""
+    info = config_fields()[key].metadata
+    if info.get("range") is not None:
+        return str(info["range"])
+    values = listed_values(key)
+    if values is None:
+        return None
+    return ("one of " if info.get("choices") is not None else "e.g. ") + ", ".join(map(str, values))
 
 
 def validate(config: "Config") -> "Config":
@@ -323,7 +481,7 @@ def validate(config: "Config") -> "Config":
             problems.append(f"{key}={value!r} is out of range (allowed: {allowed})")
     for key, choices in _choices().items():
         if flat[key] not in choices:
-            problems.append(f"{key}={flat[key]!r} is not one of {', '.join(choices)}")
+            problems.append(f"{key}={flat[key]!r} is not one of {', '.join(map(str, choices))}")
     from .loggers import LOGGERS
 
     unknown_loggers = [name for name in config.train.loggers if name not in LOGGERS]
@@ -338,8 +496,6 @@ def validate(config: "Config") -> "Config":
     o, d = config.optim, config.data
     if o.min_lr > o.lr:
         problems.append(f"optim.min_lr={o.min_lr!r} exceeds optim.lr={o.lr!r}")
-    if config.eval.num_crops not in (1, 3):
-        problems.append(f"eval.num_crops={config.eval.num_crops} is not 1 (centre) or 3 (along the long side)")
     if d.short_side is not None and d.short_side < d.crop_size:
         problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
     if not is_device_name(config.train.device):
@@ -733,6 +889,7 @@ def set_value(config: Config, key: str, value: Any, *, source: str = "--set") ->
     if key == "name" and not isinstance(value, dict):
         config.name = str(value)
         return
+    key = migrate_key(key, source=source)
     annotation = _field_type(config, key, source)
     section_name, _, field_name = key.partition(".")
     setattr(getattr(config, section_name), field_name, _coerce(key, value, annotation))
@@ -741,15 +898,22 @@ def set_value(config: Config, key: str, value: Any, *, source: str = "--set") ->
 def parse_text(key: str, text: str, annotation) -> Any:
     """The value of the text ``text`` (e.g. of ``--set key=text``) for a field annotated ``annotation``.
 
-    String fields keep the text as written: ``0777``, ``010``, ``12:30``, ``~`` or ``yes`` stay
-    those strings (YAML would read them as numbers, a time, null or a boolean); a quoted text
-    (``'...'`` or ``"..."``) is unquoted. ``none`` / ``null`` (any case) clear an optional field.
-    Other fields read the text as YAML (``1e-3``, ``true``, ``{heads: 4}``), then it is checked
-    as a value of the field's type.
+    The one reader of a value given as text: ``--set`` (of ``train``, ``train --resume``, ``eval``,
+    ``predict``, ``features``, ``profile``) and the scalars of config files all go through it.
+
+    * An empty text (``--set key=``) means "no value": ``None`` for an optional key, an empty list
+      or mapping for a list or mapping key, the empty string for a string key (which its check
+      then judges), and an error for a number or a boolean.
+    * ``none`` / ``null`` (any case) clear an optional key.
+    * String keys keep the text as written: ``0777``, ``010``, ``12:30``, ``~`` or ``yes`` stay
+      those strings (YAML would read them as numbers, a time, null or a boolean); a quoted text
+      (``'...'`` or ``"..."``) is unquoted.
+    * Other keys read the text as YAML (``1e-3``, ``true``, ``{heads: 4}``), then it is checked
+      as a value of the field's type.
     """
     stripped = text.strip()
     optional = typing.get_origin(annotation) is Union and type(None) in typing.get_args(annotation)
-    if optional and stripped.lower() in ("none", "null"):
+    if optional and stripped.lower() in ("", "none", "null"):
         return None
     if _is_text_field(annotation):
         quoted = len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\""
@@ -762,7 +926,7 @@ def parse_text(key: str, text: str, annotation) -> Any:
                 return value
         return stripped
     if not stripped:
-        return None if optional else _coerce(key, "", annotation)
+        return _coerce(key, "", annotation)
     inner = [a for a in typing.get_args(annotation) if a is not type(None)] if optional else [annotation]
     if inner and inner[0] in (int, float):
         try:
@@ -772,22 +936,33 @@ def parse_text(key: str, text: str, annotation) -> Any:
     try:
         value = yaml.safe_load(stripped)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{key}: cannot read {stripped!r} ({error})") from None
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{key}: the value {text!r} is not valid YAML ({problem}); close its brackets and "
+                          f"quotes, or quote the whole value") from None
     return _coerce(key, value, annotation)
 
 
 def apply_override(config: Config, item: str, *, source: str = "--set") -> None:
-    """Applies one ``key=value`` override, reading the value as :func:`parse_text` does."""
+    """Applies one ``key=value`` override, reading the value as :func:`parse_text` does (an old
+    key name of :data:`RENAMED_KEYS` is read as its new one)."""
     if "=" not in item:
         raise ConfigError(f"{source} expects key=value, got {item!r}")
     key, text = item.split("=", 1)
-    key = key.strip()
+    key = migrate_key(key.strip(), source=source)
     if key == "name":
         config.name = text.strip()
         return
     annotation = _field_type(config, key, source)
     section_name, _, field_name = key.partition(".")
-    setattr(getattr(config, section_name), field_name, parse_text(key, text, annotation))
+    setattr(getattr(config, section_name), field_name, parse_text(f"{source} {key}", text, annotation))
+
+
+def check_overrides(overrides: Sequence[str], *, source: str = "--set") -> None:
+    """Reads every ``key=value`` of ``overrides`` (into a default config) before any work, so that
+    an unknown key or an unreadable value is refused first, naming the key."""
+    config = Config()
+    for item in overrides:
+        apply_override(config, item, source=source)
 
 
 def apply_mapping(config: Config, values: Dict[str, Any], *, source: str,
@@ -800,7 +975,7 @@ def apply_mapping(config: Config, values: Dict[str, Any], *, source: str,
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
     text = text if isinstance(text, dict) else {}
     for key, value in values.items():
-        if key in ("base", "description"):
+        if key in ("base", "description", "authors"):
             continue
         raw = text.get(key) if isinstance(key, str) else None
         if key == "name":
@@ -809,7 +984,7 @@ def apply_mapping(config: Config, values: Dict[str, Any], *, source: str,
         elif isinstance(value, dict):
             raw = raw if isinstance(raw, dict) else {}
             for sub_key, sub_value in value.items():
-                full_key = f"{key}.{sub_key}"
+                full_key = migrate_key(f"{key}.{sub_key}", source=source)
                 sub_raw = raw.get(sub_key) if isinstance(sub_key, str) else None
                 if isinstance(sub_value, (bool, int, float)) and isinstance(sub_raw, str):
                     sub_value = parse_text(full_key, sub_raw, _field_type(config, full_key, source))
@@ -868,7 +1043,50 @@ def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = 
         current = values.get("base") if isinstance(values, dict) else None
     config = Config()
     for values, as_written, source in reversed(chain):
+        if values.get("authors") is not None:  # the authors' setup of a dataset, from its one table
+            from ..models.reference import authors_setup
+
+            try:
+                setup = authors_setup(str(values["authors"]))
+            except ValueError as error:
+                raise ConfigError(f"{source}: authors: {error}") from None
+            for key, value in setup.items():
+                set_value(config, key, value, source=f"{source} (the authors' setup)")
         apply_mapping(config, values, source=source, text=as_written)
     for item in overrides:
         apply_override(config, item, source="--set")
-    return check_installed(validate(config))
+    return check_normalization(check_installed(validate(config)))
+
+
+def weights_normalization(config: "Config") -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    """The input mean and std ``model.weights`` were trained with, when it names an entry of the
+    backbone's weights catalogue (None for a path, a URL or no weights)."""
+    m = config.model
+    if m.weights is None or config.data.features is not None:
+        return None
+    backbone = _meta_backbone(m.backbone)
+    entry = None if backbone is None else backbone.weights_catalogue().get(m.weights)
+    return None if entry is None else (tuple(entry.mean), tuple(entry.std))
+
+
+def check_normalization(config: "Config") -> "Config":
+    """Raises :class:`ConfigError` when ``data.normalization`` is not the normalisation the
+    catalogue entry ``model.weights`` was trained with (unless ``data.keep_normalization``).
+    :func:`load_config` calls it, before any work; ``Config.from_dict`` does not, so that a
+    checkpoint of a run made before this check stays loadable."""
+    from ..data.constants import NORMALIZATIONS
+
+    expected = weights_normalization(config)
+    d = config.data
+    if expected is None or d.keep_normalization:
+        return config
+    given = NORMALIZATIONS[d.normalization]
+    if all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip((*given[0], *given[1]), (*expected[0], *expected[1]))):
+        return config
+    fitting = [name for name, (mean, std) in NORMALIZATIONS.items()
+               if all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip((*mean, *std), (*expected[0], *expected[1])))]
+    advice = f"set data.normalization={fitting[0]}" if fitting else "give data.normalization of those statistics"
+    raise ConfigError(f"data.normalization={d.normalization!r} (mean {given[0]}, std {given[1]}) is not the "
+                      f"normalisation model.weights={config.model.weights!r} of model.backbone="
+                      f"{config.model.backbone!r} was trained with (mean {expected[0]}, std {expected[1]}): "
+                      f"{advice}, or data.keep_normalization=true to keep it on purpose")

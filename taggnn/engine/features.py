@@ -47,6 +47,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, TaggnnError, VideoError
 from ..utils.outputs import write_atomic, write_text_atomic
+from .config import FEATURE_KEYS as CONFIG_FEATURE_KEYS
 from .config import Config, flatten
 
 logger = logging.getLogger(__name__)
@@ -67,13 +68,8 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 #: Settings that determine the cached features; a training config must agree on all of them
 #: (``model.weights`` only when the features came from ``model.weights``, not a checkpoint).
-FEATURE_KEYS = (
-    "data.dataset", "data.root", "data.train_csv", "data.val_csv", "data.test_csv", "data.csv_layout",
-    "data.num_classes", "data.version", "data.holdout", "data.holdout_min_clips", "data.num_frames",
-    "data.crop_size", "data.short_side", "data.transform_style", "data.normalization", "data.sampling",
-    "data.synth_train", "data.synth_val", "data.synth_test", "data.synth_size", "data.synth_long_tail",
-    "data.synth_task", "data.seed", "model.backbone", "model.weights", "model.bn_eps",
-)
+#: Read from the config's metadata (``features=True``, see :func:`taggnn.engine.config.option`).
+FEATURE_KEYS = CONFIG_FEATURE_KEYS
 _WEIGHTS_HASH = "backbone weights (sha256)"
 
 

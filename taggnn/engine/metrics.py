@@ -16,6 +16,9 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+#: Mean class accuracy over the classes in the ground truth (present) or in truth or predictions (union).
+MCA_CONVENTIONS = ("present", "union")
+
 
 class ClassificationMeter:
     """Accumulates predictions of a ``num_classes``-way classifier.
@@ -75,7 +78,7 @@ class ClassificationMeter:
         return torch.where(support > 0, correct / support.clamp(min=1), torch.full_like(support, float("nan")))
 
     def mean_class_accuracy(self, convention: str = "present") -> float:
-        if convention not in ("present", "union"):
+        if convention not in MCA_CONVENTIONS:
             raise ValueError(f"convention must be 'present' or 'union', got {convention!r}")
         recall = self.per_class_accuracy()
         present = self.confusion.sum(1) > 0

@@ -31,7 +31,7 @@ from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
 from ..models.tagnet import load_pretrained, record_config
 from ..utils.outputs import write_atomic
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import Config, ConfigError, flatten, load_config, set_value, validate
+from .config import RESUMABLE_KEYS, Config, ConfigError, apply_override, flatten, load_config, set_value, validate
 from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
 from .distributed import (
     DistributedContext,
@@ -63,13 +63,9 @@ from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing
 
 logger = logging.getLogger(__name__)
 
-# Keys that may change between a run and its resumption without changing what is computed.
-# A lower ``optim.lr`` (and a gradient clip) may be set to continue a run that diverged.
-RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.device", "data.num_workers", "train.log_every",
-                     "train.checkpoint_every_steps", "train.eval_batch_size", "name", "optim.lr", "optim.grad_clip",
-                     "eval.num_clips", "eval.num_crops", "eval.average", "train.eval_amp", "data.decode_threads",
-                     "data.persistent_workers", "data.pin_memory", "data.prefetch_factor", "train.compile",
-                     "train.loggers", "data.decoder"}
+#: Keys that may change between a run and its resumption without changing what is computed
+#: (``resumable=True`` in their field's metadata, see :func:`taggnn.engine.config.option`).
+RESUMABLE_CHANGES = set(RESUMABLE_KEYS)
 
 
 from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
@@ -295,11 +291,8 @@ def resume_config(checkpoint_path: Path, *, config: Optional[str] = None, overri
         given, source = load_config(config, overrides), f"--config {config}" + (" with --set" if overrides else "")
     else:
         given, source = Config.from_dict(saved.to_dict(), source=str(path)), "--set"
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"--set expects key=value, got {item!r}")
-            key, value = item.split("=", 1)
-            set_value(given, key.strip(), yaml.safe_load(value) if value.strip() else "", source="--set")
+        for item in overrides:  # read as every --set is
+            apply_override(given, item, source="--set")
         validate(given)
     ours, theirs = flatten(saved.to_dict()), flatten(given.to_dict())
     changed = [key for key in sorted(ours) if ours[key] != theirs.get(key)]

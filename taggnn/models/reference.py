@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,9 +44,60 @@ from .weights import PathLike, WeightsError, fetch, load_into
 logger = logging.getLogger(__name__)
 
 
+#: The authors' setup (github.com/ImtiazUlHassan/Tag-Head, MIT) as config values, the keys every
+#: dataset shares. With :data:`AUTHORS_DATASETS` it is the one table of their setup: the
+#: ``*_authors`` presets (``authors: <dataset>``), :func:`reference_model` and
+#: :data:`REFERENCE_SETUPS` are read from it.
+AUTHORS_COMMON: Dict[str, Any] = {
+    "data.crop_size": 112,
+    "data.transform_style": "authors",  # short side 128, flip, RandomResizedCrop(112, scale 0.5-1)
+    "data.normalization": "slowfast",  # mean/std 0.45/0.225
+    "data.keep_normalization": True,  # ... on IG-65M weights trained with other statistics
+    "data.sampling": "linspace",  # frame indices torch.linspace(0, n-1, T).long()
+    "data.train_sampling": "linspace",
+    "model.backbone": "r2plus1d_34",
+    "model.weights": "IG65M_CLIP32",
+    "model.num_layers": 2,
+    "model.num_heads": 8,
+    "model.norm_first": False,  # post-norm nn.TransformerEncoder
+    "model.dropout": 0.5,
+    "model.K": 2,
+    "model.alpha": 0.1,
+    "model.pre_classifier_norm": True,
+    "model.pos_init_std": 1.0,  # torch.randn, not truncated
+    "model.pos_init": "normal",
+    "model.bn_momentum": 0.9,  # the IG-65M port's BatchNorm
+    "model.bn_eps": 1.0e-3,
+    "optim.schedule_unit": "epoch",  # CosineAnnealingLR(T_max=epochs), stepped once per epoch
+    "optim.warmup_epochs": 0.0,
+    "train.seed": 42,
+    "train.amp": "off",  # float32 throughout
+    "train.eval_amp": "off",
+}
+
+#: Each dataset's own values of the authors' setup (``file``: their released checkpoint). Their
+#: FineGym runs selected the model on the reported split (val), without a hold-out.
+AUTHORS_DATASETS: Dict[str, Dict[str, Any]] = {
+    "haa500": {"file": "haa500_best.pth", "data.dataset": "haa500", "data.num_classes": 500,
+               "data.num_frames": 32, "model.ffn_dim": 512},
+    "gym99": {"file": "gym99_best.pth", "data.dataset": "finegym", "data.num_classes": 99, "data.num_frames": 64,
+              "model.ffn_dim": 1024, "data.holdout": 0.0, "data.val_split": "val"},
+    "gym288": {"file": "gym288_last.pth", "data.dataset": "finegym", "data.num_classes": 288, "data.num_frames": 64,
+               "model.ffn_dim": 2048, "data.holdout": 0.0, "data.val_split": "val", "data.version": "v1.1"},
+}
+
+
+def authors_setup(dataset: str) -> Dict[str, Any]:
+    """The authors' setup for ``dataset`` as ``{"section.key": value}`` config values."""
+    if dataset not in AUTHORS_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(AUTHORS_DATASETS)}")
+    own = {key: value for key, value in AUTHORS_DATASETS[dataset].items() if key != "file"}
+    return {**AUTHORS_COMMON, **own}
+
+
 @dataclass(frozen=True)
 class ReferenceSetup:
-    """The authors' configuration for one released checkpoint."""
+    """The authors' configuration for one released checkpoint (read from :func:`authors_setup`)."""
 
     dataset: str
     file_name: str
@@ -58,24 +109,32 @@ class ReferenceSetup:
     crop_size: int = 112
 
 
-REFERENCE_SETUPS: Dict[str, ReferenceSetup] = {
-    "haa500": ReferenceSetup("haa500", "haa500_best.pth", 500, 32, 512),
-    "gym99": ReferenceSetup("gym99", "gym99_best.pth", 99, 64, 1024),
-    "gym288": ReferenceSetup("gym288", "gym288_last.pth", 288, 64, 2048),
-}
+def _reference_setup(dataset: str) -> ReferenceSetup:
+    from ..data.constants import NORMALIZATIONS
+
+    values = authors_setup(dataset)
+    mean, std = NORMALIZATIONS[values["data.normalization"]]
+    return ReferenceSetup(dataset, AUTHORS_DATASETS[dataset]["file"], values["data.num_classes"],
+                          values["data.num_frames"], values["model.ffn_dim"], tuple(mean), tuple(std),
+                          values["data.crop_size"])
+
+
+REFERENCE_SETUPS: Dict[str, ReferenceSetup] = {dataset: _reference_setup(dataset) for dataset in AUTHORS_DATASETS}
+
+#: Keys of the authors' setup that are not options of the head.
+_NOT_HEAD_OPTIONS = ("model.backbone", "model.weights", "model.bn_momentum", "model.bn_eps")
 
 
 def reference_model(dataset: str) -> TAGNet:
-    """An untrained TAGNet configured like the authors' code for ``dataset``."""
-    setup = _setup(dataset)
-    model = build_model(
-        "r2plus1d_34", setup.num_classes, num_frames=setup.num_frames, crop_size=setup.crop_size,
-        ffn_dim=setup.ffn_dim, num_layers=2, num_heads=8, dropout=0.5, norm_first=False,
-        K=2, alpha=0.1, pre_classifier_norm=True, pos_init_std=1.0, pos_init="normal",
-    )
+    """An untrained TAGNet configured like the authors' code for ``dataset`` (:func:`authors_setup`)."""
+    values = authors_setup(dataset)
+    head = {key.split(".", 1)[1]: value for key, value in values.items()
+            if key.startswith("model.") and key not in _NOT_HEAD_OPTIONS}
+    model = build_model(values["model.backbone"], values["data.num_classes"], num_frames=values["data.num_frames"],
+                        crop_size=values["data.crop_size"], **head)
     for module in model.backbone.modules():  # the IG-65M port's BatchNorm: eps 1e-3, momentum 0.9
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eps, module.momentum = 1e-3, 0.9
+            module.eps, module.momentum = values["model.bn_eps"], values["model.bn_momentum"]
     return model
 
 

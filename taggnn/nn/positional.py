@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: Initialisations of the positional table: truncated at two standard deviations, or the authors' torch.randn.
+POS_INITS = ("trunc_normal", "normal")
+
 
 def _check_grid(grid) -> Tuple[int, int, int]:
     try:
@@ -52,7 +55,7 @@ class SpatioTemporalPositionalEncoding(nn.Module):
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = channels
         self.init_std = init_std
-        if init not in ("trunc_normal", "normal"):
+        if init not in POS_INITS:
             raise ValueError(f"init must be 'trunc_normal' or 'normal', got {init!r}")
         self.init = init
         self.weight = nn.Parameter(torch.empty(*self.grid, channels))  # (T, H, W, C)
