@@ -146,6 +146,9 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
                 status = "failed"
                 warnings.append(f"row {row!r} seed {seed} is done but has no finite {metric!r} metric: "
                                 "counted as failed")
+            if status == "done" and not 0.0 <= float(value) <= 100.0:
+                raise ValueError(f"run record for row {row!r} seed {seed}: {metric} = {value!r} is not a percentage "
+                                 "in [0, 100]")
             row_counts[status] += 1
             counts[status] += 1
             if status == "done":
@@ -395,7 +398,8 @@ def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any
     Raises:
         ConfigError: An unknown metric or reference row, no rows or seeds, duplicate row names, a
             ``num_classes`` that is not a positive integer or an ``mde`` that is not positive.
-        ValueError: Two records for the same row and seed, or a record with an unknown status.
+        ValueError: Two records for the same row and seed, a record with an unknown status, or a
+            metric outside [0, 100].
     """
     report = compute_report(records, rows=rows, reference=reference, metric=metric, seeds=seeds,
                             num_classes=num_classes, select=select, base=base, spec_text=spec_text, mde=mde,

@@ -170,6 +170,15 @@ def test_a_row_with_no_finished_run_or_one_seed(tmp_path):
     assert (tmp_path / "forest.png").exists()  # untested rows are labelled, not drawn
 
 
+def test_a_study_of_the_reference_alone_or_without_it(tmp_path):
+    report = report_of(tmp_path / "alone", records_of({"B": TOP1["B"]}), rows=["B"])
+    assert report["rows"][0]["mean"] == pytest.approx(np.mean(TOP1["B"])) and report["warnings"] == []
+    assert (tmp_path / "alone" / "forest.png").exists()
+    report = report_of(tmp_path / "no-ref", [r for r in records_of(TOP1) if r["row"] != "B"])
+    assert [entry["vs_reference"]["verdict"] for entry in report["rows"][1:]] == ["untested", "untested"]
+    assert report["counts"]["pending"] == 5 and "no finished run" in report["rows"][0]["notes"]
+
+
 def test_zero_variance_rows(tmp_path):
     table = {"B": list(TOP1["B"]), "B+TE": [v + 2.0 for v in TOP1["B"]], "B|x": list(TOP1["B"]),
              "flat": [40.0] * 5}
@@ -225,4 +234,6 @@ def test_refuses_a_bad_study_description(tmp_path):
         report_of(tmp_path, records, mde=-1)
     with pytest.raises(ValueError, match="two run records for row 'B' seed 0"):
         report_of(tmp_path, records + [records[0]])
+    with pytest.raises(ValueError, match=r"row 'B' seed 0: top1 = 155.0 is not a percentage in \[0, 100\]"):
+        report_of(tmp_path, [record("B", 0, 155.0)] + records[1:])
     assert list(tmp_path.iterdir()) == []  # nothing written before the checks pass
