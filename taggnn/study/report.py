@@ -46,7 +46,7 @@ from ..errors import ConfigError
 from ..utils.optional import install_hint
 from ..utils.outputs import write_atomic, write_text_atomic
 
-__all__ = ["METRICS", "write_report", "compute_report"]
+__all__ = ["METRICS", "write_report", "compute_report", "write_study_report", "study_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +88,16 @@ def _check_arguments(rows, reference, metric, seeds, num_classes, mde) -> None:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
     if not seeds:
         raise ConfigError("a study report needs at least one seed; got none")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer; got {num_classes!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                    or num_classes < 1):
+        raise ConfigError(f"num_classes must be a positive integer (or None: unknown); got {num_classes!r}")
     if mde is not None and not (isinstance(mde, (int, float)) and math.isfinite(mde) and mde > 0):
         raise ConfigError(f"mde must be a positive number of points; got {mde!r}")
 
 
 def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str], reference: str, metric: str,
-                   seeds: Sequence[int], num_classes: int, select: str, base: str, spec_text: Optional[str] = None,
+                   seeds: Sequence[int], num_classes: Optional[int], select: str, base: str,
+                   spec_text: Optional[str] = None,
                    mde: Optional[float] = None, confidence: float = 0.95, power: float = 0.8) -> Dict[str, Any]:
     """The report's numbers (what :func:`write_report` writes as ``report.json``, NaN kept as NaN).
 
@@ -108,7 +110,8 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
         reference (str): The row the others are compared to.
         metric (str): ``"top1"``, ``"top5"`` or ``"mca"`` (percent).
         seeds (list of int): The study's seeds.
-        num_classes (int): The number of classes (chance level ``100 / num_classes``).
+        num_classes (int, optional): The number of classes (chance level ``100 / num_classes``);
+            ``None`` when unknown (no run finished): no chance level is given.
         select (str): Which checkpoint the metrics are of (``"last"`` or ``"best"``), for the reader.
         base (str): The base preset or config, for the reader.
         spec_text (str, optional): The study's spec, reproduced in the report.
@@ -119,7 +122,7 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
     """
     _check_arguments(rows, reference, metric, seeds, num_classes, mde)
     alpha = 1 - confidence
-    chance = 100.0 / num_classes
+    chance = 100.0 / num_classes if num_classes is not None else float("nan")
     seeds = [int(seed) for seed in seeds]
     by_key: Dict[tuple, Mapping[str, Any]] = {}
     for record in records:
@@ -146,6 +149,9 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
                 status = "failed"
                 warnings.append(f"row {row!r} seed {seed} is done but has no finite {metric!r} metric: "
                                 "counted as failed")
+            if status == "done" and num_classes is not None and record.get("num_classes") not in (None, num_classes):
+                warnings.append(f"row {row!r} seed {seed} has {record['num_classes']} classes; the chance level "
+                                f"is that of {num_classes}")
             if status == "done" and not 0.0 <= float(value) <= 100.0:
                 raise ValueError(f"run record for row {row!r} seed {seed}: {metric} = {value!r} is not a percentage "
                                  "in [0, 100]")
@@ -163,7 +169,7 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
             low, high, clipped = _clip(summary["ci_low"], summary["ci_high"], 0.0, 100.0)
             entry.update(n=summary["n"], mean=summary["mean"], std=summary["std"], ci_low=low, ci_high=high,
                          ci_clipped=clipped)
-            entry["at_chance"] = bool(low <= chance <= high) if low == low else None
+            entry["at_chance"] = bool(low <= chance <= high) if low == low and chance == chance else None
             if clipped:
                 entry["notes"].append(f"its {confidence:.0%} interval reaches past [0, 100] and is clipped there")
             if summary["n"] >= 2 and summary["std"] == 0:
@@ -274,7 +280,8 @@ def _markdown(report: Dict[str, Any]) -> str:
         f"# Study report: {metric}",
         "",
         f"- Metric: **{metric}** (%) of the `{study['select']}` checkpoint; base: `{_cell(study['base'])}`.",
-        f"- Chance level: **{chance:.2f}%** ({study['num_classes']} classes).",
+        f"- Chance level: **{chance:.2f}%** ({study['num_classes']} classes)." if chance == chance else
+        "- Chance level: unknown (the number of classes is not known: no run finished).",
         f"- Seeds: {', '.join(str(seed) for seed in study['seeds'])} ({len(study['seeds'])}).",
         f"- Runs: {counts['done']} of {counts['expected']} done, {counts['failed']} failed, {counts['running']} "
         f"running, {counts['pending']} pending.",
@@ -388,7 +395,7 @@ def _forest_png(report: Dict[str, Any], path: Path) -> Optional[Path]:
 
 
 def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
-                 reference: str, metric: str, seeds: Sequence[int], num_classes: int, select: str, base: str,
+                 reference: str, metric: str, seeds: Sequence[int], num_classes: Optional[int], select: str, base: str,
                  spec_text: Optional[str] = None, mde: Optional[float] = None, confidence: float = 0.95,
                  power: float = 0.8) -> Dict[str, Any]:
     """Writes ``report.md``, ``report.json``, ``runs.csv`` and (with matplotlib) ``forest.png`` into
@@ -416,3 +423,36 @@ def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any
     write_text_atomic(study_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     logger.info("study report written to %s (%s)", study_dir, ", ".join(files))
     return report
+
+
+def study_num_classes(records: Sequence[Mapping[str, Any]]) -> Optional[int]:
+    """The number of classes of a study's runs: that of its finished runs (the one their metrics
+    were computed over), else the one the other records give (their configs'), else ``None``.
+
+    Raises:
+        ValueError: Finished runs disagree (rows of different datasets share no chance level).
+    """
+    for statuses in (("done",), ("failed", "running", "pending")):
+        found = sorted({int(r["num_classes"]) for r in records
+                        if r.get("status", "pending") in statuses and r.get("num_classes") is not None})
+        if len(found) > 1 and statuses == ("done",):
+            raise ValueError(f"the finished runs of the study have different numbers of classes {found}: "
+                             "their accuracies share no chance level")
+        if found:
+            return found[0] if len(found) == 1 else None
+    return None
+
+
+def write_study_report(records: Sequence[Mapping[str, Any]], description: Mapping[str, Any],
+                       study_dir: Union[str, Path], *, mde: Optional[float] = None) -> List[Path]:
+    """:func:`write_report` from a study's description (``rows``, ``reference``, ``metric``,
+    ``seeds``, ``select``, ``base`` and ``spec``, the spec's text; ``num_classes`` when known,
+    else :func:`study_num_classes` of the records); returns the files written."""
+    num_classes = description.get("num_classes")
+    if num_classes is None:
+        num_classes = study_num_classes(records)
+    report = write_report(study_dir, records, rows=description["rows"], reference=description["reference"],
+                          metric=description["metric"], seeds=description["seeds"], num_classes=num_classes,
+                          select=description["select"], base=description["base"], spec_text=description.get("spec"),
+                          mde=mde)
+    return [Path(study_dir) / name for name in report["files"]]

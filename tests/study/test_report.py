@@ -237,3 +237,28 @@ def test_refuses_a_bad_study_description(tmp_path):
     with pytest.raises(ValueError, match=r"row 'B' seed 0: top1 = 155.0 is not a percentage in \[0, 100\]"):
         report_of(tmp_path, [record("B", 0, 155.0)] + records[1:])
     assert list(tmp_path.iterdir()) == []  # nothing written before the checks pass
+
+
+def test_write_study_report_from_a_description(tmp_path):
+    from taggnn.study.report import study_num_classes, write_study_report
+
+    description = {"rows": ["B", "B+TE", "B|x"], "reference": "B", "metric": "mca", "seeds": SEEDS, "select": "best",
+                   "base": "smoke", "head_only": False, "spec": "base: smoke\n"}
+    records = records_of(TOP1)
+    written = write_study_report(records, description, tmp_path, mde=2.0)
+    assert written == [tmp_path / name for name in ("report.md", "report.json", "runs.csv", "forest.png")]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["study"]["num_classes"] == 10 and report["study"]["metric"] == "mca"
+    assert by_name(report)["B"]["mean"] == pytest.approx(np.mean(TOP1["B"]) - 5)  # the mca values
+    # nothing finished and no class count anywhere: no chance level, no chance warning
+    pending = [{**record("B", seed, status="pending"), "num_classes": None} for seed in SEEDS]
+    assert study_num_classes(pending) is None
+    report = write_report(tmp_path / "pending", pending, rows=["B"], reference="B", metric="top1", seeds=SEEDS,
+                          num_classes=None, select="last", base="smoke")
+    assert report["study"]["chance"] is None and report["rows"][0]["at_chance"] is None
+    assert "Chance level: unknown" in (tmp_path / "pending" / "report.md").read_text()
+    other = {**record("B|x", 0, 50.0), "num_classes": 20}
+    with pytest.raises(ValueError, match=r"different numbers of classes \[10, 20\]"):
+        study_num_classes(records[:-1] + [other])
+    report = report_of(tmp_path / "mixed", records[:-1] + [{**record("B|x", 4, 50.0), "num_classes": 20}])
+    assert "row 'B|x' seed 4 has 20 classes; the chance level is that of 10" in report["warnings"]
