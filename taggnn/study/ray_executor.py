@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
+from ..errors import ConfigError, TaggnnError
 from ..utils.optional import require
 
 __all__ = ["RayExecutor", "WorkerLostError"]
@@ -23,7 +24,7 @@ __all__ = ["RayExecutor", "WorkerLostError"]
 logger = logging.getLogger(__name__)
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(TaggnnError, RuntimeError):
     """A task's worker process (or its node) died each time it ran, e.g. killed for memory."""
 
 
@@ -70,8 +71,6 @@ class RayExecutor:
 
     def __init__(self, address: Optional[str] = None, num_cpus: float = 1, num_gpus: float = 0,
                  max_retries: int = 1, *, local_cpus: Optional[int] = None):
-        from ..errors import ConfigError
-
         for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"RayExecutor {name} must be a number >= 0; got {value!r}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from taggnn.errors import ConfigError, MissingExtraError
+from taggnn.errors import ConfigError, MissingExtraError, TaggnnError
 
 ray = pytest.importorskip("ray")
 
@@ -30,10 +30,6 @@ def dies_once(task: Task) -> int:
         marker.write_text(str(os.getpid()))
         os._exit(1)  # the worker process dies mid-task, as one killed for memory would
     return task.index + 100
-
-
-def always_dies(task: Task) -> int:
-    os._exit(1)
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +71,11 @@ def test_a_task_whose_worker_dies_is_retried(local_ray, tmp_path):
     assert (tmp_path / "attempted").exists()  # the first attempt did run, and died
 
 
-def test_a_task_whose_worker_always_dies_is_yielded_as_lost(local_ray):
+def test_without_retries_a_lost_worker_is_yielded(local_ray, tmp_path):
     executor = RayExecutor(max_retries=0)
-    [(task, error)] = list(executor.map(always_dies, [Task(1)]))
-    assert task == Task(1) and isinstance(error, WorkerLostError)
+    task = Task(1, marker=str(tmp_path / "attempted"))
+    [(yielded, error)] = list(executor.map(dies_once, [task]))
+    assert yielded == task and isinstance(error, WorkerLostError) and isinstance(error, TaggnnError)
     assert "died on each of 1 attempt(s)" in str(error) and "Task(index=1" in str(error)
 
 
