@@ -114,7 +114,7 @@ def paired_power(difference: float, std: float, n: int, alpha: float = 0.05) -> 
     :math:`\delta = \text{difference} / (\text{std} / \sqrt{n})` and :math:`c = t_{1-\alpha/2,\,\nu}`,
 
     .. math::
-        1 - F_{\nu,\delta}(c) + F_{\nu,\delta}(-c),
+        1 - F_{\nu,\delta}(c) + F_{\nu,\delta}(-c) = 1 - F_{\nu,\delta}(c) + 1 - F_{\nu,-\delta}(c),
 
     where :math:`F_{\nu,\delta}` is the noncentral :math:`t` CDF (``scipy.stats.nct``; scipy is a
     dependency of scikit-learn, which taggnn depends on). NaN for fewer than 2 pairs or an unknown
@@ -129,7 +129,9 @@ def paired_power(difference: float, std: float, n: int, alpha: float = 0.05) -> 
     dof = n - 1
     critical = float(t.ppf(1 - alpha / 2, dof))
     delta = difference / (std / math.sqrt(n))
-    return float(nct.sf(critical, dof, delta) + nct.cdf(-critical, dof, delta))
+    # P(T < -c) for noncentrality delta is P(T > c) for -delta: scipy's nct.cdf is NaN far in the
+    # lower tail (e.g. 1 degree of freedom, delta ~ 8), its sf is not
+    return float(nct.sf(critical, dof, delta) + nct.sf(critical, dof, -delta))
 
 
 def minimum_detectable_difference(std: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:

@@ -106,3 +106,17 @@ def test_seeds_needed_is_the_fewest_with_80_percent_power():
         assert _simulated_power(difference, std, n, seed=2) >= 0.8 - 0.015
     assert seeds_needed(0.0, 1.0) is None and seeds_needed(1.0, math.nan) is None
     assert seeds_needed(0.01, 10.0, max_seeds=100) is None
+
+
+def test_power_stays_finite_for_two_seeds():
+    """Two seeds (1 degree of freedom) with a wide spread: the detectable difference is large, and
+    scipy's noncentral t CDF is NaN that far in its lower tail."""
+    from scipy.stats import nct, t
+
+    from taggnn.analysis import minimum_detectable_difference, paired_power
+
+    assert all(math.isfinite(paired_power(d, 4.4, 2)) for d in [x / 2 for x in range(0, 400)])
+    mdd = minimum_detectable_difference(4.4, 2)
+    delta = mdd / (4.4 / math.sqrt(2))
+    assert nct.sf(t.ppf(0.975, 1), 1, delta) == pytest.approx(0.8, abs=1e-6)  # the lower tail is ~0 here
+    assert _simulated_power(mdd, 4.4, 2, seed=3) == pytest.approx(0.8, abs=0.015)
