@@ -383,10 +383,12 @@ def _forest_png(report: Dict[str, Any], path: Path) -> Optional[Path]:
             axes.plot([mean], [position], marker="o", color=colour, markerfacecolor=colour if significant else "white",
                       markersize=7)
     axes.axvline(0.0, color="black", linewidth=0.8)
-    axes.set_yticks(range(len(compared)), [f"{entry['name']} ({entry['vs_reference']['verdict']})"
+    # a $ in a row name is a dollar, not the start of matplotlib's math text
+    axes.set_yticks(range(len(compared)), [f"{entry['name']} ({entry['vs_reference']['verdict']})".replace("$", r"\$")
                                            for entry in reversed(compared)])
     axes.set_ylim(-0.7, max(len(compared), 1) - 0.3)
-    axes.set_xlabel(f"Δ {study['metric']} vs {study['reference']} (points, {study['confidence']:.0%} CI; "
+    reference = study["reference"].replace("$", r"\$")
+    axes.set_xlabel(f"Δ {study['metric']} vs {reference} (points, {study['confidence']:.0%} CI; "
                     "filled: Holm-significant)")
     figure.tight_layout()
     buffer = io.BytesIO()

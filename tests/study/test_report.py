@@ -262,3 +262,9 @@ def test_write_study_report_from_a_description(tmp_path):
         study_num_classes(records[:-1] + [other])
     report = report_of(tmp_path / "mixed", records[:-1] + [{**record("B|x", 4, 50.0), "num_classes": 20}])
     assert "row 'B|x' seed 4 has 20 classes; the chance level is that of 10" in report["warnings"]
+
+
+def test_a_dollar_in_a_row_name_is_plain_text_in_the_plot(tmp_path):
+    name = "B+$\\nosuchcommand$"  # as math text this would not parse and the figure would fail
+    report = report_of(tmp_path, records_of({"B": TOP1["B"], name: TOP1["B+TE"]}), rows=["B", name])
+    assert (tmp_path / "forest.png").exists() and report["rows"][1]["name"] == name
