@@ -57,8 +57,11 @@ class RayExecutor:
     Args:
         address (str, optional): The cluster to use, or ``None`` for a local instance.
         num_cpus (float): CPUs each task reserves (default: 1).
-        num_gpus (float): GPUs each task reserves (default: 0; a fraction shares a GPU). Ray
-            sets ``CUDA_VISIBLE_DEVICES`` in the task to the GPUs it got.
+        num_gpus (float, optional): GPUs each task reserves (a fraction shares a GPU); default:
+            1 when the cluster has GPUs, else 0. Ray sets ``CUDA_VISIBLE_DEVICES`` in the task to
+            the GPUs it got, so a run with ``train.device=auto`` trains on its own GPU; a task
+            reserving none is not kept off the GPUs (recent Ray leaves ``CUDA_VISIBLE_DEVICES``
+            alone for it), so 0 on a GPU cluster lets runs share GPU 0.
         max_retries (int): How many times a task whose worker process or node died is run
             again (default: 1). An exception raised by the task itself is not retried.
         local_cpus (int, optional): The CPUs of a local instance (default: all of this
@@ -66,12 +69,12 @@ class RayExecutor:
 
     Raises:
         MissingExtraError: Ray is not installed (``pip install 'taggnn[ray]'``).
-        ConfigError: A negative resource or retry count.
+        ConfigError: A negative resource or retry count, or no Ray cluster at :obj:`address`.
     """
 
-    def __init__(self, address: Optional[str] = None, num_cpus: float = 1, num_gpus: float = 0,
+    def __init__(self, address: Optional[str] = None, num_cpus: float = 1, num_gpus: Optional[float] = None,
                  max_retries: int = 1, *, local_cpus: Optional[int] = None):
-        for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        for name, value in (("num_cpus", num_cpus), ("num_gpus", 0 if num_gpus is None else num_gpus)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"RayExecutor {name} must be a number >= 0; got {value!r}")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -83,13 +86,22 @@ class RayExecutor:
         self.address, self.num_cpus, self.num_gpus, self.max_retries = address, num_cpus, num_gpus, max_retries
         self._owns_ray = not self.ray.is_initialized()
         if self._owns_ray:
-            options = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
             if address is None:
-                self.ray.init(num_cpus=local_cpus, **options)
+                self.ray.init(num_cpus=local_cpus, include_dashboard=False, logging_level=logging.WARNING,
+                              log_to_driver=False)
             else:
-                self.ray.init(address=address, **options)
+                try:
+                    self.ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as error:
+                    raise ConfigError(
+                        f"cannot connect to the Ray cluster at address {address!r}: {type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}; start one with `ray start --head` (and "
+                        f"`ray start --address=HEAD:PORT` on the other nodes), or check the address; a cluster "
+                        f"with token authentication needs its token here too (RAY_AUTH_TOKEN)") from None
             logger.info("Ray %s: %s", "connected to " + address if address else "started on this machine",
                         self.ray.cluster_resources())
+        if num_gpus is None:
+            self.num_gpus = 1 if self.ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Tuple[Any, Any]]:
         """Submits ``fn(task)`` for every task and yields ``(task, result)`` as each completes, in

@@ -79,6 +79,12 @@ def test_without_retries_a_lost_worker_is_yielded(local_ray, tmp_path):
     assert "died on each of 1 attempt(s)" in str(error) and "Task(index=1" in str(error)
 
 
+def test_each_run_gets_a_gpu_when_the_cluster_has_some(local_ray, monkeypatch):
+    assert RayExecutor().num_gpus == 0  # this instance has no GPU
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
+    assert RayExecutor().num_gpus == 1 and RayExecutor(num_gpus=0.5).num_gpus == 0.5
+
+
 def test_refuses_bad_arguments():
     with pytest.raises(ConfigError, match="max_retries must be an integer >= 0; got -1"):
         RayExecutor(max_retries=-1)
