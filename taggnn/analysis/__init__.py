@@ -8,8 +8,17 @@ from .oversmoothing import (
     pairwise_cosine,
 )
 from .readout import graph_sensitivity, pooled_token_weights
-from .stats import holm_adjust, paired_difference, paired_p_value, summarize
+from .stats import (
+    holm_adjust,
+    minimum_detectable_difference,
+    paired_difference,
+    paired_p_value,
+    paired_power,
+    seeds_needed,
+    summarize,
+)
 
 __all__ = ["dirichlet_energy", "mad", "pairwise_cosine", "effective_rank", "numerical_rank",
            "oversmoothing_measures", "pooled_token_weights", "graph_sensitivity", "summarize",
-           "paired_difference", "paired_p_value", "holm_adjust"]
+           "paired_difference", "paired_p_value", "holm_adjust", "paired_power", "minimum_detectable_difference",
+           "seeds_needed"]

@@ -17,11 +17,17 @@ gives Holm's step-down adjusted p-values (Holm, "A simple sequentially rejective
 multiple test procedure", Scand. J. Statist. 1979) of the paired t-tests
 (:func:`paired_difference`'s ``p``): a difference whose adjusted p-value is below
 0.05 holds with a family-wise error rate of 5% over all the comparisons.
+
+A difference found to be "no difference" is only as telling as the study's power.
+:func:`paired_power` gives the power of the paired t-test from the noncentral
+:math:`t` distribution, :func:`minimum_detectable_difference` the smallest true
+difference a study of ``n`` seeds detects at 80% power given the spread of its
+per-seed differences, and :func:`seeds_needed` how many seeds detect a given one.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 def t_quantile(confidence: float, dof: int) -> float:
@@ -99,3 +105,71 @@ def holm_adjust(p_values: Sequence[float]) -> List[float]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[i] = running
     return adjusted
+
+
+def paired_power(difference: float, std: float, n: int, alpha: float = 0.05) -> float:
+    r"""Power of the two-sided paired :math:`t`-test at level :obj:`alpha` with :obj:`n` pairs,
+    when the true mean difference is :obj:`difference` and the per-seed differences spread with
+    standard deviation :obj:`std`: with :math:`\nu = n - 1`, the noncentrality
+    :math:`\delta = \text{difference} / (\text{std} / \sqrt{n})` and :math:`c = t_{1-\alpha/2,\,\nu}`,
+
+    .. math::
+        1 - F_{\nu,\delta}(c) + F_{\nu,\delta}(-c) = 1 - F_{\nu,\delta}(c) + 1 - F_{\nu,-\delta}(c),
+
+    where :math:`F_{\nu,\delta}` is the noncentral :math:`t` CDF (``scipy.stats.nct``; scipy is a
+    dependency of scikit-learn, which taggnn depends on). NaN for fewer than 2 pairs or an unknown
+    spread; with ``std == 0`` the test rejects every nonzero difference (power 1) and never 0.
+    """
+    from scipy.stats import nct, t
+
+    if n < 2 or not math.isfinite(std) or std < 0:
+        return float("nan")
+    if std == 0:
+        return 1.0 if difference != 0 else 0.0
+    dof = n - 1
+    critical = float(t.ppf(1 - alpha / 2, dof))
+    delta = difference / (std / math.sqrt(n))
+    # P(T < -c) for noncentrality delta is P(T > c) for -delta: scipy's nct.cdf is NaN far in the
+    # lower tail (e.g. 1 degree of freedom, delta ~ 8), its sf is not
+    return float(nct.sf(critical, dof, delta) + nct.sf(critical, dof, -delta))
+
+
+def minimum_detectable_difference(std: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference that a two-sided paired :math:`t`-test with :obj:`n` pairs
+    at level :obj:`alpha` detects with probability :obj:`power`, for per-seed differences spread
+    with standard deviation :obj:`std` (solved on :func:`paired_power`; it scales with ``std``).
+    NaN for fewer than 2 pairs or an unknown spread; 0 when ``std == 0``."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not math.isfinite(std) or std < 0:
+        return float("nan")
+    if std == 0:
+        return 0.0
+    high = std  # doubled until its power reaches the target, then the root is bracketed
+    while paired_power(high, std, n, alpha) < power:
+        high *= 2
+    return float(brentq(lambda d: paired_power(d, std, n, alpha) - power, 0.0, high, xtol=1e-10 * std))
+
+
+def seeds_needed(difference: float, std: float, power: float = 0.8, alpha: float = 0.05,
+                 max_seeds: int = 10_000) -> Optional[int]:
+    """The fewest seeds (pairs, at least 2) with which a two-sided paired :math:`t`-test at level
+    :obj:`alpha` detects a true mean difference :obj:`difference` with probability :obj:`power`,
+    given a per-seed standard deviation of the differences :obj:`std` (:func:`paired_power`).
+    ``None`` when the spread is unknown, the difference is 0, or more than :obj:`max_seeds` are needed."""
+    if not math.isfinite(std) or std < 0 or difference == 0 or not math.isfinite(difference):
+        return None
+    if std == 0:
+        return 2
+    low, high = 2, 2
+    while paired_power(difference, std, high, alpha) < power:  # power grows with n: double, then bisect
+        if high >= max_seeds:
+            return None
+        low, high = high, min(2 * high, max_seeds)
+    while low < high:
+        middle = (low + high) // 2
+        if paired_power(difference, std, middle, alpha) >= power:
+            high = middle
+        else:
+            low = middle + 1
+    return high
