@@ -7,9 +7,13 @@ Usable on its own by any project that puts a graph on a T x H x W token grid::
     batch = graph.batch(tokens)  # tokens: (B, 392, C) -> torch_geometric Batch
 """
 from .builder import (
+    CUSTOM,
+    DYNAMIC,
     IF_FC,
     SELF_LOOP,
+    SPATIAL,
     TAT,
+    TEMPORAL,
     GraphSpec,
     SpatioTemporalGraph,
     clear_template_cache,
@@ -26,6 +30,10 @@ __all__ = [
     "IF_FC",
     "TAT",
     "SELF_LOOP",
+    "SPATIAL",
+    "TEMPORAL",
+    "DYNAMIC",
+    "CUSTOM",
     "gcn_degree",
     "structured_propagate",
     "structured_appnp",

@@ -1,0 +1,71 @@
+r"""Dynamic edges: the :math:`k` nearest tokens in feature space (Vision GNN style).
+
+Rebuilt from the features at every call, so a model gets a new graph every
+forward. The construction is an exact dense top-:math:`k`: pairwise distances
+from :func:`torch.cdist`, each node's neighbours sorted by distance with ties
+broken by the smaller node id (a stable sort), the node itself excluded. The
+edges point from each neighbour :math:`j` to its centre :math:`i`
+(``edge_index[1] == i``), the ``flow="source_to_target"`` convention of
+:func:`torch_geometric.nn.knn_graph`; for each centre, in ascending id, its
+neighbours are listed nearest first. A graph of :math:`n \le k` nodes gives
+each node its :math:`n - 1` others.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+#: Elements of the (clips, N, N) distance block computed at once.
+CHUNK_ELEMENTS = 1 << 25
+
+
+def knn_edges_dense(x: Tensor, k: int) -> Tensor:
+    r"""kNN edges of every clip of ``x`` (``(B, N, C)``), batched: node ids offset by :math:`b N`.
+
+    Returns:
+        ``edge_index`` of shape :math:`(2, B N k')` with :math:`k' = \min(k, N - 1)`,
+        clip by clip, centre by centre.
+    """
+    B, N, _ = x.shape
+    kk = min(k, N - 1)
+    if kk <= 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    x = x.detach()
+    per_chunk = max(1, CHUNK_ELEMENTS // (N * N))
+    neighbours = []
+    eye = torch.eye(N, dtype=torch.bool, device=x.device)
+    for start in range(0, B, per_chunk):
+        chunk = x[start:start + per_chunk]
+        dist = torch.cdist(chunk, chunk)  # (b, N, N)
+        dist.masked_fill_(eye, float("inf"))
+        order = torch.sort(dist, dim=-1, stable=True).indices[..., :kk]  # (b, N, k')
+        neighbours.append(order)
+    neighbour = torch.cat(neighbours)  # (B, N, k')
+    offset = (torch.arange(B, device=x.device) * N).view(B, 1, 1)
+    centre = torch.arange(N, device=x.device).view(1, N, 1).expand(B, N, kk)
+    return torch.stack([(neighbour + offset).reshape(-1), (centre + offset).reshape(-1)])
+
+
+def knn_edges(x: Tensor, k: int, batch: Optional[Tensor] = None) -> Tensor:
+    r"""kNN edges of the graphs of a PyG-style node matrix.
+
+    Args:
+        x (torch.Tensor): Node features :math:`(M, C)`.
+        k (int): Neighbours per node.
+        batch (torch.Tensor, optional): Graph of each node :math:`(M,)`,
+            sorted (as in a :class:`~torch_geometric.data.Batch`); graphs may
+            differ in size. (default: one graph)
+    """
+    if batch is None or batch.numel() == 0:
+        return knn_edges_dense(x.unsqueeze(0), k)
+    sizes = torch.bincount(batch).tolist()
+    parts, start = [], 0
+    for size in sizes:  # one dense block per graph
+        if size:
+            parts.append(knn_edges_dense(x[start:start + size].unsqueeze(0), k) + start)
+        start += size
+    if not parts:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    return torch.cat(parts, dim=1)
