@@ -655,6 +655,25 @@ class SpatioTemporalGraph:
             edge_index = knn_edges_dense(self._as_tokens(x), k)
         return edge_index, torch.full((edge_index.size(1),), DYNAMIC, dtype=torch.long, device=edge_index.device)
 
+    def hetero(self, x: Optional[Tensor] = None):
+        """One clip as a :class:`~torch_geometric.data.HeteroData`, one relation per family
+        (see :mod:`taggnn.graph.hetero`)."""
+        from .hetero import to_hetero_data
+
+        return to_hetero_data(self, x)
+
+    def hetero_batch(self, x: Tensor) -> Batch:
+        """Clips ``(B, N, C)`` as a heterogeneous :class:`Batch` for ``to_hetero`` / ``HeteroConv`` models."""
+        from .hetero import hetero_batch
+
+        return hetero_batch(self, x)
+
+    def metadata(self):
+        """``(node_types, edge_types)`` of :meth:`hetero`, for :func:`torch_geometric.nn.to_hetero`."""
+        from .hetero import metadata
+
+        return metadata(self)
+
     # -------------------------------------------------------------- batching
     def batched_edges(self, batch_size: int, device: DeviceLike = None) -> Tuple[Tensor, Tensor]:
         """:obj:`edge_index` and :obj:`edge_type` of :obj:`batch_size` clips.
