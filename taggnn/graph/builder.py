@@ -674,6 +674,13 @@ class SpatioTemporalGraph:
 
         return metadata(self)
 
+    def draw(self, path=None, **kwargs):
+        """Draws the frames side by side with edges coloured by family (see :func:`taggnn.graph.draw.draw`);
+        needs matplotlib (the ``plot`` extra)."""
+        from .draw import draw
+
+        return draw(self, path, **kwargs)
+
     # -------------------------------------------------------------- batching
     def batched_edges(self, batch_size: int, device: DeviceLike = None) -> Tuple[Tensor, Tensor]:
         """:obj:`edge_index` and :obj:`edge_type` of :obj:`batch_size` clips.
