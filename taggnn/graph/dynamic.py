@@ -36,11 +36,18 @@ def knn_edges_dense(x: Tensor, k: int) -> Tensor:
     per_chunk = max(1, CHUNK_ELEMENTS // (N * N))
     neighbours = []
     eye = torch.eye(N, dtype=torch.bool, device=x.device)
+    ids = torch.arange(N, device=x.device)
     for start in range(0, B, per_chunk):
         chunk = x[start:start + per_chunk]
         dist = torch.cdist(chunk, chunk)  # (b, N, N)
         dist.masked_fill_(eye, float("inf"))
-        order = torch.sort(dist, dim=-1, stable=True).indices[..., :kk]  # (b, N, k')
+        if dist.dtype == torch.float64:  # no room for the id next to the distance: a stable sort
+            order = torch.sort(dist, dim=-1, stable=True).indices[..., :kk]  # (b, N, k')
+        else:
+            # (distance, id) as one int64 key: the bits of a non-negative float32 order like the
+            # float, so the k smallest keys are the k nearest, ties to the smaller id, nearest first
+            bits = dist.float().view(torch.int32).long()  # (b, N, N)
+            order = torch.topk((bits << 32) | ids, kk, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
         neighbours.append(order)
     neighbour = torch.cat(neighbours)  # (B, N, k')
     offset = (torch.arange(B, device=x.device) * N).view(B, 1, 1)

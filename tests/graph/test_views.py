@@ -37,10 +37,12 @@ def brute_force_knn(x, k):
     return edges
 
 
-@pytest.mark.parametrize("B,N,k", [(2, 30, 4), (1, 5, 9), (3, 1, 2), (2, 40, 1)])
-def test_knn_edges_match_brute_force_including_ties(B, N, k):
+@pytest.mark.parametrize("B,N,k,dtype", [(2, 30, 4, torch.float32), (1, 5, 9, torch.float32),
+                                         (3, 1, 2, torch.float32), (2, 40, 1, torch.float32),
+                                         (2, 30, 4, torch.float64), (2, 30, 3, torch.bfloat16)])
+def test_knn_edges_match_brute_force_including_ties(B, N, k, dtype):
     torch.manual_seed(0)
-    x = torch.randint(0, 3, (B, N, 3)).float()  # few values: many equal distances
+    x = torch.randint(0, 3, (B, N, 3)).to(dtype)  # few values: many equal distances
     g = SpatioTemporalGraph(1, 1, N, spatial="none", temporal="none", dynamic=f"knn:{k}")
     edge_index, edge_type = g.dynamic_edges(x)
     assert list(zip(*edge_index.tolist())) == brute_force_knn(x, k)
