@@ -218,6 +218,17 @@ def _build_edges(spec: GraphSpec) -> Tuple[Tensor, Tensor]:
     """Vectorised construction of the typed edge list of one clip (on CPU)."""
     T, H, W, P = spec.T, spec.H, spec.W, spec.num_sites
     N = T * P
+    if spec.intra != "full" and spec.temporal != "full" and spec.custom is None:
+        # Every family is an offset set (self-loops: the offset 0): one pass over the union, sorted
+        # by id step, lists the edges already sorted by (source, target); no sort needed.
+        parts = [(_spatial_offsets(spec), IF_FC), (_temporal_offsets(spec), TAT)]
+        if spec.self_loops:
+            parts.append((torch.zeros(1, 3, dtype=torch.long), SELF_LOOP))
+        offsets = torch.cat([o for o, _ in parts])
+        types = torch.cat([torch.full((o.size(0),), t, dtype=torch.long) for o, t in parts])
+        order = torch.argsort((offsets[:, 0] * H + offsets[:, 1]) * W + offsets[:, 2])
+        edge_index, which = fam.offset_edges(offsets[order], T, H, W, return_offset_index=True)
+        return edge_index.contiguous(), types[order][which].contiguous()
     parts_index, parts_type = [], []
 
     def add(edge_index: Tensor, edge_type: Union[int, Tensor]) -> None:
@@ -696,9 +707,8 @@ class SpatioTemporalGraph:
                               f"a batch of {batch_size} graphs of {self.T}x{self.H}x{self.W} tokens")
             edge_index, edge_type = self._edges(device)
             offsets = torch.arange(batch_size, device=device) * self.num_nodes  # (B,)
-            batched = edge_index.unsqueeze(0) + offsets.view(-1, 1, 1)  # (B, 2, E)
-            batched = batched.permute(1, 0, 2).reshape(2, -1)  # (2, B*E)
-            return batched.contiguous(), edge_type.repeat(batch_size)
+            batched = edge_index.unsqueeze(1) + offsets.view(1, -1, 1)  # (2, B, E), one write
+            return batched.view(2, -1), edge_type.repeat(batch_size)  # (2, B*E)
 
         return _CACHE.get((self.spec, "batched", batch_size, device), build)
 

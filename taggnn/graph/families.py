@@ -188,15 +188,20 @@ def count_offset_edges(offsets: Tensor, T: int, H: int, W: int) -> int:
     return int(span.prod(dim=1).sum())
 
 
-def offset_edges(offsets: Tensor, T: int, H: int, W: int) -> Tensor:
-    r"""The edges :math:`i \rightarrow i + o` of an offset set, ``(2, E)`` long, unsorted.
+def offset_edges(offsets: Tensor, T: int, H: int, W: int, *, return_offset_index: bool = False):
+    r"""The edges :math:`i \rightarrow i + o` of an offset set, ``(2, E)`` long.
 
     Vectorised over (node, offset) pairs; for the dense ``"full"`` families
     use :func:`full_spatial_edges` / :func:`full_temporal_edges`, which skip the mask.
+    Edges come source by source, and for one source in the order of
+    ``offsets``: sorted by (source, target) when the offsets are sorted by
+    their id step :math:`(\Delta t H + \Delta y) W + \Delta x` (lexicographic order).
+    With ``return_offset_index=True`` also returns the row of ``offsets`` of each edge.
     """
     N = T * H * W
     if offsets.numel() == 0:
-        return torch.empty(2, 0, dtype=torch.long)
+        empty = torch.empty(2, 0, dtype=torch.long)
+        return (empty, empty[0]) if return_offset_index else empty
     t, y, x = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
     pos = torch.stack([t, y, x], dim=-1).view(N, 1, 3)  # (N, 1, 3)
     target = pos + offsets.view(1, -1, 3)  # (N, S, 3)
@@ -204,7 +209,10 @@ def offset_edges(offsets: Tensor, T: int, H: int, W: int) -> Tensor:
     inside = ((target >= 0) & (target < sizes)).all(dim=-1)  # (N, S)
     target_id = (target[..., 0] * H + target[..., 1]) * W + target[..., 2]  # (N, S)
     src = torch.arange(N).view(N, 1).expand_as(inside)[inside]
-    return torch.stack([src, target_id[inside]])
+    edge_index = torch.stack([src, target_id[inside]])
+    if return_offset_index:
+        return edge_index, torch.arange(offsets.size(0)).view(1, -1).expand_as(inside)[inside]
+    return edge_index
 
 
 def full_spatial_edges(T: int, P: int) -> Tensor:

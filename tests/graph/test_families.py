@@ -61,6 +61,8 @@ def brute_force(T, H, W, spatial, temporal, self_loops=False):
 
 def as_set(graph):
     ei, et = graph.edge_index, graph.edge_type
+    key = ei[0] * graph.num_nodes + ei[1]
+    assert torch.equal(key, key.sort().values)  # sorted by (source, target), as PyG's coalesce
     return set(zip(ei[0].tolist(), ei[1].tolist(), et.tolist()))
 
 
