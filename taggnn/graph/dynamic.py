@@ -35,24 +35,40 @@ def knn_edges_dense(x: Tensor, k: int) -> Tensor:
     x = x.detach()
     per_chunk = max(1, CHUNK_ELEMENTS // (N * N))
     neighbours = []
-    eye = torch.eye(N, dtype=torch.bool, device=x.device)
     ids = torch.arange(N, device=x.device)
     for start in range(0, B, per_chunk):
         chunk = x[start:start + per_chunk]
         dist = torch.cdist(chunk, chunk)  # (b, N, N)
-        dist.masked_fill_(eye, float("inf"))
+        dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))
         if dist.dtype == torch.float64:  # no room for the id next to the distance: a stable sort
             order = torch.sort(dist, dim=-1, stable=True).indices[..., :kk]  # (b, N, k')
         else:
-            # (distance, id) as one int64 key: the bits of a non-negative float32 order like the
-            # float, so the k smallest keys are the k nearest, ties to the smaller id, nearest first
-            bits = dist.float().view(torch.int32).long()  # (b, N, N)
-            order = torch.topk((bits << 32) | ids, kk, dim=-1, largest=False, sorted=True).values & 0xFFFFFFFF
+            order = _nearest_float(dist.float(), kk, ids)
         neighbours.append(order)
     neighbour = torch.cat(neighbours)  # (B, N, k')
     offset = (torch.arange(B, device=x.device) * N).view(B, 1, 1)
     centre = torch.arange(N, device=x.device).view(1, N, 1).expand(B, N, kk)
     return torch.stack([(neighbour + offset).reshape(-1), (centre + offset).reshape(-1)])
+
+
+def _keys(dist: Tensor, ids: Tensor) -> Tensor:
+    # (distance, id) as one int64: the bits of a non-negative float32 order like the float
+    return (dist.view(torch.int32).long() << 32) | ids
+
+
+def _nearest_float(dist: Tensor, k: int, ids: Tensor) -> Tensor:
+    """The ``k`` smallest (distance, id) pairs of each row of ``dist`` (float32), nearest first."""
+    # one more than needed (a row has N >= k + 1 entries, its own at +inf included)
+    values, index = torch.topk(dist, k + 1, dim=-1, largest=False, sorted=True)  # (..., k + 1)
+    # reorder equal distances by id inside the k found
+    order = _keys(values[..., :k], index[..., :k]).sort(dim=-1).values & 0xFFFFFFFF
+    # rows where the (k+1)-th distance ties the k-th: topk may have picked any of the tied ones,
+    # so those rows (rare with real-valued features) are solved exactly
+    ambiguous = values[..., k] == values[..., k - 1]
+    if ambiguous.any():
+        exact = torch.topk(_keys(dist[ambiguous], ids), k, dim=-1, largest=False, sorted=True).values
+        order[ambiguous] = exact & 0xFFFFFFFF
+    return order
 
 
 def knn_edges(x: Tensor, k: int, batch: Optional[Tensor] = None) -> Tensor:
