@@ -660,10 +660,15 @@ class SpatioTemporalGraph:
         if self.spec.dynamic is None:
             raise ConfigError("this graph has no dynamic family; pass dynamic='knn:k' to SpatioTemporalGraph")
         k = fam.knn_k(self.spec.dynamic)
+        nodes = x.x.size(0) if isinstance(x, Batch) else None
+        if not isinstance(x, Batch):
+            x = self._as_tokens(x)
+            nodes = x.size(0) * x.size(1)
+        check_edge_memory(nodes * k, f"the {self.spec.dynamic} edges of {nodes:,} tokens")
         if isinstance(x, Batch):
             edge_index = knn_edges(x.x, k, x.batch)
         else:
-            edge_index = knn_edges_dense(self._as_tokens(x), k)
+            edge_index = knn_edges_dense(x, k)
         return edge_index, torch.full((edge_index.size(1),), DYNAMIC, dtype=torch.long, device=edge_index.device)
 
     def hetero(self, x: Optional[Tensor] = None):

@@ -194,6 +194,9 @@ def test_memory_is_checked_before_building_a_new_family(monkeypatch):
     assert g.num_edges == 16 * 15 * 196 * 196
     with pytest.raises(GraphTooLargeError, match="9,219,840 directed edges"):
         g.edge_index_on("cpu")
+    knn = SpatioTemporalGraph(16, 14, 14, spatial="none", temporal="none", dynamic="knn:200")
+    with pytest.raises(GraphTooLargeError, match="the knn:200 edges of 6,272 tokens"):
+        knn.dynamic_edges(torch.zeros(2, knn.num_nodes, 1))
 
 
 def test_degrees_of_non_paper_families():
