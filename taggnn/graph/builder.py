@@ -19,6 +19,11 @@ With both edge sets the graph has
 directed edges (self-loops, type ``2``, are optional: PyG's ``gcn_norm`` adds
 them to an ``edge_index`` anyway).
 
+Other edge families (:mod:`taggnn.graph.families`: ``grid4``, ``grid8``,
+``radius:r``, ``window:k[:d]``, ``cube:r``, ``full``; kNN on features,
+:mod:`taggnn.graph.dynamic`; a user-defined callable) replace IF-FC / TAT
+with the same types, built and cached the same way.
+
 Every clip of a batch has the same graph, so the edge template is built once
 per (spec, device) with vectorised tensor arithmetic and batched by offset
 arithmetic, never by building per-clip :class:`~torch_geometric.data.Data`
@@ -132,17 +137,6 @@ def _normalise_edge_attr(value) -> Tuple[str, ...]:
         if kind not in EDGE_ATTRS:
             raise ConfigError(f"edge_attr must be None, 'offset', 'type' or both, got {value!r}")
     return tuple(k for k in EDGE_ATTRS if k in kinds)  # canonical order: offset, then type
-
-
-def _normalise_mode(name: str, value, choices: Tuple[str, ...]) -> str:
-    # `True`/`False` are accepted as shorthands for the first mode / "none".
-    if value is True:
-        return choices[0]
-    if value is False or value is None:
-        return "none"
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def _normalise_device(device: DeviceLike) -> torch.device:
