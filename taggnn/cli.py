@@ -872,9 +872,43 @@ def _config_parser(sub, presets: str) -> None:
     p.set_defaults(func=cmd_config)
 
 
+def cmd_graph_draw(args) -> int:
+    from .graph import SpatioTemporalGraph
+
+    T, H, W = args.grid
+    graph = SpatioTemporalGraph(T, H, W, spatial=args.spatial, temporal=args.temporal, self_loops=args.self_loops)
+    node = tuple(args.node) if args.node else None
+    graph.draw(args.out, node=node, max_edges=args.max_edges)
+    print(f"wrote {args.out}: {graph.num_nodes} nodes, {graph.num_edges} edges (spatial={graph.spatial}, "
+          f"temporal={graph.temporal})")
+    return 0
+
+
+def _graph_parser(sub, presets) -> None:
+    """``taggnn graph draw``: a picture of a token-grid graph."""
+    graph = sub.add_parser("graph", help="token-grid graph tools (draw)",
+                           description="Tools for the spatio-temporal token graph.")
+    graph_sub = graph.add_subparsers(dest="graph_command", required=True)
+    p = graph_sub.add_parser("draw", help="draw a graph's frames side by side, edges coloured by family",
+                             description="Draw a T x H x W token graph: frames side by side, edges coloured by "
+                                         "family; a large graph as one node's neighbourhood. Needs matplotlib.")
+    p.add_argument("--spatial", default="full", help="full | grid4 | grid8 | radius:r[:chebyshev] | none "
+                                                     "(default: full)")
+    p.add_argument("--temporal", default="aligned", help="aligned | window:k[:d] | cube:r | full | none "
+                                                         "(default: aligned)")
+    p.add_argument("--grid", nargs=3, type=int_at_least(1), metavar=("T", "H", "W"), default=[4, 5, 5],
+                   help="token grid (default: 4 5 5)")
+    p.add_argument("--node", nargs=3, type=int_at_least(0), metavar=("t", "y", "x"),
+                   help="draw only this node's edges (default: all edges of a small graph, else the centre node's)")
+    p.add_argument("--max-edges", type=int_at_least(1), default=2000, help="largest graph drawn in full")
+    p.add_argument("--self-loops", action="store_true", help="list self-loops (not drawn)")
+    p.add_argument("--out", required=True, help="image file, e.g. g.png")
+    p.set_defaults(func=cmd_graph_draw)
+
+
 #: The subcommands, in ``--help`` order: each a function ``(subparsers, presets)`` adding its parser.
 SUBCOMMANDS = [_train_parser, _eval_parser, _predict_parser, _profile_parser, _tsne_parser, _features_parser,
-               _export_parser, _synth_parser, _config_parser]
+               _export_parser, _synth_parser, _config_parser, _graph_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
