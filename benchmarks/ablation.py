@@ -113,6 +113,26 @@ def tabulate(runs: List[Dict[str, object]], rows: List[str], seeds) -> List[Dict
     return table
 
 
+def run_rows(protocol: str, rows: Dict[str, List[str]], seeds: int, *, study: Path, pretrained: Optional[Path],
+             device, train: Optional[int] = None, test: Optional[int] = None, epochs: Optional[int] = None,
+             workers: Optional[int] = None, overrides: List[str] = ()) -> Dict[str, object]:
+    """Runs rows given as name -> overrides under a protocol's study file (seeds 0..seeds-1, the
+    first row the reference); returns the finished runs, their table and the records."""
+    from taggnn.study.executors import LocalExecutor, cpu_count
+    from taggnn.study.runner import run_study
+    from taggnn.study.spec import parse_spec
+
+    spec = yaml.safe_load(study_text(protocol, seeds=seeds, train=train, test=test, epochs=epochs,
+                                     pretrained=pretrained, overrides=[*overrides, f"train.device={device}"]))
+    spec.update(rows=[], extra_rows=dict(rows), reference=next(iter(rows)))
+    text = yaml.safe_dump(spec, sort_keys=False)
+    workers = workers or cpu_count()
+    with LocalExecutor(workers, threads=max(1, cpu_count() // workers)) as executor:
+        records = run_study(parse_spec(text, source=f"{protocol} study"), study, executor=executor)
+    runs = runs_of(records)
+    return {"runs": runs, "table": tabulate(runs, list(rows), seeds), "records": records}
+
+
 def main(argv=None) -> None:
     from taggnn.study.executors import LocalExecutor, cpu_count
     from taggnn.study.runner import run_study

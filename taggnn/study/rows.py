@@ -9,12 +9,12 @@ the row's run folders.
 from __future__ import annotations
 
 import re
-from typing import Dict, List
+from typing import Any, Dict, List
 
 from ..errors import ConfigError
 
 __all__ = ["TABLE4", "STAGES", "ROWS", "ALIASES", "ROW_SETS", "canonical_row", "row_overrides", "row_slug",
-           "is_plain_name"]
+           "is_plain_name", "model_options"]
 
 TABLE4: Dict[str, List[str]] = {
     "B": ["model.use_transformer=false", "model.intra=false", "model.temporal=false"],
@@ -71,3 +71,16 @@ def row_slug(name: str) -> str:
         if row == name:
             return alias
     raise ConfigError(f"row name {name!r} names a folder: use letters, digits and _ + . = - only")
+
+
+def model_options(name: str) -> Dict[str, Any]:
+    """The ``model.*`` values a named row sets, as keyword arguments (e.g. of
+    :class:`~taggnn.nn.TAGHead`): ``{"use_transformer": False, "intra": False, ...}``."""
+    from ..engine.config import Config, apply_override
+
+    config, default = Config(), Config()
+    for item in row_overrides(name):
+        if not item.startswith("model."):
+            raise ConfigError(f"row {name!r} sets {item.split('=', 1)[0]}, not a model option")
+        apply_override(config, item, source=f"row {name}")
+    return {key: value for key, value in vars(config.model).items() if value != getattr(default.model, key)}
