@@ -68,15 +68,17 @@ def _finished(out: Path, config: Config, select: str) -> bool:
 
 
 def _evaluate_last(out: Path, config: Config) -> None:
-    """The model of the last epoch (``last.pt``) on the test split: ``metrics_<split>_last.json``."""
+    """The model of the last epoch (``last.pt``) on the test split: ``metrics_<split>_last.json``
+    (the metrics alone: no per-class table or confusion plot, which cost a head-only run more
+    than its test pass)."""
     import torch
 
     from ..engine.data import build_dataset
     from ..engine.runfolder import RunLock, record_outputs
-    from ..engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
+    from ..engine.trainer import eval_autocast_dtype, evaluate, load_trained
 
-    split, tag = config.data.test_split, f"{config.data.test_split}_{LAST_TAG}"
-    device = torch.device(config.train.device if config.train.device not in ("auto",) else
+    split, name = config.data.test_split, f"metrics_{config.data.test_split}_{LAST_TAG}.json"
+    device = torch.device(config.train.device if config.train.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     with RunLock(out):
         model, trained, names = load_trained(out / "last.pt", device)
@@ -84,10 +86,10 @@ def _evaluate_last(out: Path, config: Config) -> None:
         meter = evaluate(model, dataset, batch_size=trained.train.eval_batch_size, device=device,
                          num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(trained, device),
                          config=trained, progress=False)
-        record_outputs(out, [f"metrics_{tag}.json", f"per_class_{tag}.csv", f"confusion_{tag}.png",
-                             f"skipped_{tag}.txt"])
-        write_evaluation(out, split, meter, names, trained.train.mca,
-                         {"checkpoint": str(out / "last.pt"), "num_classes": model.num_classes}, tag=tag)
+        metrics = meter.compute(trained.train.mca)
+        metrics.update(split=split, checkpoint=str(out / "last.pt"), num_classes=model.num_classes)
+        record_outputs(out, [name])
+        write_text_atomic(out / name, json.dumps(metrics, indent=2))
 
 
 def selected_metrics(out: Path, config: Config, select: str) -> Optional[Dict[str, Any]]:
