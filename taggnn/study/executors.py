@@ -161,7 +161,6 @@ class LocalExecutor(Executor):
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Tuple[Any, Any]]:
         queue = [(task, 0) for task in tasks]
         queue.reverse()  # popped from the end: in the given order
-        attempts: Dict[int, int] = {}
         busy: Dict[int, _Worker] = {}
         while queue or busy:
             for slot in range(self.size):
@@ -202,8 +201,7 @@ class LocalExecutor(Executor):
                 if reply is not None:
                     del busy[slot]
                     worker.task = None
-                    status, value = reply
-                    yield task, value
+                    yield task, reply[1]  # ("ok", value) or ("error", exception)
                     continue
                 # the process ended without an answer
                 worker.process.join(timeout=5)
@@ -217,7 +215,6 @@ class LocalExecutor(Executor):
                 else:
                     yield task, WorkerDied(f"the worker process running {_name(task)} ended ({how}) "
                                            f"{tries + 1} times")
-        del attempts
 
     def close(self) -> None:
         for worker in self._workers.values():
