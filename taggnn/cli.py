@@ -795,8 +795,7 @@ def add_study_parser(sub) -> None:
                                    "every (row, seed) is a taggnn run folder under DIR/runs/<row>/seed-<k>/.")
     actions = p.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="run every (row, seed) not finished yet; again: skips finished runs, "
-                                         "continues interrupted ones, retries failed ones",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                         "continues interrupted ones, retries failed ones")
     run.add_argument("spec", help="the study file (YAML)")
     run.add_argument("--out", required=True, help="the study folder")
     run.add_argument("--workers", type=int, default=None,
@@ -804,7 +803,8 @@ def add_study_parser(sub) -> None:
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads per worker (default: the CPU cores split evenly among the workers)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="local: persistent worker processes on this machine; ray: tasks on a Ray cluster")
+                     help="local (default): persistent worker processes on this machine; ray: tasks on a Ray "
+                          "cluster")
     run.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: Ray's own "
                                                      "choice: RAY_ADDRESS, or a local cluster)")
     run.add_argument("--overwrite", action="store_true",
