@@ -211,17 +211,18 @@ def main(argv=None) -> None:
 
 def end_to_end(args, device, env) -> None:
     """Oversmoothing tied to accuracy: Top-1 on the frozen-feature protocol per depth / K."""
-    from .ablation import run_protocol
+    from .ablation import run_rows
 
     if not args.pretrained.is_file():
         raise SystemExit(f"--pretrained {args.pretrained} not found: run taggnn train --config synthgym_pretrain "
                          f"--out runs/synthgym_pretrain first")
-    rows = {"B+TE": dict(intra=False, temporal=False)}  # no graph stage
-    rows.update({f"APPNP K={k}": dict(K=k) for k in args.ks})
-    rows.update({f"GCN x{d}": dict(propagation="gcn", num_graph_layers=d) for d in args.depths})
-    rows.update({f"GAT x{d}": dict(propagation="gat", num_graph_layers=d, graph_heads=4) for d in args.depths})
-    result = run_protocol("frozen", rows, args.seeds, train=1600, test=640, epochs=None, pretrained=args.pretrained,
-                          device=device)
+    rows = {"B+TE": ["model.intra=false", "model.temporal=false"]}  # no graph stage
+    rows.update({f"APPNP-K{k}": [f"model.K={k}"] for k in args.ks})
+    rows.update({f"GCNx{d}": ["model.propagation=gcn", f"model.num_graph_layers={d}"] for d in args.depths})
+    rows.update({f"GATx{d}": ["model.propagation=gat", f"model.num_graph_layers={d}", "model.graph_heads=4"]
+                 for d in args.depths})
+    result = run_rows("frozen", rows, args.seeds, train=1600, test=640, pretrained=args.pretrained, device=device,
+                      study=args.out.with_name(args.out.stem + "_study"))
     print(describe_environment(env))
     print(f"frozen-feature protocol (benchmarks.ablation), SynthGym 1600/640 clips, {args.seeds} paired seeds; "
           f"Top-1 in %, mean [95% CI]; paired difference to B+TE (no graph stage)")

@@ -16,13 +16,9 @@ import subprocess
 import sys
 from typing import Dict, List, Tuple
 
-TABLE4_ROWS = {
-    "B": ["model.use_transformer=false", "model.intra=false", "model.temporal=false"],
-    "B+TE": ["model.intra=false", "model.temporal=false"],
-    "B+TE+IF-FC": ["model.temporal=false"],
-    "B+TE+TAT": ["model.intra=false"],
-    "Full": [],
-}
+from taggnn.study.rows import TABLE4
+
+TABLE4_ROWS = TABLE4  # the rows of Table 4 (taggnn.study.rows), as --set overrides
 PRESETS = {"gym99": "gym99_r2plus1d34", "gym288": "gym288_r2plus1d34", "haa500": "haa500_r2plus1d34"}
 # Table 3: Kinetics-400 backbones of the pytorchvideo zoo. The paper gives no crop or frame count for
 # them; taggnn uses each zoo model's own training crop (224) and the dataset's frame count (64 FineGym,

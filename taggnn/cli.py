@@ -906,9 +906,6 @@ def _graph_parser(sub, presets) -> None:
     p.set_defaults(func=cmd_graph_draw)
 
 
-#: The subcommands, in ``--help`` order: each a function ``(subparsers, presets)`` adding its parser.
-SUBCOMMANDS = [_train_parser, _eval_parser, _predict_parser, _profile_parser, _tsne_parser, _features_parser,
-               _export_parser, _synth_parser, _config_parser, _graph_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -924,6 +921,142 @@ def build_parser() -> argparse.ArgumentParser:
     for add_subcommand in SUBCOMMANDS:
         add_subcommand(sub, presets)
     return parser
+
+
+# ------------------------------------------------------------------------ taggnn study
+
+
+def _study_parser(sub, presets) -> None:
+    """``taggnn study run|status|report``."""
+    p = sub.add_parser("study", help="ablation studies: rows of overrides x seeds, each an ordinary run, resumable",
+                       description="Ablation studies. A study file (YAML) names a base config, overrides shared by "
+                                   "every run, rows (Table 4's built in, or your own override sets) and seeds; "
+                                   "every (row, seed) is a taggnn run folder under DIR/runs/<row>/seed-<k>/.")
+    actions = p.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="run every (row, seed) not finished yet; again: skips finished runs, "
+                                         "continues interrupted ones, retries failed ones")
+    run.add_argument("spec", help="the study file (YAML)")
+    run.add_argument("--out", required=True, help="the study folder")
+    run.add_argument("--workers", type=int, default=None,
+                     help="worker processes (default: one per CUDA device, else one per CPU core)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads per worker (default: the CPU cores split evenly among the workers)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local (default): persistent worker processes on this machine; ray: tasks on a Ray "
+                          "cluster")
+    run.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: Ray's own "
+                                                     "choice: RAY_ADDRESS, or a local cluster)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start over when DIR holds a study with other definitions (removes only what taggnn "
+                          "wrote there)")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_study_run)
+    status = actions.add_parser("status", help="done / running / failed / pending runs of a study folder")
+    status.add_argument("dir", help="the study folder")
+    status.add_argument("--json", action="store_true", help="the records as JSON")
+    status.set_defaults(func=cmd_study_status)
+    report = actions.add_parser("report", help="the study's report (tables, paired differences) from its runs")
+    report.add_argument("dir", help="the study folder")
+    for parser in (run, report):
+        parser.add_argument("--mde", type=float, default=None, metavar="POINTS",
+                            help="also say how many seeds would detect a true difference of POINTS (80%% power)")
+    report.set_defaults(func=cmd_study_report)
+
+
+def _study_executor(args):
+    from .errors import ConfigError
+    from .study.executors import LocalExecutor, cpu_count
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.executor == "ray":
+        from .study.ray_executor import RayExecutor  # MissingExtraError names taggnn[ray] without ray
+
+        return RayExecutor(address=args.address)
+    if args.address is not None:
+        raise ConfigError("--address applies to --executor ray only")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers = args.workers or gpus or cpu_count()
+    threads = args.threads or max(1, cpu_count() // workers)
+    devices = [f"cuda:{i}" for i in range(gpus)] if gpus else None
+    return LocalExecutor(workers, threads=threads, devices=devices)
+
+
+def _print_records(records, metric: str) -> None:
+    from collections import OrderedDict
+
+    rows = OrderedDict()
+    for record in records:
+        rows.setdefault(record["row"], []).append(record)
+    print(f"{'row':<18} {'done':>4} {'run':>4} {'fail':>4} {'wait':>4}  mean {metric} (done runs)")
+    for row, items in rows.items():
+        count = {s: sum(r["status"] == s for r in items) for s in ("done", "running", "failed", "pending")}
+        values = [r["metrics"][metric] for r in items if r["status"] == "done"]
+        mean = f"{sum(values) / len(values):.2f}" if values else "-"
+        print(f"{row:<18} {count['done']:>4} {count['running']:>4} {count['failed']:>4} {count['pending']:>4}  {mean}")
+    for record in records:
+        if record["status"] == "failed":
+            print(f"failed: {record['folder']}: {record['error']}")
+
+
+def _write_study_report(study: Path, records, mde: Optional[float] = None) -> List[Path]:
+    """Writes the study's report (``report.md``, ``report.json``, ``runs.csv``, ``forest.png``)."""
+    from .study.report import write_study_report
+    from .study.runner import read_study
+
+    return write_study_report(records, read_study(study)["description"], study, mde=mde)
+
+
+def cmd_study_run(args) -> int:
+    from .study.runner import RECORDS_FILE, run_study
+    from .study.spec import load_spec
+
+    spec = load_spec(args.spec)  # every row's config is checked before any run starts
+    executor = _study_executor(args)
+    try:
+        records = run_study(spec, Path(args.out), executor=executor, overwrite=args.overwrite,
+                            progress=not args.no_progress)
+    finally:
+        executor.close()
+    _print_records(records, spec.metric)
+    written = _write_study_report(Path(args.out), records, args.mde)
+    print(f"records: {Path(args.out) / RECORDS_FILE}; report: {', '.join(map(str, written))}")
+    failed = [r for r in records if r["status"] != "done"]
+    if failed:
+        print(f"{len(failed)} of {len(records)} runs did not finish; run the same command again to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_study_status(args) -> int:
+    from .study.runner import spec_of_study, study_status
+
+    records = study_status(Path(args.dir))
+    if args.json:
+        print(json.dumps(records, indent=1))
+    else:
+        _print_records(records, spec_of_study(Path(args.dir)).metric)
+    return 0
+
+
+def cmd_study_report(args) -> int:
+    from .study.runner import study_status
+
+    records = study_status(Path(args.dir))
+    written = _write_study_report(Path(args.dir), records, args.mde)
+    print("report: " + ", ".join(map(str, written)))
+    return 0
+
+
+#: The subcommands, in ``--help`` order: each a function ``(subparsers, presets)`` adding its parser.
+SUBCOMMANDS = [_train_parser, _eval_parser, _predict_parser, _profile_parser, _tsne_parser, _features_parser,
+               _export_parser, _synth_parser, _config_parser, _graph_parser,
+               _study_parser]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

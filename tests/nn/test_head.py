@@ -4,18 +4,13 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from taggnn.nn import GraphRefiner, TAGHead, TokenTransformer
+from taggnn.study.rows import TABLE4, model_options
 
 GRID = (2, 3, 3)
 C = 16
 
-# Table 4 rows: (use_transformer, intra, temporal) -> which modules exist
-ROWS = {
-    "B": dict(use_transformer=False, intra=False, temporal=False),
-    "B+TE": dict(use_transformer=True, intra=False, temporal=False),
-    "B+TE+IF-FC": dict(use_transformer=True, intra=True, temporal=False),
-    "B+TE+TAT": dict(use_transformer=True, intra=False, temporal=True),
-    "Full": dict(use_transformer=True, intra=True, temporal=True),
-}
+# Table 4 rows (taggnn.study.rows): (use_transformer, intra, temporal) -> which modules exist
+ROWS = {row: {"use_transformer": True, "intra": True, "temporal": True, **model_options(row)} for row in TABLE4}
 
 
 def make_head(**kwargs):

@@ -6,21 +6,25 @@ import torch
 from benchmarks import ablation, readout, training
 
 
-def test_ablation_protocols_pair_seeds_and_report_intervals(tmp_path):
+def test_ablation_runs_the_study_files_with_paired_seeds(tmp_path):
     from taggnn.models import build_backbone
 
     weights = tmp_path / "backbone.pt"
     torch.save(build_backbone("r2plus1d_tiny").state_dict(), weights)
-    for protocol in ("frozen", "scratch"):
-        out = tmp_path / f"{protocol}.json"
-        ablation.main(["--protocol", protocol, "--train", "32", "--test", "16", "--epochs", "1", "--seeds", "2",
-                       "--rows", "B", "B+TE", "Full+attention", "--pretrained", str(weights), "--out", str(out)])
-        result = json.loads(out.read_text())
-        assert [r["row"] for r in result["table"]] == ["B", "B+TE", "Full+attention"]
-        assert {(r["row"], r["seed"]) for r in result["runs"]} == {(row, s) for row in ("B", "B+TE", "Full+attention")
-                                                                   for s in (0, 1)}
-        row = result["table"][2]
-        assert row["summary_top1"]["n"] == 2 and row["diff_B"]["verdict"] in ("higher", "lower", "no difference")
+    small = ["data.num_frames=8", "data.crop_size=32", "data.short_side=32", "data.synth_size=32",
+             "data.synth_val=8", "train.batch_size=8", "model.ffn_dim=32"]
+    out = tmp_path / "frozen.json"
+    ablation.main(["--protocol", "frozen", "--train", "16", "--test", "8", "--epochs", "1", "--seeds", "2",
+                   "--rows", "B", "B+TE", "Full+attention", "--pretrained", str(weights), "--out", str(out),
+                   "--study", str(tmp_path / "study"), "--workers", "1", "--device", "cpu"]
+                  + [a for item in small for a in ("--set", item)])
+    result = json.loads(out.read_text())
+    assert [r["row"] for r in result["table"]] == ["B", "B+TE", "Full+attention"]
+    assert {(r["row"], r["seed"]) for r in result["runs"]} == {(row, s) for row in ("B", "B+TE", "Full+attention")
+                                                               for s in (0, 1)}
+    row = result["table"][2]
+    assert row["summary_top1"]["n"] == 2 and row["diff_B"]["verdict"] in ("higher", "lower", "no difference")
+    assert (tmp_path / "study" / "runs" / "Full+attention" / "seed-1" / "last.pt").is_file()
 
 
 def test_tabulate_paired_differences():

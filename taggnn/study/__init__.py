@@ -1,0 +1,13 @@
+"""Ablation studies: rows of config overrides times seeds, each an ordinary taggnn run.
+
+``taggnn study run SPEC --out DIR`` (see :mod:`taggnn.study.spec` for the file,
+:mod:`taggnn.study.runner` for the folder and its resumption, :mod:`taggnn.study.executors` for
+the worker processes).
+"""
+from .executors import Executor, LocalExecutor, WorkerDied
+from .rows import ALIASES, ROWS, STAGES, TABLE4
+from .runner import RunTask, run_study, run_task, study_status
+from .spec import StudySpec, load_spec, parse_spec
+
+__all__ = ["ALIASES", "ROWS", "STAGES", "TABLE4", "Executor", "LocalExecutor", "WorkerDied", "RunTask", "StudySpec",
+           "load_spec", "parse_spec", "run_study", "run_task", "study_status"]
