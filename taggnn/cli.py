@@ -15,12 +15,55 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import hashlib
+import importlib.util
 import json
 import logging
 import os
+import random
+import re
+import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from .data import SkippedClip, count_frames, eval_transform, load_clip, synthgym
+from .data.views import MultiCropTransform, average_views, view_indices
+from .engine import features as feature_cache
+from .engine.config import (
+    DEVICE_NAMES,
+    apply_override,
+    is_device_name,
+    list_presets,
+    load_config,
+    validate,
+)
+from .engine.data import build_dataset
+from .engine.plots import save_tsne
+from .engine.runfolder import MANIFEST_NAME, RunLock, record_outputs
+from .engine.trainer import (
+    eval_autocast_dtype,
+    evaluate,
+    load_trained,
+    resume_config,
+    train,
+    trained_config,
+    write_evaluation,
+)
+from .errors import CheckpointError, ConfigError, TaggnnError, TrainingError
+from .models import REFERENCE_SETUPS, build_model_from_config, load_reference_checkpoint
+from .models.complexity import profile_model
+from .models.export import default_export_path, export_model
+from .models.hub import SHARED_FILES, WEIGHTS_NAME, is_pretrained_source, looks_like_hub_id, require_safetensors
+from .utils.outputs import OutputExistsError, atomic_output, check_output, same_path
+from .utils.version import __version__
 
 logger = logging.getLogger("taggnn")
 
@@ -58,11 +101,6 @@ def _device(name: str):
     """The torch device of ``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``,
     ``cuda:N`` or ``mps``; a name that is not a device, or one this machine lacks, is a
     :class:`~taggnn.errors.ConfigError`."""
-    import torch
-
-    from .engine.config import DEVICE_NAMES, is_device_name
-    from .errors import ConfigError
-
     if not is_device_name(name):
         raise ConfigError(f"--device {name!r} is not a device: use {DEVICE_NAMES}")
     if name == "auto":
@@ -81,10 +119,6 @@ def _device(name: str):
 
 def _check_set_values(overrides: List[str]) -> None:
     """Refuses a ``--set`` value that is not valid YAML, naming the key, before any work."""
-    import yaml
-
-    from .errors import ConfigError
-
     for item in overrides:
         key, equals, value = item.partition("=")
         if not equals:
@@ -98,11 +132,6 @@ def _check_set_values(overrides: List[str]) -> None:
 
 
 def cmd_train(args) -> int:
-    import shlex
-
-    from .engine.config import load_config
-    from .engine.trainer import resume_config, train
-
     config_arg = getattr(args, "config", None)  # no default in --help: it depends on --resume
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
@@ -124,8 +153,6 @@ def cmd_train(args) -> int:
         summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
                         inputs=inputs)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():  # launched by torchrun
             dist.destroy_process_group()
     if "test" in summary:
@@ -141,9 +168,6 @@ def cmd_train(args) -> int:
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
     """The checkpoint's (or shared model's) config with --set overrides (data, train and eval keys
     only), validated."""
-    from .engine.config import ConfigError, apply_override, validate
-    from .engine.trainer import trained_config
-
     config = trained_config(checkpoint_path)
     for item in overrides:
         if "=" not in item:
@@ -157,8 +181,6 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
 
 def dump_target(path: Path) -> Path:
     """The file ``--dump`` writes: ``path`` itself, which must end in ``.npz`` or ``.csv``."""
-    from .errors import ConfigError
-
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".npz"):
         raise ConfigError(f"--dump {path}: the scores are written as .npz (numpy) or .csv; give a file name ending "
@@ -169,12 +191,6 @@ def dump_target(path: Path) -> Path:
 def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite: bool = True) -> None:
     """Per-video scores (after view averaging), labels and paths as ``.npz`` or ``.csv``
     (written atomically; an existing file is refused unless ``overwrite``)."""
-    import csv
-
-    import numpy as np
-
-    from .utils.outputs import atomic_output
-
     skipped = set(meter.skipped)
     samples = [s for s in getattr(dataset, "samples", [])]
     paths = [p for p, _ in samples if p not in skipped] if samples else [str(i) for i in range(len(scores))]
@@ -210,10 +226,6 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
     checkpoint or other settings. A shared model (a folder ``best`` written by ``taggnn export
     --format safetensors``, its ``model.safetensors`` or a Hub id ``owner/best``) is tagged
     ``best-shared``, apart from the checkpoint ``best.pt`` beside it."""
-    import re
-
-    from .models.hub import WEIGHTS_NAME, is_pretrained_source
-
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9=._-]+", "-", text)
 
@@ -236,8 +248,6 @@ def _record_in_run_folder(out: Path, names: List[str]) -> None:
     """Lists files a command is about to write into ``out`` in the run folder's manifest (when
     ``out`` is a run folder), so that ``taggnn train --overwrite`` of that folder removes them as
     taggnn's own."""
-    from .engine.runfolder import MANIFEST_NAME, record_outputs
-
     if (Path(out) / MANIFEST_NAME).is_file():
         record_outputs(Path(out), names)
 
@@ -250,11 +260,6 @@ def _checkpoint_argument(source: str) -> Path:
     """``--checkpoint`` as a path, refused in one line when it names nothing usable: a path that
     does not exist (unless it looks like a Hub id ``owner/name``), or something that is neither a
     regular file nor a folder (a device, a pipe, a broken link)."""
-    import stat
-
-    from .errors import CheckpointError
-    from .models.hub import looks_like_hub_id
-
     path = Path(source)
     if not os.path.lexists(path):
         if looks_like_hub_id(source):
@@ -279,10 +284,6 @@ def checkpoint_state(source: Path) -> dict:
     """What identifies the evaluated state of ``source``: for a file (or a shared folder's
     ``model.safetensors``) its size, modification time and the first 16 hex digits of its SHA-256;
     for a taggnn checkpoint also its ``epoch`` and ``step``; ``{}`` for a Hub id."""
-    import hashlib
-
-    from .models.hub import WEIGHTS_NAME
-
     path = Path(source)
     file = path / WEIGHTS_NAME if path.is_dir() else path
     if not file.is_file():
@@ -294,8 +295,6 @@ def checkpoint_state(source: Path) -> dict:
     info = file.stat()
     state = {"file": str(file), "bytes": info.st_size, "mtime": info.st_mtime, "sha256": digest.hexdigest()[:16]}
     if file.suffix != ".safetensors":
-        import torch
-
         try:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # already read (and refused, if it is no checkpoint) by load_trained
@@ -309,8 +308,6 @@ def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> No
     """Refuses (unless ``overwrite``) to replace ``metrics_<tag>.json`` that holds the results of
     another checkpoint (e.g. another run's ``best.pt`` evaluated into the same ``--out``); the
     results of the same checkpoint with the same settings are refreshed."""
-    from .utils.outputs import OutputExistsError, same_path
-
     metrics = out / f"metrics_{tag}.json"
     if metrics.exists() and not overwrite:
         try:
@@ -325,12 +322,6 @@ def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> No
 
 def cmd_eval_reference(args) -> int:
     """The authors' released checkpoint with their architecture and preprocessing."""
-    from .engine.config import load_config
-    from .engine.data import build_dataset
-    from .engine.trainer import evaluate, write_evaluation
-    from .errors import ConfigError
-    from .models import REFERENCE_SETUPS, load_reference_checkpoint
-
     if args.dataset not in REFERENCE_SETUPS:
         raise ConfigError(f"--reference needs --dataset, one of {', '.join(REFERENCE_SETUPS)}")
     if args.data_root is None:
@@ -363,9 +354,6 @@ def cmd_eval_reference(args) -> int:
 
 def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Optional[Path]) -> dict:
     """Evaluates ``checkpoint`` and writes its results (and ``--dump``) into ``out``; returns the metrics."""
-    from .engine.data import build_dataset
-    from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
-
     state = checkpoint_state(checkpoint)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
@@ -387,10 +375,6 @@ def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Op
 
 
 def cmd_eval(args) -> int:
-    from .engine.runfolder import RunLock
-    from .errors import ConfigError, TrainingError
-    from .utils.outputs import check_output
-
     if args.reference:
         return cmd_eval_reference(args)
     if not args.checkpoint:
@@ -426,13 +410,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
-
-    from .data import count_frames, eval_transform, load_clip
-    from .data.views import MultiCropTransform, average_views, view_indices
-    from .engine.trainer import load_trained
-    from .errors import ConfigError
-
     device = _device(args.device)
     config = _overridden_config(Path(args.checkpoint), args.overrides)
     if config.data.features is not None:
@@ -474,11 +451,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .engine.config import load_config
-    from .models import build_model_from_config
-    from .models.complexity import profile_model
-    from .utils.outputs import atomic_output, check_output
-
     if args.json:
         check_output(args.json, overwrite=args.overwrite, inputs=[args.config] if Path(args.config).is_file() else [],
                      what="--json")
@@ -513,17 +485,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_tsne(args) -> int:
-    import importlib.util
-
-    import numpy as np
-    import torch
     from sklearn.manifold import TSNE
-
-    from .data import SkippedClip
-    from .engine.data import build_dataset
-    from .engine.plots import save_tsne
-    from .engine.trainer import load_trained
-    from .utils.outputs import atomic_output, check_output
 
     figure = importlib.util.find_spec("matplotlib") is not None  # else the embeddings are written (.npz)
     out = Path(args.out) if figure else Path(args.out).with_suffix(".npz")
@@ -563,20 +525,14 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_features(args) -> int:
-    import shlex
-
-    import torch
-
-    from .engine.config import load_config
-    from .engine.features import extract_features
-    from .errors import ConfigError
-
     config = load_config(args.config, args.overrides)
     if config.data.features is not None:
         raise ConfigError("data.features is set: features are extracted from videos, not from cached features")
-    paths = extract_features(config, Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                             splits=args.split or None, device=_device(args.device), progress=not args.no_progress,
-                             dtype=torch.float32 if args.float32 else torch.float16)
+    paths = feature_cache.extract_features(config, Path(args.out),
+                                           checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                                           splits=args.split or None, device=_device(args.device),
+                                           progress=not args.no_progress,
+                                           dtype=torch.float32 if args.float32 else torch.float16)
     for split, path in paths.items():
         print(f"{split}: {path}")
     sets = "".join(f" --set {shlex.quote(item)}" for item in [*args.overrides, f"data.features={args.out}"])
@@ -587,8 +543,6 @@ def cmd_features(args) -> int:
 def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[int]:
     """Up to ``count`` indices spread over the classes (round-robin over a seeded shuffle of each
     class), instead of the first ``count`` in file order."""
-    import random
-
     rng = random.Random(seed)
     by_class = {}
     for index, label in enumerate(labels):
@@ -605,17 +559,9 @@ def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[
 
 
 def cmd_export(args) -> int:
-    import torch
-
-    from .engine.trainer import load_trained
-    from .models.export import default_export_path, export_model
-    from .utils.outputs import check_output
-
     checkpoint = _checkpoint_argument(args.checkpoint)
     out = Path(args.out) if args.out else default_export_path(checkpoint, args.format)
     if args.format == "safetensors":  # a folder to share: checked before any work
-        from .errors import ConfigError
-        from .models.hub import SHARED_FILES, require_safetensors
 
         require_safetensors()
         if args.frames or args.crop:
@@ -644,16 +590,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data.synthgym import run
-
-    run(args)
+    synthgym.run(args)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .engine.config import list_presets
-
     presets = ", ".join(list_presets())
     parser = _Parser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -776,9 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
                        description="Write SynthGym clips as mp4 files + a VideoCSV file.")
-    from .data.synthgym import build_parser as synth_parser
 
-    synth_parser(parser=p)
+    synthgym.build_parser(parser=p)
     p.set_defaults(func=cmd_synth)
     return parser
 
@@ -793,7 +733,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exit_.code  # a bad command line, reported in one line
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .errors import TaggnnError
 
     try:
         _check_set_values(getattr(args, "overrides", None) or [])

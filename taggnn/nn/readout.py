@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn import aggr
 
@@ -10,8 +11,6 @@ READOUTS = ("mean", "max", "softmax", "powermean", "attention", "set2set")
 
 
 def _tracing() -> bool:
-    import torch
-
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
