@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from .data import SkippedClip, count_frames, eval_transform, load_clip, synthgym
-from .data.views import MultiCropTransform, average_views, view_indices
+from .data import SkippedClip, synthgym
+from .data.views import average_views
 from .engine import features as feature_cache
 from .engine.config import (
     DEVICE_NAMES,
@@ -45,7 +45,7 @@ from .engine.config import (
     load_config,
     validate,
 )
-from .engine.data import build_dataset
+from .engine.data import build_dataset, video_files
 from .engine.plots import save_tsne
 from .engine.runfolder import MANIFEST_NAME, RunLock, record_outputs
 from .engine.trainer import (
@@ -417,22 +417,11 @@ def cmd_predict(args) -> int:
                           f"{config.data.features}): it has no backbone, so it cannot take videos; predict with a "
                           f"checkpoint trained on videos (without data.features)")
     model, config, names = load_trained(Path(args.checkpoint), device, config)
-    d, e = config.data, config.eval
-    transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                               normalization=d.normalization)
-    crops = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                               normalization=d.normalization, num_crops=e.num_crops)
+    e = config.eval
+    videos = video_files(config, args.videos, names)  # the test split's decoding, sampling and views
     results = []
-    for path in args.videos:
-        if e.num_clips * e.num_crops == 1:
-            clip = load_clip(path, d.num_frames, sampling=d.sampling, decoder=d.decoder)
-            views = transform(clip).unsqueeze(0)  # (1, 3, T, S, S)
-        else:
-            total = count_frames(path)
-            views = torch.cat([crops(load_clip(path, d.num_frames, indices=view_indices(total, d.num_frames, v,
-                                                                                         e.num_clips),
-                                               decoder=d.decoder))
-                               for v in range(e.num_clips)])  # (V, 3, T, S, S)
+    for index, path in enumerate(args.videos):
+        views, _ = videos[index]  # (V, 3, T, S, S)
         with torch.no_grad():
             logits = model(views.to(device)).float().unsqueeze(0)  # (1, V, C)
             probabilities = average_views(logits, e.average).softmax(1)[0] if e.average == "logits" \

@@ -50,7 +50,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..utils.memory import format_bytes, machine_memory
+from ..utils import memory
 from .registry import register_dataset
 from .video import write_video
 
@@ -564,10 +564,11 @@ def run(args: argparse.Namespace) -> None:
     """Runs a parsed ``write`` command (its values are checked by :func:`build_parser`'s types;
     a clip that would not fit in the machine's memory is refused here, with its size)."""
     clip_bytes = 4 * args.num_frames * args.size ** 2 * 3  # one clip as float32 while it is rendered
-    if clip_bytes > machine_memory():
+    available = memory.machine_memory()
+    if clip_bytes > available:
         raise ConfigError(f"one clip of --num-frames {args.num_frames} x --size {args.size} x {args.size} x 3 needs "
-                          f"at least {format_bytes(clip_bytes)} to render, more than the "
-                          f"{format_bytes(machine_memory())} of memory of this machine; lower --num-frames or --size")
+                          f"at least {memory.format_bytes(clip_bytes)} to render, more than the "
+                          f"{memory.format_bytes(available)} of memory of this machine; lower --num-frames or --size")
     write_split(args.out, args.split, count=args.count, fps=args.fps, num_frames=args.num_frames,
                 size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail,
                 overwrite=args.overwrite)

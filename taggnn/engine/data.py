@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import eval_transform, train_transform
+from ..data import VideoClipDataset, eval_transform, train_transform
 from ..data.clips import ClipLoader, WorkerFailure, clip_loader  # noqa: F401  (re-exported)
 from ..data.features import FeatureDataset
 from ..data.registry import dataset_info
@@ -34,15 +34,56 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
                 f"split {split!r} of {config.data.dataset!r} has {len(found)} classes that do not match the "
                 f"{len(classes)} expected (training split or checkpoint)"
                 + (f"; first differences: {', '.join(differ)}" if differ else ""))
-    e, d = config.eval, config.data
-    if views and not train and (e.num_clips > 1 or e.num_crops > 1):
-        if not hasattr(dataset, "load_views"):
-            raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
-                              f"{' with data.features' if d.features else ''} has none")
-        transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                                       normalization=d.normalization, num_crops=e.num_crops)
-        dataset = MultiViewClips(dataset, transform, e.num_clips)
+    if views and not train:
+        dataset = test_views(dataset, config)
     return dataset
+
+
+def test_views(dataset: Dataset, config: Config) -> Dataset:
+    """``dataset`` (a test split) with ``eval.num_clips`` x ``eval.num_crops`` views per video
+    (:class:`~taggnn.data.views.MultiViewClips`: items ``(V, 3, T, S, S)``), or as it is for
+    a single view."""
+    e, d = config.eval, config.data
+    if e.num_clips == 1 and e.num_crops == 1:
+        return dataset
+    if not hasattr(dataset, "load_views"):
+        raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
+                          f"{' with data.features' if d.features else ''} has none")
+    transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                   normalization=d.normalization, num_crops=e.num_crops)
+    return MultiViewClips(dataset, transform, e.num_clips)
+
+
+def video_files(config: Config, paths: Sequence[str], classes: Optional[Sequence[str]] = None) -> Dataset:
+    """The video files ``paths`` as a test dataset of ``config`` (``taggnn predict``): decoded,
+    sampled (``data.sampling``, ``data.decoder``) and transformed as a test split is, with
+    ``eval.num_clips`` x ``eval.num_crops`` views; item ``i`` is ``(views, 0)`` for video
+    ``i``, ``views`` of shape ``(V, 3, T, S, S)`` (``V = 1`` for a single view).
+
+    An unreadable video raises its :class:`~taggnn.errors.VideoError` when its item is read.
+    """
+    d = config.data
+    transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                               normalization=d.normalization)
+    dataset = VideoClipDataset([(str(path), 0) for path in paths], list(classes or []), num_frames=d.num_frames,
+                               sampling=d.sampling, transform=transform, check_files=False,
+                               decode_threads=d.decode_threads, decoder=d.decoder)
+    views = test_views(dataset, config)
+    return views if views is not dataset else _SingleView(dataset)
+
+
+class _SingleView(Dataset):
+    """Items ``(clip, label)`` as one view: ``(1, 3, T, S, S)``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        clip, label = self.dataset[index]
+        return clip.unsqueeze(0), label
 
 
 def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]]) -> Dataset:
