@@ -1,4 +1,6 @@
-"""Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`."""
+"""Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`: each dataset
+through its entry in the dataset registry (:mod:`taggnn.data.registry`), the config's transforms
+around it, and the test split's views."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -35,11 +37,11 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
                 f"{len(classes)} expected (training split or checkpoint)"
                 + (f"; first differences: {', '.join(differ)}" if differ else ""))
     if views and not train:
-        dataset = test_views(dataset, config)
+        dataset = with_test_views(dataset, config)
     return dataset
 
 
-def test_views(dataset: Dataset, config: Config) -> Dataset:
+def with_test_views(dataset: Dataset, config: Config) -> Dataset:
     """``dataset`` (a test split) with ``eval.num_clips`` x ``eval.num_crops`` views per video
     (:class:`~taggnn.data.views.MultiViewClips`: items ``(V, 3, T, S, S)``), or as it is for
     a single view."""
@@ -68,7 +70,7 @@ def video_files(config: Config, paths: Sequence[str], classes: Optional[Sequence
     dataset = VideoClipDataset([(str(path), 0) for path in paths], list(classes or []), num_frames=d.num_frames,
                                sampling=d.sampling, transform=transform, check_files=False,
                                decode_threads=d.decode_threads, decoder=d.decoder)
-    views = test_views(dataset, config)
+    views = with_test_views(dataset, config)
     return views if views is not dataset else _SingleView(dataset)
 
 
