@@ -2,8 +2,6 @@
 action recognition, native to PyTorch Geometric."""
 import logging
 import warnings
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _distribution_version
 
 # torch_geometric calls torch.jit.script at import time, which torch 2.14 deprecates with a
 # FutureWarning on every start; silence that one warning while importing it, nothing else.
@@ -15,11 +13,9 @@ from . import errors, graph, nn  # noqa: E402
 from .errors import TaggnnError  # noqa: E402
 from .graph import SpatioTemporalGraph, SpatioTemporalGrid  # noqa: E402
 from .nn import GraphRefiner, TAGHead  # noqa: E402
+from .utils.version import installed_version  # noqa: E402
 
-try:  # the one place the number is written is pyproject.toml; installing records it in the metadata
-    __version__ = _distribution_version("taggnn")
-except PackageNotFoundError:  # a source tree that was never installed (e.g. on PYTHONPATH only)
-    __version__ = "0+unknown"
+__version__ = installed_version()
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

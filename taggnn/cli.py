@@ -16,12 +16,74 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import hashlib
+import importlib.util
 import json
 import logging
 import os
+import random
+import re
+import shlex
+import stat
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import SkippedClip, synthgym
+from .data.constants import NORMALIZATIONS, RESIZE_RATIOS
+from .data.synthgym import build_parser as synth_parser
+from .data.views import average_views
+from .engine import features as feature_cache
+from .engine.config import (
+    DEVICE_NAMES,
+    EVAL_KEYS,
+    FEATURE_KEYS,
+    RESUMABLE_KEYS,
+    allowed_text,
+    apply_override,
+    check_overrides,
+    config_fields,
+    describe_keys,
+    docs_table,
+    field_default,
+    flatten,
+    is_device_name,
+    list_presets,
+    load_config,
+    migrate_key,
+    validate,
+)
+from .engine.data import build_dataset, video_files
+from .engine.plots import save_tsne
+from .engine.runfolder import MANIFEST_NAME, RunLock, record_outputs
+from .engine.trainer import (
+    eval_autocast_dtype,
+    evaluate,
+    load_trained,
+    resume_config,
+    train,
+    trained_config,
+    write_evaluation,
+)
+from .errors import CheckpointError, ConfigError, TaggnnError, TrainingError
+from .graph import SpatioTemporalGraph
+from .models import REFERENCE_SETUPS, build_model_from_config, load_reference_checkpoint
+from .models.complexity import profile_model
+from .models.export import default_export_path, export_model
+from .models.hub import SHARED_FILES, WEIGHTS_NAME, is_pretrained_source, looks_like_hub_id, require_safetensors
+from .study.executors import LocalExecutor, cpu_count
+from .study.ray_executor import RayExecutor
+from .study.report import write_study_report
+from .study.runner import RECORDS_FILE, read_study, run_study, spec_of_study, study_status
+from .study.spec import load_spec
+from .utils.outputs import OutputExistsError, atomic_output, check_output, same_path
+from .utils.version import __version__
 
 logger = logging.getLogger("taggnn")
 
@@ -54,11 +116,6 @@ def _device(name: str):
     """The torch device of ``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``,
     ``cuda:N`` or ``mps``; a name that is not a device, or one this machine lacks, is a
     :class:`~taggnn.errors.ConfigError`."""
-    import torch
-
-    from .engine.config import DEVICE_NAMES, is_device_name
-    from .errors import ConfigError
-
     if not is_device_name(name):
         raise ConfigError(f"--device {name!r} is not a device: use {DEVICE_NAMES}")
     if name == "auto":
@@ -78,17 +135,10 @@ def _device(name: str):
 def _check_set_values(overrides: List[str]) -> None:
     """Refuses an unknown key or an unreadable value of ``--set``, naming the key, before any work
     (read by :func:`taggnn.engine.config.apply_override`, the one reader of ``--set``)."""
-    from .engine.config import check_overrides
-
     check_overrides(overrides)
 
 
 def cmd_train(args) -> int:
-    import shlex
-
-    from .engine.config import load_config
-    from .engine.trainer import resume_config, train
-
     config_arg = getattr(args, "config", None)  # no default in --help: it depends on --resume
     resume = Path(args.resume) if args.resume else None
     if resume is not None:
@@ -110,8 +160,6 @@ def cmd_train(args) -> int:
         summary = train(config, out, resume=resume, progress=not args.no_progress, overwrite=args.overwrite,
                         inputs=inputs)
     finally:
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():  # launched by torchrun
             dist.destroy_process_group()
     if "test" in summary:
@@ -127,17 +175,6 @@ def cmd_train(args) -> int:
 def _overridden_config(checkpoint_path: Path, overrides: List[str]):
     """The checkpoint's (or shared model's) config with --set overrides (only the keys that may
     change at evaluation time, :data:`~taggnn.engine.config.EVAL_KEYS`), validated."""
-    from .engine.config import (
-        EVAL_KEYS,
-        ConfigError,
-        apply_override,
-        config_fields,
-        describe_keys,
-        migrate_key,
-        validate,
-    )
-    from .engine.trainer import trained_config
-
     config = trained_config(checkpoint_path)
     for item in overrides:
         if "=" not in item:
@@ -152,8 +189,6 @@ def _overridden_config(checkpoint_path: Path, overrides: List[str]):
 
 def dump_target(path: Path) -> Path:
     """The file ``--dump`` writes: ``path`` itself, which must end in ``.npz`` or ``.csv``."""
-    from .errors import ConfigError
-
     path = Path(path)
     if path.suffix.lower() not in (".csv", ".npz"):
         raise ConfigError(f"--dump {path}: the scores are written as .npz (numpy) or .csv; give a file name ending "
@@ -164,12 +199,6 @@ def dump_target(path: Path) -> Path:
 def dump_scores(path: Path, dataset, meter, scores, names, config, *, overwrite: bool = True) -> None:
     """Per-video scores (after view averaging), labels and paths as ``.npz`` or ``.csv``
     (written atomically; an existing file is refused unless ``overwrite``)."""
-    import csv
-
-    import numpy as np
-
-    from .utils.outputs import atomic_output
-
     skipped = set(meter.skipped)
     samples = [s for s in getattr(dataset, "samples", [])]
     paths = [p for p, _ in samples if p not in skipped] if samples else [str(i) for i in range(len(scores))]
@@ -205,10 +234,6 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
     checkpoint or other settings. A shared model (a folder ``best`` written by ``taggnn export
     --format safetensors``, its ``model.safetensors`` or a Hub id ``owner/best``) is tagged
     ``best-shared``, apart from the checkpoint ``best.pt`` beside it."""
-    import re
-
-    from .models.hub import WEIGHTS_NAME, is_pretrained_source
-
     def clean(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9=._-]+", "-", text)
 
@@ -231,8 +256,6 @@ def _record_in_run_folder(out: Path, names: List[str]) -> None:
     """Lists files a command is about to write into ``out`` in the run folder's manifest (when
     ``out`` is a run folder), so that ``taggnn train --overwrite`` of that folder removes them as
     taggnn's own."""
-    from .engine.runfolder import MANIFEST_NAME, record_outputs
-
     if (Path(out) / MANIFEST_NAME).is_file():
         record_outputs(Path(out), names)
 
@@ -245,11 +268,6 @@ def _checkpoint_argument(source: str) -> Path:
     """``--checkpoint`` as a path, refused in one line when it names nothing usable: a path that
     does not exist (unless it looks like a Hub id ``owner/name``), or something that is neither a
     regular file nor a folder (a device, a pipe, a broken link)."""
-    import stat
-
-    from .errors import CheckpointError
-    from .models.hub import looks_like_hub_id
-
     path = Path(source)
     if not os.path.lexists(path):
         if looks_like_hub_id(source):
@@ -274,10 +292,6 @@ def checkpoint_state(source: Path) -> dict:
     """What identifies the evaluated state of ``source``: for a file (or a shared folder's
     ``model.safetensors``) its size, modification time and the first 16 hex digits of its SHA-256;
     for a taggnn checkpoint also its ``epoch`` and ``step``; ``{}`` for a Hub id."""
-    import hashlib
-
-    from .models.hub import WEIGHTS_NAME
-
     path = Path(source)
     file = path / WEIGHTS_NAME if path.is_dir() else path
     if not file.is_file():
@@ -289,8 +303,6 @@ def checkpoint_state(source: Path) -> dict:
     info = file.stat()
     state = {"file": str(file), "bytes": info.st_size, "mtime": info.st_mtime, "sha256": digest.hexdigest()[:16]}
     if file.suffix != ".safetensors":
-        import torch
-
         try:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # already read (and refused, if it is no checkpoint) by load_trained
@@ -304,8 +316,6 @@ def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> No
     """Refuses (unless ``overwrite``) to replace ``metrics_<tag>.json`` that holds the results of
     another checkpoint (e.g. another run's ``best.pt`` evaluated into the same ``--out``); the
     results of the same checkpoint with the same settings are refreshed."""
-    from .utils.outputs import OutputExistsError, same_path
-
     metrics = out / f"metrics_{tag}.json"
     if metrics.exists() and not overwrite:
         try:
@@ -320,13 +330,6 @@ def _claim_results(out: Path, tag: str, checkpoint: Path, overwrite: bool) -> No
 
 def cmd_eval_reference(args) -> int:
     """The authors' released checkpoint with their architecture and preprocessing."""
-    from .data.constants import NORMALIZATIONS, RESIZE_RATIOS
-    from .engine.config import load_config
-    from .engine.data import build_dataset
-    from .engine.trainer import evaluate, write_evaluation
-    from .errors import ConfigError
-    from .models import REFERENCE_SETUPS, load_reference_checkpoint
-
     if args.dataset not in REFERENCE_SETUPS:
         raise ConfigError(f"--reference needs --dataset, one of {', '.join(REFERENCE_SETUPS)}")
     if args.data_root is None:
@@ -363,9 +366,6 @@ def cmd_eval_reference(args) -> int:
 
 def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Optional[Path]) -> dict:
     """Evaluates ``checkpoint`` and writes its results (and ``--dump``) into ``out``; returns the metrics."""
-    from .engine.data import build_dataset
-    from .engine.trainer import eval_autocast_dtype, evaluate, load_trained, write_evaluation
-
     state = checkpoint_state(checkpoint)
     device = _device(args.device)
     model, config, names = load_trained(checkpoint, device, config)
@@ -387,10 +387,6 @@ def _evaluate_into(args, checkpoint: Path, config, out: Path, tag: str, dump: Op
 
 
 def cmd_eval(args) -> int:
-    from .engine.runfolder import RunLock
-    from .errors import ConfigError, TrainingError
-    from .utils.outputs import check_output
-
     if args.reference:
         return cmd_eval_reference(args)
     if not args.checkpoint:
@@ -426,13 +422,6 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import torch
-
-    from .data import count_frames, eval_transform, load_clip
-    from .data.views import MultiCropTransform, average_views, view_indices
-    from .engine.trainer import load_trained
-    from .errors import ConfigError
-
     device = _device(args.device)
     config = _overridden_config(Path(args.checkpoint), args.overrides)
     if config.data.features is not None:
@@ -440,22 +429,11 @@ def cmd_predict(args) -> int:
                           f"{config.data.features}): it has no backbone, so it cannot take videos; predict with a "
                           f"checkpoint trained on videos (without data.features)")
     model, config, names = load_trained(Path(args.checkpoint), device, config)
-    d, e = config.data, config.eval
-    transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                               normalization=d.normalization)
-    crops = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                               normalization=d.normalization, num_crops=e.num_crops)
+    e = config.eval
+    videos = video_files(config, args.videos, names)  # the test split's decoding, sampling and views
     results = []
-    for path in args.videos:
-        if e.num_clips * e.num_crops == 1:
-            clip = load_clip(path, d.num_frames, sampling=d.sampling, decoder=d.decoder)
-            views = transform(clip).unsqueeze(0)  # (1, 3, T, S, S)
-        else:
-            total = count_frames(path)
-            views = torch.cat([crops(load_clip(path, d.num_frames, indices=view_indices(total, d.num_frames, v,
-                                                                                         e.num_clips),
-                                               decoder=d.decoder))
-                               for v in range(e.num_clips)])  # (V, 3, T, S, S)
+    for index, path in enumerate(args.videos):
+        views, _ = videos[index]  # (V, 3, T, S, S)
         with torch.no_grad():
             logits = model(views.to(device)).float().unsqueeze(0)  # (1, V, C)
             probabilities = average_views(logits, e.average).softmax(1)[0] if e.average == "logits" \
@@ -474,11 +452,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .engine.config import load_config
-    from .models import build_model_from_config
-    from .models.complexity import profile_model
-    from .utils.outputs import atomic_output, check_output
-
     if args.json:
         check_output(args.json, overwrite=args.overwrite, inputs=[args.config] if Path(args.config).is_file() else [],
                      what="--json")
@@ -513,17 +486,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_tsne(args) -> int:
-    import importlib.util
-
-    import numpy as np
-    import torch
     from sklearn.manifold import TSNE
-
-    from .data import SkippedClip
-    from .engine.data import build_dataset
-    from .engine.plots import save_tsne
-    from .engine.trainer import load_trained
-    from .utils.outputs import atomic_output, check_output
 
     figure = importlib.util.find_spec("matplotlib") is not None  # else the embeddings are written (.npz)
     out = Path(args.out) if figure else Path(args.out).with_suffix(".npz")
@@ -563,20 +526,14 @@ def cmd_tsne(args) -> int:
 
 
 def cmd_features(args) -> int:
-    import shlex
-
-    import torch
-
-    from .engine.config import load_config
-    from .engine.features import extract_features
-    from .errors import ConfigError
-
     config = load_config(args.config, args.overrides)
     if config.data.features is not None:
         raise ConfigError("data.features is set: features are extracted from videos, not from cached features")
-    paths = extract_features(config, Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                             splits=args.split or None, device=_device(args.device), progress=not args.no_progress,
-                             dtype=torch.float32 if args.float32 else torch.float16)
+    paths = feature_cache.extract_features(config, Path(args.out),
+                                           checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                                           splits=args.split or None, device=_device(args.device),
+                                           progress=not args.no_progress,
+                                           dtype=torch.float32 if args.float32 else torch.float16)
     for split, path in paths.items():
         print(f"{split}: {path}")
     sets = "".join(f" --set {shlex.quote(item)}" for item in [*args.overrides, f"data.features={args.out}"])
@@ -587,8 +544,6 @@ def cmd_features(args) -> int:
 def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[int]:
     """Up to ``count`` indices spread over the classes (round-robin over a seeded shuffle of each
     class), instead of the first ``count`` in file order."""
-    import random
-
     rng = random.Random(seed)
     by_class = {}
     for index, label in enumerate(labels):
@@ -605,17 +560,9 @@ def stratified_indices(labels: List[int], count: int, *, seed: int = 0) -> List[
 
 
 def cmd_export(args) -> int:
-    import torch
-
-    from .engine.trainer import load_trained
-    from .models.export import default_export_path, export_model
-    from .utils.outputs import check_output
-
     checkpoint = _checkpoint_argument(args.checkpoint)
     out = Path(args.out) if args.out else default_export_path(checkpoint, args.format)
     if args.format == "safetensors":  # a folder to share: checked before any work
-        from .errors import ConfigError
-        from .models.hub import SHARED_FILES, require_safetensors
 
         require_safetensors()
         if args.frames or args.crop:
@@ -644,14 +591,11 @@ def cmd_export(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from .data.synthgym import run
-
-    run(args)
+    synthgym.run(args)
     return 0
 
 
 def cmd_config(args) -> int:
-    from .engine.config import docs_table, load_config
 
     if args.action == "table":
         print(docs_table(), end="")
@@ -663,7 +607,6 @@ def cmd_config(args) -> int:
 def format_config(config) -> str:
     """Every key of ``config`` with its value, default, range or choices, the stages it may change
     in (``resume``, ``eval``; ``features``: it changes cached features) and its help, one line each."""
-    from .engine.config import allowed_text, config_fields, field_default, flatten
 
     values = flatten(config.to_dict())
     rows = [("key", "value", "default", "allowed", "flags", "help")]
@@ -708,7 +651,6 @@ def _add(parser: argparse.ArgumentParser, *flags: str, **changes) -> None:
 
 def _keys_epilog(*, keys=None, what: str = "Config keys --set takes") -> str:
     """The help text's note on config keys, read from the config's metadata."""
-    from .engine.config import config_fields, describe_keys
 
     keys = describe_keys(keys if keys is not None else config_fields())
     return (f"{what}: {keys}. `taggnn config show PRESET` lists every key with its value in PRESET, its "
@@ -724,7 +666,6 @@ def _subparser(sub, name: str, help: str, *, epilog: Optional[str] = None, **kwa
 
 
 def _train_parser(sub, presets: str) -> None:
-    from .engine.config import RESUMABLE_KEYS, describe_keys
 
     p = _subparser(sub, "train", "train (and finally test) a model",
                    epilog=_keys_epilog() + f" With --resume only these may change: {describe_keys(RESUMABLE_KEYS)}.")
@@ -742,7 +683,6 @@ def _train_parser(sub, presets: str) -> None:
 
 
 def _eval_parser(sub, presets: str) -> None:
-    from .engine.config import EVAL_KEYS
 
     p = _subparser(sub, "eval", "Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint",
                    epilog=_keys_epilog(keys=EVAL_KEYS, what=_EVAL_KEYS_NOTE))
@@ -767,7 +707,6 @@ def _eval_parser(sub, presets: str) -> None:
 
 
 def _predict_parser(sub, presets: str) -> None:
-    from .engine.config import EVAL_KEYS
 
     p = _subparser(sub, "predict", "labels with probabilities for video files",
                    epilog=_keys_epilog(keys=EVAL_KEYS, what=_EVAL_KEYS_NOTE))
@@ -808,7 +747,6 @@ def _tsne_parser(sub, presets: str) -> None:
 
 
 def _features_parser(sub, presets: str) -> None:
-    from .engine.config import FEATURE_KEYS, describe_keys
 
     p = _subparser(sub, "features", "cache the backbone's token grids of every split for head-only training",
                    description="Writes <split>.pt files and their manifest info.json into --out. One folder "
@@ -849,7 +787,6 @@ def _export_parser(sub, presets: str) -> None:
 
 
 def _synth_parser(sub, presets: str) -> None:
-    from .data.synthgym import build_parser as synth_parser
 
     p = sub.add_parser("synth", help="SynthGym tools: write clips as mp4 + CSV",
                        description="Write SynthGym clips as mp4 files + a VideoCSV file.")
@@ -873,7 +810,6 @@ def _config_parser(sub, presets: str) -> None:
 
 
 def cmd_graph_draw(args) -> int:
-    from .graph import SpatioTemporalGraph
 
     T, H, W = args.grid
     graph = SpatioTemporalGraph(T, H, W, spatial=args.spatial, temporal=args.temporal, self_loops=args.self_loops)
@@ -909,9 +845,6 @@ def _graph_parser(sub, presets) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .engine.config import list_presets
-
     presets = ", ".join(list_presets())
     parser = _Parser(prog="taggnn", description=__doc__ + f"\nPresets (--config): {presets}\n",
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -964,20 +897,16 @@ def _study_parser(sub, presets) -> None:
 
 
 def _study_executor(args):
-    from .errors import ConfigError
-    from .study.executors import LocalExecutor, cpu_count
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.executor == "ray":
-        from .study.ray_executor import RayExecutor  # MissingExtraError names taggnn[ray] without ray
 
         return RayExecutor(address=args.address)
     if args.address is not None:
         raise ConfigError("--address applies to --executor ray only")
-    import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     workers = args.workers or gpus or cpu_count()
@@ -987,7 +916,6 @@ def _study_executor(args):
 
 
 def _print_records(records, metric: str) -> None:
-    from collections import OrderedDict
 
     rows = OrderedDict()
     for record in records:
@@ -1005,15 +933,11 @@ def _print_records(records, metric: str) -> None:
 
 def _write_study_report(study: Path, records, mde: Optional[float] = None) -> List[Path]:
     """Writes the study's report (``report.md``, ``report.json``, ``runs.csv``, ``forest.png``)."""
-    from .study.report import write_study_report
-    from .study.runner import read_study
 
     return write_study_report(records, read_study(study)["description"], study, mde=mde)
 
 
 def cmd_study_run(args) -> int:
-    from .study.runner import RECORDS_FILE, run_study
-    from .study.spec import load_spec
 
     spec = load_spec(args.spec)  # every row's config is checked before any run starts
     executor = _study_executor(args)
@@ -1034,7 +958,6 @@ def cmd_study_run(args) -> int:
 
 
 def cmd_study_status(args) -> int:
-    from .study.runner import spec_of_study, study_status
 
     records = study_status(Path(args.dir))
     if args.json:
@@ -1045,7 +968,6 @@ def cmd_study_status(args) -> int:
 
 
 def cmd_study_report(args) -> int:
-    from .study.runner import study_status
 
     records = study_status(Path(args.dir))
     written = _write_study_report(Path(args.dir), records, args.mde)
@@ -1069,7 +991,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return exit_.code  # a bad command line, reported in one line
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .errors import TaggnnError
 
     try:
         _check_set_values(getattr(args, "overrides", None) or [])

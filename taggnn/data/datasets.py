@@ -28,50 +28,22 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import AnnotationError, VideoError
+from ..errors import AnnotationError, ConfigError, VideoError
+from .clips import ClipBatch, SkippedClip, collate_clips  # noqa: F401  (re-exported)
 from .constants import ON_ERROR
-from .video import load_clip
+from .registry import register_dataset, video_options
+from .seeding import item_seed, seeded_draws
+from .video import load_clip, load_views
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
-
-
-
-
-class SkippedClip(NamedTuple):
-    """What a dataset with ``on_error="skip"`` returns for a clip it cannot read."""
-
-    path: str
-    cause: str
-
-
-class ClipBatch(NamedTuple):
-    """A collated batch: ``clips`` ``(B, ...)`` (``None`` when every clip was unreadable),
-    ``labels`` ``(B,)`` and the ``skipped`` paths that dropped out of it."""
-
-    clips: Optional[torch.Tensor]
-    labels: torch.Tensor
-    skipped: List[str]
-
-
-def collate_clips(samples: Sequence[Any]) -> ClipBatch:
-    """Collates ``(clip, label)`` samples, dropping :class:`SkippedClip` entries together
-    with their labels (a ``DataLoader`` ``collate_fn``)."""
-    from torch.utils.data import default_collate
-
-    kept = [s for s in samples if not isinstance(s, SkippedClip)]
-    skipped = [s.path for s in samples if isinstance(s, SkippedClip)]
-    if not kept:
-        return ClipBatch(None, torch.empty(0, dtype=torch.long), skipped)
-    clips, labels = default_collate(kept)
-    return ClipBatch(clips, labels, skipped)
 
 
 class VideoClipDataset(Dataset):
@@ -85,8 +57,9 @@ class VideoClipDataset(Dataset):
             or ``"linspace"`` (authors).
         transform (callable, optional): Applied to the uint8 ``(T, H, W, 3)`` clip.
         on_error (str): ``"raise"`` or ``"skip"``.
-        seed (int, optional): Makes ``"random"`` sampling reproducible per
-            (seed, index, epoch); see :meth:`set_epoch`.
+        seed (int, optional): Makes every random draw of an item (``"random"`` frame offsets,
+            the transform's crop and flip) a function of (seed, epoch, index); see
+            :meth:`set_epoch` and :mod:`taggnn.data.seeding`.
         decode_threads (int, optional): PyAV decoding threads per clip (0: FFmpeg's
             automatic choice). (default: ``0``)
         decoder (str, optional): ``"pyav"`` or ``"torchcodec"`` (see
@@ -155,9 +128,13 @@ class VideoClipDataset(Dataset):
     def _generator(self, index: int) -> Optional[torch.Generator]:
         if self.seed is None or self.sampling != "random":
             return None
-        generator = torch.Generator()
-        generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-        return generator
+        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether a wrapper must seed this dataset's draws (:class:`~taggnn.data.EpochSeeded`):
+        not when it was given ``seed``, as it then seeds its own (see :meth:`__getitem__`)."""
+        return self.seed is None
 
     def load(self, index: int) -> torch.Tensor:
         """The raw uint8 clip ``(T, H, W, 3)`` of sample ``index``."""
@@ -185,8 +162,6 @@ class VideoClipDataset(Dataset):
 
         The views are placed over the frames that decode, as single-view sampling does: a
         ``TotalFrames`` (or header) that over-counts resamples every view, with a warning."""
-        from .video import load_views
-
         def load(path: str) -> torch.Tensor:
             return load_views(path, self.num_frames, num_views, total_frames=self.frame_counts.get(path),
                               threads=self.decode_threads, decoder=self.decoder)
@@ -206,7 +181,17 @@ class VideoClipDataset(Dataset):
 
     def __getitem__(self, index: int):
         """``(clip, label)``; with ``on_error="skip"``, a :class:`SkippedClip` for an
-        unreadable clip (never another clip in its place)."""
+        unreadable clip (never another clip in its place).
+
+        With ``seed``, every random draw of the item (the frame offsets of ``"random"`` sampling,
+        the transform's crop and flip) is a function of (seed, epoch, index)
+        (:func:`~taggnn.data.seeding.seeded_draws`), and torch's random state is left as it was."""
+        if self.seed is None:
+            return self._item(index)
+        with seeded_draws(self.seed, self.epoch, index):
+            return self._item(index)
+
+    def _item(self, index: int):
         sample = self._read(index, lambda path: self.load(index))
         if isinstance(sample, SkippedClip) or self.transform is None:
             return sample
@@ -537,3 +522,61 @@ class VideoFolder(VideoClipDataset):
             raise FileNotFoundError(f"VideoFolder: no videos ({', '.join(extensions)}) under {root}/<class>/")
         self.source = root
         super().__init__(samples, classes, num_frames=num_frames, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# Registration: how a config builds each dataset and what it checks
+
+
+FINEGYM_CLASS_COUNTS = (99, 288)  # Gym99 and Gym288 (the annotation files gym99_* / gym288_*)
+FINEGYM_VERSIONS = ("v1.0", "v1.1")
+
+
+def _finegym_problems(config) -> List[str]:
+    d, problems = config.data, []
+    if d.num_classes not in FINEGYM_CLASS_COUNTS:
+        problems.append(f"data.num_classes={d.num_classes} does not fit FineGym: use 99 (Gym99) or 288 (Gym288)")
+    if d.version not in FINEGYM_VERSIONS:
+        problems.append(f"data.version={d.version!r} is not a FineGym split version ({', '.join(FINEGYM_VERSIONS)})")
+    for key in ("val_split", "test_split"):
+        if getattr(d, key) == "holdout" and d.holdout == 0:
+            problems.append(f"data.{key}='holdout' needs data.holdout > 0 (e.g. --set data.holdout=0.1)")
+    return problems
+
+
+def _build_finegym(config, split: str, *, train: bool, classes, transform) -> FineGym:
+    d = config.data
+    return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
+                   holdout_seed=d.seed, holdout_min_clips=d.holdout_min_clips, transform=transform,
+                   **video_options(config, train=train))
+
+
+def _build_haa500(config, split: str, *, train: bool, classes, transform) -> HAA500:
+    return HAA500(config.data.root, split, transform=transform, **video_options(config, train=train))
+
+
+def _build_csv(config, split: str, *, train: bool, classes, transform) -> VideoCSV:
+    d = config.data
+    options = video_options(config, train=train)
+    csv_path = {"train": d.train_csv, "val": d.val_csv, "test": d.test_csv}.get(split)
+    if csv_path is None:
+        raise ConfigError(f"data.{split}_csv must be set for dataset 'csv'")
+    return VideoCSV(csv_path, d.root, classes=classes, layout=d.csv_layout, transform=transform, **options)
+
+
+def _build_folder(config, split: str, *, train: bool, classes, transform) -> VideoFolder:
+    options = video_options(config, train=train)
+    return VideoFolder(os.path.join(config.data.root, split), classes=classes, transform=transform, **options)
+
+
+register_dataset("finegym", _build_finegym, check=_finegym_problems, splits=("train", "holdout", "val", "test"),
+                 feature_keys=("data.num_classes", "data.version", "data.holdout", "data.holdout_min_clips",
+                               "data.seed"),
+                 description="FineGym Gym99 / Gym288 element clips, official annotations (data.root)")
+register_dataset("haa500", _build_haa500, splits=tuple(HAA500_SPLITS),
+                 description="HAA500, root/video/<class>/<class>_<NNN>.mp4, official split (data.root)")
+register_dataset("csv", _build_csv, splits=("train", "val", "test"),
+                 feature_keys=("data.train_csv", "data.val_csv", "data.test_csv", "data.csv_layout"),
+                 description="clips listed in CSV files, the authors' format (data.*_csv, data.root)")
+register_dataset("folder", _build_folder, description="data.root/<split>/<class>/<video> trees")
+

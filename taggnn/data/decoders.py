@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, VideoError
+from .sampling import sample_indices
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,28 @@ def torchcodec_problem() -> Optional[str]:
     except (ImportError, OSError, RuntimeError) as error:
         return str(error).strip().splitlines()[0]
     return None
+
+
+def open_pyav(path: str):
+    """The PyAV container of the video at ``path``; raises a :class:`~taggnn.errors.VideoError`
+    that says what is wrong (missing, a folder, empty, not a video, no video stream)."""
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(path, "file does not exist")
+    if os.path.isdir(path):
+        raise VideoError(path, "is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "file is empty (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.FFmpegError as error:
+        raise VideoError(path, f"cannot be opened as a video ({error})") from error
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise VideoError(path, f"has no video stream (streams: {', '.join(kinds)})")
+    return container
 
 
 def check_decoder(name: str) -> None:
@@ -63,18 +86,16 @@ def load_clip_torchcodec(path: str, num_frames: int, *, sampling: str = "uniform
     Returns:
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
     """
-    from .video import _open, sample_indices
-
     check_decoder("torchcodec")
     from torchcodec.decoders import VideoDecoder
 
     path = str(path)
     if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        _open(path).close()  # raises the VideoError that says what is wrong with the path
+        open_pyav(path).close()  # raises the VideoError that says what is wrong with the path
     try:
         decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact", num_ffmpeg_threads=threads)
     except (RuntimeError, ValueError) as error:
-        _open(path).close()  # PyAV's diagnosis (no video stream, not a video) when it has one
+        open_pyav(path).close()  # PyAV's diagnosis (no video stream, not a video) when it has one
         raise VideoError(path, f"cannot be opened by torchcodec ({str(error).strip().splitlines()[-1]})") from error
     metadata = decoder.metadata
     decodable = int(metadata.num_frames_from_content or 0)

@@ -47,8 +47,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..utils import memory
+from .registry import register_dataset
+from .video import write_video
 
 logger = logging.getLogger(__name__)
 
@@ -402,19 +406,12 @@ def write_split(out: os.PathLike, split: str = "train", *, count: Optional[int] 
     anything else (files this function did not write) is refused, and so is a split already
     written there unless ``overwrite``, which first removes that split's previous clips and CSV.
     """
-    from .video import write_video
-
     out = Path(out)
     check_synth_folder(out, split, overwrite=overwrite)
     dataset = SynthGym(split, length=count, **options)
     (out / split).mkdir(parents=True, exist_ok=True)
     csv_path = out / f"{split}.csv"
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    indices = range(len(dataset))
-    iterator = tqdm(indices, desc=f"writing {split}", unit="clip") if tqdm else indices
+    iterator = tqdm(range(len(dataset)), desc=f"writing {split}", unit="clip")
     rows = []
     for index in iterator:
         name = f"{split}/{index:06d}.mp4"
@@ -508,6 +505,38 @@ def _number(kind: type, low: float, what: str = ""):
 CLASS_COUNTS = tuple(sum(len(GROUPS[g]) for g in GROUP_NAMES[: i + 1]) for i in range(len(GROUP_NAMES)))
 
 
+#: The shortest clip :class:`SynthGym` renders (it needs 4 frames to show a move).
+MIN_FRAMES = 4
+
+
+def _config_problems(config) -> List[str]:
+    d, problems = config.data, []
+    if d.num_classes not in CLASS_COUNTS:
+        problems.append(f"data.num_classes={d.num_classes} does not fit SynthGym, whose generator renders "
+                        f"{len(CLASS_COUNTS)} fixed groups of classes: use one of {', '.join(map(str, CLASS_COUNTS))}")
+    if d.num_frames < MIN_FRAMES:
+        problems.append(f"data.num_frames={d.num_frames} is too short for SynthGym (a move needs at least "
+                        f"{MIN_FRAMES} frames)")
+    return problems
+
+
+def _from_config(config, split: str, *, train: bool, classes, transform) -> SynthGym:
+    d = config.data
+    sizes = {"train": d.synth_train, "val": d.synth_val, "test": d.synth_test}
+    if split not in sizes:
+        raise ConfigError(f"SynthGym has splits {sorted(sizes)}, got {split!r}")
+    pretrain = d.synth_task == "pretrain"  # disjoint clips, coarse (group) labels
+    return SynthGym(f"pretrain_{split}" if pretrain else split, size=d.synth_size, num_classes=d.num_classes,
+                    seed=d.seed, length=sizes[split], long_tail=d.synth_long_tail,
+                    labels="coarse" if pretrain else "fine", num_frames=d.num_frames, transform=transform)
+
+
+register_dataset("synthgym", _from_config, check=_config_problems, splits=("train", "val", "test"),
+                 feature_keys=("data.num_classes", "data.synth_train", "data.synth_val", "data.synth_test",
+                               "data.synth_size", "data.synth_long_tail", "data.synth_task", "data.seed"),
+                 description="SynthGym, rendered on the fly: 4-16 fine-grained classes, no download")
+
+
 def build_parser(prog: str = "python -m taggnn.data.synthgym",
                  parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     """The ``write`` command's parser (also ``taggnn synth``, which passes its own sub-parser)."""
@@ -534,13 +563,12 @@ def build_parser(prog: str = "python -m taggnn.data.synthgym",
 def run(args: argparse.Namespace) -> None:
     """Runs a parsed ``write`` command (its values are checked by :func:`build_parser`'s types;
     a clip that would not fit in the machine's memory is refused here, with its size)."""
-    from ..engine.config import format_bytes, machine_memory
-
     clip_bytes = 4 * args.num_frames * args.size ** 2 * 3  # one clip as float32 while it is rendered
-    if clip_bytes > machine_memory():
+    available = memory.machine_memory()
+    if clip_bytes > available:
         raise ConfigError(f"one clip of --num-frames {args.num_frames} x --size {args.size} x {args.size} x 3 needs "
-                          f"at least {format_bytes(clip_bytes)} to render, more than the "
-                          f"{format_bytes(machine_memory())} of memory of this machine; lower --num-frames or --size")
+                          f"at least {memory.format_bytes(clip_bytes)} to render, more than the "
+                          f"{memory.format_bytes(available)} of memory of this machine; lower --num-frames or --size")
     write_split(args.out, args.split, count=args.count, fps=args.fps, num_frames=args.num_frames,
                 size=args.size, num_classes=args.num_classes, seed=args.seed, long_tail=args.long_tail,
                 overwrite=args.overwrite)

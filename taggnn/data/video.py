@@ -39,59 +39,16 @@ import torch
 from torch import Tensor
 
 from ..errors import TaggnnError, VideoError  # noqa: F401  (re-exported)
+from . import decoders
+from .decoders import open_pyav
+from .sampling import SAMPLINGS, sample_indices, view_indices  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-SAMPLINGS = ("uniform", "random", "linspace")
-
-
-
-
-def sample_indices(num_available: int, num_frames: int, sampling: str = "uniform", *,
-                   generator: Optional[torch.Generator] = None) -> List[int]:
-    """Frame indices to keep from a clip of ``num_available`` frames.
-
-    Returns ``num_frames`` non-decreasing indices in ``[0, num_available)``.
-    """
-    if num_available < 1:
-        raise ValueError(f"a clip needs at least one frame, got {num_available}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    n, T = num_available, num_frames
-    if sampling == "uniform":
-        return [min(n - 1, int((k + 0.5) * n / T)) for k in range(T)]
-    if sampling == "linspace":  # exactly the authors' torch.linspace(0, n - 1, T).long() (truncation)
-        return torch.linspace(0, n - 1, T).long().tolist()
-    offsets = torch.rand(T, generator=generator).tolist()
-    return [min(n - 1, int((k + u) * n / T)) for k, u in enumerate(offsets)]
-
-
-def _open(path: str):
-    import av
-
-    if not os.path.exists(path):
-        raise VideoError(path, "file does not exist")
-    if os.path.isdir(path):
-        raise VideoError(path, "is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(path, "file is empty (0 bytes)")
-    try:
-        container = av.open(path)
-    except av.FFmpegError as error:
-        raise VideoError(path, f"cannot be opened as a video ({error})") from error
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["none"]
-        container.close()
-        raise VideoError(path, f"has no video stream (streams: {', '.join(kinds)})")
-    return container
-
 
 def count_frames(path: Union[str, os.PathLike]) -> int:
     """Number of video frames, from the container header or by demuxing packets."""
     path = str(path)
-    container = _open(path)
+    container = open_pyav(path)
     try:
         stream = container.streams.video[0]
         if stream.frames and stream.frames > 0:
@@ -153,10 +110,8 @@ def load_clip(path: Union[str, os.PathLike], num_frames: int, *, sampling: str =
         A ``torch.uint8`` tensor of shape ``(T, H, W, 3)`` (RGB).
     """
     if decoder != "pyav":
-        from .decoders import check_decoder, load_clip_torchcodec
-
-        check_decoder(decoder)
-        return load_clip_torchcodec(path, num_frames, sampling=sampling, generator=generator, indices=indices,
+        decoders.check_decoder(decoder)
+        return decoders.load_clip_torchcodec(path, num_frames, sampling=sampling, generator=generator, indices=indices,
                                     total_frames=total_frames, threads=threads)
     if indices is not None:
         fixed = list(indices)
@@ -183,17 +138,13 @@ def load_views(path: Union[str, os.PathLike], num_frames: int, num_views: int, *
     Returns:
         A ``torch.uint8`` tensor of shape ``(num_views, T, H, W, 3)``.
     """
-    from .views import view_indices
-
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}")
     if decoder != "pyav":  # the views' frames in one call of the other decoder
-        from .decoders import check_decoder, load_clip_torchcodec
-
-        check_decoder(decoder)
+        decoders.check_decoder(decoder)
         total = int(total_frames) if total_frames else count_frames(path)
         indices = [i for view in range(num_views) for i in view_indices(total, num_frames, view, num_views)]
-        clip = load_clip_torchcodec(path, num_views * num_frames, indices=indices, total_frames=total,
+        clip = decoders.load_clip_torchcodec(path, num_views * num_frames, indices=indices, total_frames=total,
                                     threads=threads)
         return clip.view(num_views, num_frames, *clip.shape[1:])  # (V, T, H, W, 3)
 
@@ -216,7 +167,7 @@ def _load(path: str, choose: Callable[[int], List[int]], *, total_frames: Option
     """
     import av
 
-    container = _open(path)
+    container = open_pyav(path)
     try:
         stream = _video_stream(container, threads)
         convert = _FrameConverter(path, stream)
@@ -224,7 +175,7 @@ def _load(path: str, choose: Callable[[int], List[int]], *, total_frames: Option
         if total <= 0:
             total = _count_packets(path, container, stream)
             container.close()  # start again from the first frame (raw streams cannot seek back)
-            container = _open(path)
+            container = open_pyav(path)
             stream = _video_stream(container, threads)
         if total <= 0:
             raise VideoError(path, "has a video stream with no frames")
@@ -239,7 +190,7 @@ def _load(path: str, choose: Callable[[int], List[int]], *, total_frames: Option
             if frames is None:
                 if sparse:  # seeking failed part-way: decode again from the very first frame
                     container.close()
-                    container = _open(path)
+                    container = open_pyav(path)
                     stream = _video_stream(container, threads)
                 frames, decoded = _decode_sequentially(container, stream, wanted)
                 if decoded < total and max(wanted) >= decoded:
@@ -252,7 +203,7 @@ def _load(path: str, choose: Callable[[int], List[int]], *, total_frames: Option
                                    "on the %d decodable frames", path, total, decoded, what, decoded)
                     wanted = choose(decoded)
                     container.close()
-                    container = _open(path)
+                    container = open_pyav(path)
                     stream = _video_stream(container, threads)
                     frames, _ = _decode_sequentially(container, stream, wanted)
             frames = {index: convert(frames[index]) for index in sorted(frames)}  # RGB, in display order

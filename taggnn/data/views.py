@@ -22,17 +22,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from .clips import SkippedClip
 from .constants import CROP_COUNTS, RESIZE_RATIOS
+from .sampling import view_indices  # noqa: F401  (re-exported)
 from .transforms import ShortSideResize, ToClip, ToFrames, _normalization
-
-
-def view_indices(num_available: int, num_frames: int, view: int, num_views: int) -> List[int]:
-    """Frame indices of temporal view ``view`` of ``num_views`` (see the module docstring)."""
-    if not 0 <= view < num_views:
-        raise ValueError(f"view must be in [0, {num_views}), got {view}")
-    n, T = num_available, num_frames
-    offset = (view + 0.5) / num_views
-    return [min(n - 1, int((k + offset) * n / T)) for k in range(T)]
 
 
 class SpatialCrops(nn.Module):
@@ -107,8 +100,6 @@ class MultiViewClips(Dataset):
         return getattr(self.dataset, name)
 
     def __getitem__(self, index: int):
-        from .datasets import SkippedClip
-
         views: List[Tensor] = []
         sample = self.dataset.load_views(index, self.num_clips)
         if isinstance(sample, SkippedClip):

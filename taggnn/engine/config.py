@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import math
 import os
@@ -25,9 +26,20 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import yaml
 
-from ..errors import ConfigError  # noqa: E402  (re-exported)
+from ..data.constants import NORMALIZATIONS
+from ..data.decoders import check_decoder
+from ..data.registry import DATASET_NAMES, dataset_problems
+from ..errors import ConfigError, TaggnnError  # noqa: F401  (ConfigError re-exported)
+from ..models.backbones import build_backbone, list_backbones
+from ..models.tagnet import head_options
+from ..nn import TAGHead
+from ..nn.options import check_model_options
+from ..nn.refiner import PROPAGATIONS, conv_arguments, pyg_conv_class
+from ..utils.memory import MEMORY_CEILING, format_bytes, machine_memory  # noqa: F401  (re-exported)
+from .loggers import LOGGERS, check_loggers
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +77,7 @@ FRACTION = Range(0, 1, high_open=True)  # [0, 1)
 #: costs a pass over the graph, so a larger count only makes a run hang.
 MAX_PROPAGATION_STEPS = 1024
 
-DATASETS = ("synthgym", "finegym", "haa500", "csv", "folder")
+DATASETS = DATASET_NAMES  # the registered datasets (taggnn.data.registry), a live sequence
 SYNTH_TASKS = ("fine", "pretrain")
 SAMPLERS = ("random", "balanced", "sqrt")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -482,13 +494,9 @@ def validate(config: "Config") -> "Config":
     for key, choices in _choices().items():
         if flat[key] not in choices:
             problems.append(f"{key}={flat[key]!r} is not one of {', '.join(map(str, choices))}")
-    from .loggers import LOGGERS
-
     unknown_loggers = [name for name in config.train.loggers if name not in LOGGERS]
     if unknown_loggers:
         problems.append(f"train.loggers: {', '.join(map(repr, unknown_loggers))} is not one of {', '.join(LOGGERS)}")
-    from ..nn.options import check_model_options
-
     try:
         check_model_options(config.model)
     except ValueError as error:
@@ -500,7 +508,7 @@ def validate(config: "Config") -> "Config":
         problems.append(f"data.short_side={d.short_side} is smaller than data.crop_size={d.crop_size}")
     if not is_device_name(config.train.device):
         problems.append(f"train.device={config.train.device!r} is not a device ({DEVICE_NAMES})")
-    problems += _dataset_problems(config)
+    problems += dataset_problems(config)
     problems += _model_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -515,9 +523,6 @@ def check_installed(config: "Config") -> "Config":
     installed (a backend of ``train.loggers``, ``data.decoder=torchcodec``), naming the extra
     to install. :func:`load_config` calls it, before any work; ``Config.from_dict`` does not,
     so that a checkpoint stays loadable where its run's loggers are not installed."""
-    from ..data.decoders import check_decoder
-    from .loggers import check_loggers
-
     check_loggers(config.train.loggers)
     check_decoder(config.data.decoder)
     return config
@@ -534,56 +539,8 @@ def is_device_name(name: str) -> bool:
     return kind == "cuda" and index.isdigit()
 
 
-#: The shortest clip :class:`~taggnn.data.SynthGym` renders (it needs 4 frames to show a move).
-SYNTHGYM_MIN_FRAMES = 4
-FINEGYM_CLASS_COUNTS = (99, 288)  # Gym99 and Gym288 (the annotation files gym99_* / gym288_*)
-FINEGYM_VERSIONS = ("v1.0", "v1.1")
-
-
-def _dataset_problems(config: "Config") -> List[str]:
-    """The values that must fit the dataset: its class counts, clip length and split names.
-    Cached features (``data.features``) bring their own splits and classes."""
-    d = config.data
-    if d.features is not None:
-        return []
-    problems, splits = [], None
-    if d.dataset == "synthgym":
-        from ..data.synthgym import CLASS_COUNTS as counts
-        if d.num_classes not in counts:
-            problems.append(f"data.num_classes={d.num_classes} does not fit SynthGym, whose generator renders "
-                            f"{len(counts)} fixed groups of classes: use one of {', '.join(map(str, counts))}")
-        if d.num_frames < SYNTHGYM_MIN_FRAMES:
-            problems.append(f"data.num_frames={d.num_frames} is too short for SynthGym (a move needs at least "
-                            f"{SYNTHGYM_MIN_FRAMES} frames)")
-        splits = ("train", "val", "test")
-    elif d.dataset == "finegym":
-        if d.num_classes not in FINEGYM_CLASS_COUNTS:
-            problems.append(f"data.num_classes={d.num_classes} does not fit FineGym: use 99 (Gym99) or 288 (Gym288)")
-        if d.version not in FINEGYM_VERSIONS:
-            problems.append(f"data.version={d.version!r} is not a FineGym split version "
-                            f"({', '.join(FINEGYM_VERSIONS)})")
-        splits = ("train", "holdout", "val", "test")
-        for key in ("val_split", "test_split"):
-            if getattr(d, key) == "holdout" and d.holdout == 0:
-                problems.append(f"data.{key}='holdout' needs data.holdout > 0 (e.g. --set data.holdout=0.1)")
-    elif d.dataset == "haa500":
-        from ..data.datasets import HAA500_SPLITS
-
-        splits = tuple(HAA500_SPLITS)
-    elif d.dataset == "csv":
-        splits = ("train", "val", "test")
-    for key in ("val_split", "test_split"):
-        value = getattr(d, key)
-        if splits is not None and value not in splits:
-            problems.append(f"data.{key}={value!r} is not a split of {d.dataset} ({', '.join(splits)})")
-    return problems
-
-
 def _model_problems(config: "Config") -> List[str]:
     """The backbone's name and the arguments of a ``torch_geometric.nn`` convolution."""
-    from ..models.backbones import list_backbones
-    from ..nn.refiner import PROPAGATIONS, conv_arguments, pyg_conv_class
-
     m, problems = config.model, []
     if m.backbone not in list_backbones():
         problems.append(f"model.backbone={m.backbone!r} is not a registered backbone; choose one of "
@@ -612,8 +569,6 @@ def _input_channels(config: "Config") -> Optional[int]:
 
 
 def _features_info(folder: str) -> Optional[Dict[str, Any]]:
-    import json
-
     path = Path(folder) / "info.json"
     try:
         info = json.loads(path.read_text())
@@ -629,10 +584,6 @@ def _meta_backbone(name: str):
     """The backbone ``name`` built on the ``meta`` device (cached; None when a builder cannot
     run there). A missing optional package is a :class:`ConfigError`."""
     if name not in _META_BACKBONES:
-        import torch
-
-        from ..models.backbones import build_backbone
-
         try:
             with torch.random.fork_rng(devices=[]), torch.device("meta"):
                 _META_BACKBONES[name] = build_backbone(name)
@@ -661,27 +612,6 @@ def _token_grid(name: str, num_frames: int, crop_size: int) -> Union[Tuple[int, 
 def _backbone_channels(name: str) -> Optional[int]:
     backbone = _meta_backbone(name)
     return None if backbone is None else int(backbone.out_channels)
-
-
-def machine_memory() -> int:
-    """Bytes of physical memory of this machine: ``psutil`` when installed, else ``os.sysconf``,
-    else :data:`MEMORY_CEILING`."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except ImportError:
-        pass
-    import os
-
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
-        return MEMORY_CEILING
-
-
-#: The memory assumed where the machine's cannot be read (1 TiB).
-MEMORY_CEILING = 1 << 40
 
 
 def minimum_memory(config: "Config", channels: Optional[int]) -> Dict[str, int]:
@@ -717,14 +647,6 @@ def minimum_memory(config: "Config", channels: Optional[int]) -> Dict[str, int]:
     return parts
 
 
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if count < 1024 or unit == "PiB":
-            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
-        count /= 1024
-    return f"{count:.1f} PiB"  # pragma: no cover
-
-
 def check_memory(config: "Config", channels: Optional[int]) -> None:
     """Refuses a config whose run would allocate more than this machine has
     (:func:`minimum_memory` against :func:`machine_memory`), naming the sizes."""
@@ -743,8 +665,6 @@ def check_model_build(config: "Config") -> None:
     """Builds the model of ``config`` on the ``meta`` device (shapes only: no memory, no
     weights read, the global random state untouched) and turns any refusal of a value into a
     :class:`ConfigError` naming the keys. Cached per model configuration."""
-    import json
-
     d = config.data
     key = json.dumps([asdict(config.model), d.num_frames, d.crop_size, d.num_classes, d.features],
                      sort_keys=True, default=str)
@@ -755,12 +675,6 @@ def check_model_build(config: "Config") -> None:
 
 
 def _model_build_problem(config: "Config") -> Optional[str]:
-    import torch
-
-    from ..errors import TaggnnError
-    from ..models.tagnet import head_options
-    from ..nn import TAGHead
-
     m, d = config.model, config.data
     if d.features is None:
         backbone = _meta_backbone(m.backbone)
@@ -1074,8 +988,6 @@ def check_normalization(config: "Config") -> "Config":
     catalogue entry ``model.weights`` was trained with (unless ``data.keep_normalization``).
     :func:`load_config` calls it, before any work; ``Config.from_dict`` does not, so that a
     checkpoint of a run made before this check stays loadable."""
-    from ..data.constants import NORMALIZATIONS
-
     expected = weights_normalization(config)
     d = config.data
     if expected is None or d.keep_normalization:

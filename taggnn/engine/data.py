@@ -1,53 +1,21 @@
-"""Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`."""
+"""Datasets and loaders for a run, built from a :class:`~taggnn.engine.config.Config`: each dataset
+through its entry in the dataset registry (:mod:`taggnn.data.registry`), the config's transforms
+around it, and the test split's views."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import HAA500, FineGym, SynthGym, VideoCSV, VideoFolder, collate_clips, eval_transform, train_transform
-from ..errors import TaggnnError
+from ..data import VideoClipDataset, eval_transform, train_transform
+from ..data.clips import ClipLoader, WorkerFailure, clip_loader  # noqa: F401  (re-exported)
+from ..data.features import FeatureDataset
+from ..data.registry import dataset_info
+from ..data.seeding import EpochSeeded  # noqa: F401  (re-exported)
+from ..data.views import MultiCropTransform, MultiViewClips
 from .config import Config, ConfigError
 from .distributed import DistributedContext, ResumableSampler
-
-
-class EpochSeeded(Dataset):
-    """Makes every random draw of sample ``i`` in epoch ``e`` a function of (seed, e, i).
-
-    Transforms and random frame sampling then give the same clip whatever the number of
-    workers or processes, and a resumed run sees exactly the clips it would have seen.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        if not getattr(self.dataset, "stochastic", True):  # e.g. cached features: nothing to seed
-            return self.dataset[index]
-        # Seeds only torch's CPU generator (all a transform draws from) and restores it after:
-        # torch.manual_seed would also reseed every accelerator generator (the dropout streams
-        # of a num_workers=0 CUDA run) and, through fork_rng, costs ~50x more per sample.
-        state = torch.random.get_rng_state()
-        torch.random.default_generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-                                                   % (2**63))
-        try:
-            return self.dataset[index]
-        finally:
-            torch.random.set_rng_state(state)
-
-    def __getattr__(self, name):  # classes, samples, targets, ... of the wrapped dataset
-        if name in ("dataset", "seed", "epoch"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]] = None,
@@ -68,77 +36,46 @@ def build_dataset(config: Config, split: str, *, train: bool, classes: Optional[
                 f"split {split!r} of {config.data.dataset!r} has {len(found)} classes that do not match the "
                 f"{len(classes)} expected (training split or checkpoint)"
                 + (f"; first differences: {', '.join(differ)}" if differ else ""))
-    e, d = config.eval, config.data
-    if views and not train and (e.num_clips > 1 or e.num_crops > 1):
-        from ..data.views import MultiCropTransform, MultiViewClips
-
-        if not hasattr(dataset, "load_views"):
-            raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
-                              f"{' with data.features' if d.features else ''} has none")
-        transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                                       normalization=d.normalization, num_crops=e.num_crops)
-        dataset = MultiViewClips(dataset, transform, e.num_clips)
+    if views and not train:
+        dataset = with_test_views(dataset, config)
     return dataset
 
 
-def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]]) -> Dataset:
-    d = config.data
-    if d.features is not None:  # cached backbone features: the head trains alone
-        from .features import FeatureDataset
-
-        return FeatureDataset(d.features, split, config)
-    if train:
-        transform = train_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                                    normalization=d.normalization, flip=d.flip)
-    else:
-        transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
-                                   normalization=d.normalization)
-    sampling = d.train_sampling if train else d.sampling
-    common = dict(num_frames=d.num_frames, transform=transform)
-    if d.dataset == "synthgym":
-        sizes = {"train": d.synth_train, "val": d.synth_val, "test": d.synth_test}
-        if split not in sizes:
-            raise ConfigError(f"SynthGym has splits {sorted(sizes)}, got {split!r}")
-        pretrain = d.synth_task == "pretrain"  # disjoint clips, coarse (group) labels
-        return SynthGym(f"pretrain_{split}" if pretrain else split, size=d.synth_size, num_classes=d.num_classes,
-                        seed=d.seed, length=sizes[split], long_tail=d.synth_long_tail,
-                        labels="coarse" if pretrain else "fine", **common)
-    if d.root is None:
-        raise ConfigError(f"data.root must be set for dataset {d.dataset!r} (e.g. --set data.root=/data/...)")
-    video = dict(common, sampling=sampling, on_error=d.on_error, seed=config.train.seed,
-                 decode_threads=d.decode_threads, decoder=d.decoder)
-    if d.dataset == "finegym":
-        return FineGym(d.root, split, num_classes=d.num_classes, version=d.version, holdout=d.holdout,
-                       holdout_seed=d.seed, holdout_min_clips=d.holdout_min_clips, **video)
-    if d.dataset == "haa500":
-        return HAA500(d.root, split, **video)
-    if d.dataset == "csv":
-        csv_path = {"train": d.train_csv, "val": d.val_csv, "test": d.test_csv}.get(split)
-        if csv_path is None:
-            raise ConfigError(f"data.{split}_csv must be set for dataset 'csv'")
-        return VideoCSV(csv_path, d.root, classes=classes, layout=d.csv_layout, **video)
-    if d.dataset == "folder":
-        import os
-
-        return VideoFolder(os.path.join(d.root, split), classes=classes, **video)
-    raise ConfigError(f"unknown dataset {d.dataset!r}")  # pragma: no cover (validated by the config)
+def with_test_views(dataset: Dataset, config: Config) -> Dataset:
+    """``dataset`` (a test split) with ``eval.num_clips`` x ``eval.num_crops`` views per video
+    (:class:`~taggnn.data.views.MultiViewClips`: items ``(V, 3, T, S, S)``), or as it is for
+    a single view."""
+    e, d = config.eval, config.data
+    if e.num_clips == 1 and e.num_crops == 1:
+        return dataset
+    if not hasattr(dataset, "load_views"):
+        raise ConfigError(f"eval.num_clips / eval.num_crops need decoded videos; data.dataset={d.dataset!r}"
+                          f"{' with data.features' if d.features else ''} has none")
+    transform = MultiCropTransform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                   normalization=d.normalization, num_crops=e.num_crops)
+    return MultiViewClips(dataset, transform, e.num_clips)
 
 
-class WorkerFailure(NamedTuple):
-    """What a ``DataLoader`` worker returns in place of a batch when loading raised one of
-    taggnn's own errors (or an ``OSError``): the error itself, re-raised in the main process."""
+def video_files(config: Config, paths: Sequence[str], classes: Optional[Sequence[str]] = None) -> Dataset:
+    """The video files ``paths`` as a test dataset of ``config`` (``taggnn predict``): decoded,
+    sampled (``data.sampling``, ``data.decoder``) and transformed as a test split is, with
+    ``eval.num_clips`` x ``eval.num_crops`` views; item ``i`` is ``(views, 0)`` for video
+    ``i``, ``views`` of shape ``(V, 3, T, S, S)`` (``V = 1`` for a single view).
 
-    error: BaseException
-
-
-class _CatchErrors(Dataset):
-    """Returns a :class:`WorkerFailure` for a sample whose loading raised a user error.
-
-    PyTorch re-raises a worker's exception as a new one built from its formatted traceback
-    (a ``RuntimeError`` for errors whose constructor takes other arguments, such as
-    :class:`~taggnn.errors.VideoError`); passing the error back as data keeps its type and
-    its one-line message.
+    An unreadable video raises its :class:`~taggnn.errors.VideoError` when its item is read.
     """
+    d = config.data
+    transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                               normalization=d.normalization)
+    dataset = VideoClipDataset([(str(path), 0) for path in paths], list(classes or []), num_frames=d.num_frames,
+                               sampling=d.sampling, transform=transform, check_files=False,
+                               decode_threads=d.decode_threads, decoder=d.decoder)
+    views = with_test_views(dataset, config)
+    return views if views is not dataset else _SingleView(dataset)
+
+
+class _SingleView(Dataset):
+    """Items ``(clip, label)`` as one view: ``(1, 3, T, S, S)``."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -147,41 +84,21 @@ class _CatchErrors(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        try:
-            return self.dataset[index]
-        except (TaggnnError, OSError) as error:
-            return WorkerFailure(error)
-
-    def __getattr__(self, name):
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+        clip, label = self.dataset[index]
+        return clip.unsqueeze(0), label
 
 
-def _collate(samples):
-    failure = next((s for s in samples if isinstance(s, WorkerFailure)), None)
-    return failure if failure is not None else collate_clips(samples)
-
-
-class ClipLoader(DataLoader):
-    """A ``DataLoader`` whose workers' errors reach the caller as they were raised (type and
-    message), not as PyTorch's re-raised traceback text."""
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            if isinstance(batch, WorkerFailure):
-                raise batch.error
-            yield batch
-
-
-def clip_loader(dataset: Dataset, *, num_workers: int = 0, **kwargs) -> DataLoader:
-    """A ``DataLoader`` over ``dataset`` (collated by :func:`~taggnn.data.collate_clips`) whose
-    workers' errors reach the caller as they were raised: with ``num_workers > 0`` an unreadable
-    clip (``on_error="raise"``) stops the loop with its own :class:`~taggnn.errors.VideoError`,
-    one line, not PyTorch's re-raised worker traceback. ``kwargs`` go to ``DataLoader``."""
-    if num_workers > 0:
-        return ClipLoader(_CatchErrors(dataset), num_workers=num_workers, collate_fn=_collate, **kwargs)
-    return DataLoader(dataset, num_workers=0, collate_fn=collate_clips, **kwargs)
+def _build_dataset(config: Config, split: str, *, train: bool, classes: Optional[Sequence[str]]) -> Dataset:
+    d = config.data
+    if d.features is not None:  # cached backbone features: the head trains alone
+        return FeatureDataset(d.features, split, config)
+    if train:
+        transform = train_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                    normalization=d.normalization, flip=d.flip)
+    else:
+        transform = eval_transform(d.crop_size, short_side=d.short_side, style=d.transform_style,
+                                   normalization=d.normalization)
+    return dataset_info(d.dataset).build(config, split, train=train, classes=classes, transform=transform)
 
 
 def make_loader(dataset: Dataset, sampler: ResumableSampler, batch_size: int, config: Config,

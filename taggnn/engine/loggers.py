@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -301,8 +302,6 @@ class MlflowLogger(RunLogger):
             self.client.log_batch(self.run_id, params=items[start:start + self.BATCH])
 
     def _log(self, values: Dict[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)

@@ -25,7 +25,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
+from tqdm import tqdm
 
+from ..data.features import read_info
+from ..data.views import average_views
+from ..errors import CheckpointError, TrainingError  # noqa: F401  (re-exported)
 from ..models import build_model_from_config
 from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
 from ..models.tagnet import load_pretrained, record_config
@@ -43,9 +47,9 @@ from .distributed import (
     init_distributed,
     sample_weights,
 )
-from .features import read_info
 from .loggers import RunLog
 from .metrics import ClassificationMeter
+from .plots import save_confusion_matrix
 from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing_run_files: re-exported)
     LOCK_NAME,
     MANIFEST_NAME,
@@ -67,8 +71,6 @@ logger = logging.getLogger(__name__)
 #: (``resumable=True`` in their field's metadata, see :func:`taggnn.engine.config.option`).
 RESUMABLE_CHANGES = set(RESUMABLE_KEYS)
 
-
-from ..errors import CheckpointError, TrainingError  # noqa: E402  (re-exported)
 
 # ------------------------------------------------------------------ building blocks
 
@@ -181,8 +183,6 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
     Returns a :class:`ClassificationMeter` holding counts summed over all ranks (and the
     logits of this rank when ``collect_logits``).
     """
-    from tqdm import tqdm
-
     model = unwrap(model)
     was_training = model.training
     model.eval()
@@ -201,8 +201,6 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
             logits = model(clips.flatten(0, 1) if views else clips)
         if views:
-            from ..data.views import average_views
-
             logits = average_views(logits.view(clips.size(0), clips.size(1), -1), cfg.eval.average)
         meter.update(logits.float(), labels)
         if collect_logits:
@@ -248,8 +246,6 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
         writer.writeheader()
         writer.writerows(meter.per_class_rows(names))
     try:
-        from .plots import save_confusion_matrix
-
         save_confusion_matrix(meter.confusion, names, out / f"confusion_{tag}.png", title=f"{tag}")
     except ImportError:
         logger.info("matplotlib not installed: no confusion-matrix PNG")
@@ -593,8 +589,6 @@ class Trainer:
     def train_epoch(self, log: RunLog) -> bool:
         """Trains until the end of the current epoch; returns False when ``train.max_steps``
         stopped it."""
-        from tqdm import tqdm
-
         config, t, context = self.config, self.config.train, self.context
         self.train_set.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, start=self.batches_done * t.batch_size)

@@ -32,6 +32,7 @@ objects.
 from __future__ import annotations
 
 import operator
+import os
 import threading
 import warnings
 from dataclasses import dataclass
@@ -98,8 +99,6 @@ def _memory_limit() -> int:
     if MAX_EDGE_BYTES is not None:
         return MAX_EDGE_BYTES
     try:
-        import os
-
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):  # pragma: no cover (non-POSIX)
         return 8 << 30

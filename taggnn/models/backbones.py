@@ -10,6 +10,7 @@ Registry: :func:`build_backbone`, :func:`list_backbones`.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -389,8 +390,6 @@ for _name, _hub, _file, _frames, _crop, _desc in [
 
 def list_backbones(*, available_only: bool = False) -> List[str]:
     """Registered backbone names (``available_only``: those whose optional package imports)."""
-    import importlib.util
-
     names = sorted(_REGISTRY)
     if available_only:
         names = [n for n in names if _REGISTRY[n].requires is None

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..data.constants import NORMALIZATIONS, RESIZE_RATIOS
 from ..errors import CheckpointError, ConfigError, MissingExtraError
+from ..utils.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +187,6 @@ def make_config(*, model_type: str, num_classes: int, architecture: Mapping[str,
                 training_config: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The ``config.json`` of a shared model (see the module's table); raises
     :class:`~taggnn.errors.ConfigError` if a value cannot be written as JSON."""
-    from .. import __version__
-
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
     if class_names is not None and len(class_names) != num_classes:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -187,8 +188,6 @@ TRAINING_DICT_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_sta
 def _numpy_scalar_globals() -> list:
     """What ``weights_only`` loading needs to rebuild a numpy scalar (their ``best_val_acc`` may
     be one): numpy's scalar constructor and dtype classes, nothing that runs code."""
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core
     dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
     return [core.multiarray.scalar, np.dtype, *dtypes]

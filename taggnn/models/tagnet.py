@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..data.features import read_info
 from ..errors import CheckpointError, ConfigError
 from ..nn import TAGHead
 from . import hub
@@ -240,8 +241,6 @@ def build_model_from_config(config: Any, num_classes: int, *, load_weights: bool
     """
     m, d = config.model, config.data
     if d.features is not None:  # the head alone, on cached features
-        from ..engine.features import read_info
-
         info = read_info(d.features)
         return HeadOnly(TAGHead(info["channels"], num_classes, tuple(info["grid"]), **head_options(m)))
     model = build_model(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .head import POST_GRAPH
+from .readout import readout_names
+from .refiner import ACTIVATIONS, check_refiner_options
+
 
 def check_model_options(model: Any) -> None:
     """Raises ``ValueError`` naming the key and the valid choices for a bad propagation,
     back-end or graph-stage option of a ``ModelConfig``-like object."""
-    from .head import POST_GRAPH
-    from .readout import readout_names
-    from .refiner import ACTIVATIONS, check_refiner_options
-
     check_refiner_options(model.propagation, model.backend, model.edge_weights, key_prefix="model.")
     for key, value, choices in (("readout", model.readout, readout_names()),
                                 ("post_graph", model.post_graph, POST_GRAPH),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn.resolver import aggregation_resolver
 
@@ -96,8 +97,6 @@ READOUTS = readout_names()  # the built-in readouts; readout_names() is the live
 
 
 def _tracing() -> bool:
-    import torch
-
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 

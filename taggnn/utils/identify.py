@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 from typing import Optional, Union
+
+import yaml
 
 __all__ = ["describe_file"]
 
@@ -20,8 +23,6 @@ def describe_file(path: Union[str, os.PathLike], error: Optional[BaseException] 
     model, a ``torch.export`` program, an ONNX model, a YAML or JSON file, other text, an empty
     file. For a file that may be one, ``None``; given ``error`` (what ``torch.load`` raised on it),
     what that error says about it (pickled Python objects, unknown bytes) instead of ``None``."""
-    import zipfile
-
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(4096)
@@ -60,8 +61,6 @@ def describe_file(path: Union[str, os.PathLike], error: Optional[BaseException] 
 
 def _describe_text(path: Path, head: bytes) -> str:
     """A text file: YAML (a taggnn config?), JSON, or other text."""
-    import yaml
-
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError:

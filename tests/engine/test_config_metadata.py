@@ -280,3 +280,12 @@ def test_the_docs_table_is_current():
 
     docs = Path(__file__).resolve().parents[2] / "docs" / "config-keys.md"
     assert docs.read_text() == docs_table(), "regenerate it: taggnn config table > docs/config-keys.md"
+
+
+def test_feature_flags_of_the_config_agree_with_the_dataset_registry():
+    """The features folder checks the registry's keys (taggnn.data cannot read the config's
+    metadata); both must name the same settings, or a cache would be reused across a change."""
+    from taggnn.data.registry import feature_keys
+    from taggnn.engine.config import FEATURE_KEYS
+
+    assert sorted(FEATURE_KEYS) == sorted(feature_keys())

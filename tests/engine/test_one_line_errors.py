@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import taggnn.engine.config as config_module
+import taggnn.utils.memory as memory_module
 from taggnn.cli import main
 from taggnn.engine import load_config
 from taggnn.errors import ConfigError
@@ -25,6 +26,7 @@ GIB = 1 << 30
 def machine_with_64_gib(monkeypatch):
     """Memory checks compare against a fixed machine, so that they do not depend on this one."""
     monkeypatch.setattr(config_module, "machine_memory", lambda: 64 * GIB, raising=False)
+    monkeypatch.setattr(memory_module, "machine_memory", lambda: 64 * GIB)  # what taggnn synth write reads
 
 
 def one_line_error(capsys, command: str) -> str:
