@@ -43,14 +43,10 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 
 from ..errors import ConfigError, GraphTooLargeError
+from . import draw as _draw
 from . import families as fam
-
-IF_FC = 0  #: edge type of the spatial family (IF-FC in the paper's graph)
-TAT = 1  #: edge type of the temporal family (TAT in the paper's graph)
-SELF_LOOP = 2
-DYNAMIC = 3  #: edge type of the dynamic (kNN on features) family
-CUSTOM = 4  #: user-defined edge type ``j`` is stored as ``CUSTOM + j``
-SPATIAL, TEMPORAL = IF_FC, TAT
+from . import hetero as _hetero
+from .families import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, SPATIAL, TAT, TEMPORAL  # noqa: F401  (re-exported)
 
 INTRA_MODES = ("full", "none")  # the paper's two spatial choices; see families.SPATIAL_FAMILIES for all
 TEMPORAL_MODES = ("aligned", "none")
@@ -667,28 +663,20 @@ class SpatioTemporalGraph:
     def hetero(self, x: Optional[Tensor] = None):
         """One clip as a :class:`~torch_geometric.data.HeteroData`, one relation per family
         (see :mod:`taggnn.graph.hetero`)."""
-        from .hetero import to_hetero_data
-
-        return to_hetero_data(self, x)
+        return _hetero.to_hetero_data(self, x)
 
     def hetero_batch(self, x: Tensor) -> Batch:
         """Clips ``(B, N, C)`` as a heterogeneous :class:`Batch` for ``to_hetero`` / ``HeteroConv`` models."""
-        from .hetero import hetero_batch
-
-        return hetero_batch(self, x)
+        return _hetero.hetero_batch(self, x)
 
     def metadata(self):
         """``(node_types, edge_types)`` of :meth:`hetero`, for :func:`torch_geometric.nn.to_hetero`."""
-        from .hetero import metadata
-
-        return metadata(self)
+        return _hetero.metadata(self)
 
     def draw(self, path=None, **kwargs):
         """Draws the frames side by side with edges coloured by family (see :func:`taggnn.graph.draw.draw`);
         needs matplotlib (the ``plot`` extra)."""
-        from .draw import draw
-
-        return draw(self, path, **kwargs)
+        return _draw.draw(self, path, **kwargs)
 
     # -------------------------------------------------------------- batching
     def batched_edges(self, batch_size: int, device: DeviceLike = None) -> Tuple[Tensor, Tensor]:

@@ -7,13 +7,16 @@ one node's neighbourhood, every other node a grey dot. matplotlib (the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, MissingExtraError
-from .builder import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, TAT, SpatioTemporalGraph
+from .families import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, TAT
+
+if TYPE_CHECKING:
+    from .builder import SpatioTemporalGraph
 
 COLOURS = {IF_FC: "tab:blue", TAT: "tab:orange", SELF_LOOP: "tab:gray", DYNAMIC: "tab:green"}
 CUSTOM_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red")

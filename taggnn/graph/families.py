@@ -41,6 +41,13 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
+IF_FC = 0  #: edge type of the spatial family (IF-FC in the paper's graph)
+TAT = 1  #: edge type of the temporal family (TAT in the paper's graph)
+SELF_LOOP = 2
+DYNAMIC = 3  #: edge type of the dynamic (kNN on features) family
+CUSTOM = 4  #: user-defined edge type ``j`` is stored as ``CUSTOM + j``
+SPATIAL, TEMPORAL = IF_FC, TAT
+
 SPATIAL_FAMILIES = ("full", "grid4", "grid8", "radius:r", "radius:r:chebyshev", "none")
 TEMPORAL_FAMILIES = ("aligned", "window:k", "window:k:d", "cube:r", "full", "none")
 DYNAMIC_FAMILIES = ("knn:k", "none")

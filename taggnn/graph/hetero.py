@@ -9,12 +9,15 @@ one relation per family of the graph, named ``"spatial"``, ``"temporal"``,
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from torch import Tensor
 from torch_geometric.data import Batch, HeteroData
 
-from .builder import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, TAT, SpatioTemporalGraph
+from .families import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, TAT
+
+if TYPE_CHECKING:
+    from .builder import SpatioTemporalGraph
 
 NODE_TYPE = "token"
 _RELATIONS = {IF_FC: "spatial", TAT: "temporal", SELF_LOOP: "self_loop", DYNAMIC: "dynamic"}
