@@ -491,20 +491,23 @@ def cmd_profile(args) -> int:
     p, m = result["params"], result["macs"]
     print(f"{config.model.backbone} + TAG-Head, clip {d.num_frames}x{d.crop_size}x{d.crop_size}, "
           f"token grid {'x'.join(map(str, result['grid']))}")
-    print(f"{'part':<28}{'params':>14}{'GMACs':>10}{'ms/clip':>10}")
+    print(f"{'part':<32}{'params':>14}{'GMACs':>10}{'ms/clip':>10}")
     latency = result.get("latency_ms", {})
+    head_parts = [("projection", "projection"), ("positional table", "positional_table"),
+                  ("transformer", "transformer"), ("graph refinement", "graph_refinement"),
+                  ("post-graph FFN", "post_graph"), ("readout", "readout"), ("other", "other")]
+    always = ("positional_table", "transformer", "graph_refinement")  # the paper's Table 5 rows
     for part, params, macs, ms in [
         ("backbone", p["backbone"], m["backbone"], latency.get("backbone")),
-        ("positional table", p["positional_table"], None, None),
-        ("transformer", p["transformer"], None, None),
-        ("graph refinement", p["graph_refinement"], None, None),
+        # the parts of other head options (projection, post-graph FFN, readout) when they hold parameters
+        *[(label, p.get(key, 0), None, None) for label, key in head_parts if key in always or p.get(key)],
         ("classifier", p["classifier"], None, None),
-        ("head (all of the above)", p["head_without_classifier"] + p["classifier"], m["head"], latency.get("head")),
+        ("head (all of the above)", p["total"] - p["backbone"], m["head"], latency.get("head")),
         ("total", p["total"], m["total"], latency.get("total")),
         ("head w/o classifier (Table 5)", p["head_without_classifier"], None, None),
-        ("total w/o classifier (Table 5)", p["backbone"] + p["head_without_classifier"], None, None),
+        ("total w/o classifier (Table 5)", p["total_without_classifier"], None, None),
     ]:
-        print(f"{part:<28}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
+        print(f"{part:<32}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
               f"{'' if ms is None else f'{ms:.1f}':>10}")
     if args.json:
         with atomic_output(args.json, overwrite=args.overwrite) as staged:
