@@ -642,7 +642,11 @@ def cmd_export(args) -> int:
     result = export_model(model, example, out, args.format, overwrite=args.overwrite)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
-    print(f"wrote {out} ({args.format}, input {tuple(example.shape)}); {check}")
+    beside = [Path(name).name for name in result["files"][1:]]  # e.g. an ONNX model's weights over 2 GB
+    names = result["metadata"].get("class_names")
+    print(f"wrote {out}" + (f" and {', '.join(beside)} (its weights, to keep beside it)" if beside else "")
+          + f" ({args.format}, input {tuple(example.shape)}); {check}; metadata: "
+          + (f"{len(names)} class names, " if names else "no class names, ") + "preprocessing")
     return 0
 
 
