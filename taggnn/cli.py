@@ -547,7 +547,7 @@ def cmd_tsne(args) -> int:
                 clip, label = sample
                 features = model.forward_backbone(clip.unsqueeze(0).to(device))
                 backbone_features.append(features.mean(dim=(2, 3, 4)).cpu())  # transfer-learning view
-                head_features.append(model.head.forward_features(features).cpu())
+                head_features.append(model.head.forward_pooled(features).cpu())
                 split_labels.append(label)
         labels = np.array(split_labels)
         tag = Path(path).parent.name if len(args.checkpoint) > 1 else ""
