@@ -464,20 +464,23 @@ def cmd_profile(args) -> int:
     p, m = result["params"], result["macs"]
     print(f"{config.model.backbone} + TAG-Head, clip {d.num_frames}x{d.crop_size}x{d.crop_size}, "
           f"token grid {'x'.join(map(str, result['grid']))}")
-    print(f"{'part':<28}{'params':>14}{'GMACs':>10}{'ms/clip':>10}")
+    print(f"{'part':<32}{'params':>14}{'GMACs':>10}{'ms/clip':>10}")
     latency = result.get("latency_ms", {})
+    head_parts = [("projection", "projection"), ("positional table", "positional_table"),
+                  ("transformer", "transformer"), ("graph refinement", "graph_refinement"),
+                  ("post-graph FFN", "post_graph"), ("readout", "readout"), ("other", "other")]
+    always = ("positional_table", "transformer", "graph_refinement")  # the paper's Table 5 rows
     for part, params, macs, ms in [
         ("backbone", p["backbone"], m["backbone"], latency.get("backbone")),
-        ("positional table", p["positional_table"], None, None),
-        ("transformer", p["transformer"], None, None),
-        ("graph refinement", p["graph_refinement"], None, None),
+        # the parts of other head options (projection, post-graph FFN, readout) when they hold parameters
+        *[(label, p.get(key, 0), None, None) for label, key in head_parts if key in always or p.get(key)],
         ("classifier", p["classifier"], None, None),
-        ("head (all of the above)", p["head_without_classifier"] + p["classifier"], m["head"], latency.get("head")),
+        ("head (all of the above)", p["total"] - p["backbone"], m["head"], latency.get("head")),
         ("total", p["total"], m["total"], latency.get("total")),
         ("head w/o classifier (Table 5)", p["head_without_classifier"], None, None),
-        ("total w/o classifier (Table 5)", p["backbone"] + p["head_without_classifier"], None, None),
+        ("total w/o classifier (Table 5)", p["total_without_classifier"], None, None),
     ]:
-        print(f"{part:<28}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
+        print(f"{part:<32}{params:>14,}{'' if macs is None else f'{macs / 1e9:.2f}':>10}"
               f"{'' if ms is None else f'{ms:.1f}':>10}")
     if args.json:
         with atomic_output(args.json, overwrite=args.overwrite) as staged:
@@ -507,7 +510,7 @@ def cmd_tsne(args) -> int:
                 clip, label = sample
                 features = model.forward_backbone(clip.unsqueeze(0).to(device))
                 backbone_features.append(features.mean(dim=(2, 3, 4)).cpu())  # transfer-learning view
-                head_features.append(model.head.forward_features(features).cpu())
+                head_features.append(model.head.forward_pooled(features).cpu())
                 split_labels.append(label)
         labels = np.array(split_labels)
         tag = Path(path).parent.name if len(args.checkpoint) > 1 else ""
@@ -586,7 +589,11 @@ def cmd_export(args) -> int:
     result = export_model(model, example, out, args.format, overwrite=args.overwrite)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
-    print(f"wrote {out} ({args.format}, input {tuple(example.shape)}); {check}")
+    beside = [Path(name).name for name in result["files"][1:]]  # e.g. an ONNX model's weights over 2 GB
+    names = result["metadata"].get("class_names")
+    print(f"wrote {out}" + (f" and {', '.join(beside)} (its weights, to keep beside it)" if beside else "")
+          + f" ({args.format}, input {tuple(example.shape)}); {check}; metadata: "
+          + (f"{len(names)} class names, " if names else "no class names, ") + "preprocessing")
     return 0
 
 

@@ -40,7 +40,7 @@ def _is_linear_stage(head: TAGHead) -> bool:
 
 def pooled_token_weights(head: TAGHead) -> Tensor:
     r"""The exact weights :math:`w \in \mathbb{R}^N` with
-    ``head.forward_features(f) == sum_n w[n] * head.encode(f)[:, n]``.
+    ``head.forward_pooled(f) == sum_n w[n] * head.encode(f)[:, n]``.
 
     Computed from the operator (:math:`w = \frac{1}{N} P^\top \mathbb{1}` for the linear
     graph stage :math:`P`, including a LayerScale gate :math:`(1-\gamma) I + \gamma P`
@@ -122,8 +122,8 @@ def graph_sensitivity(head: TAGHead, features: Tensor) -> Dict[str, object]:
     Returns:
         ``{"per_clip": (B,) tensor, "mean": float, "max": float}``.
     """
-    with_graph = head.forward_features(features)
+    with_graph = head.forward_pooled(features)
     with _without_graph(head):
-        without = head.forward_features(features)
+        without = head.forward_pooled(features)
     per_clip = (with_graph - without).norm(dim=1) / without.norm(dim=1).clamp_min(1e-12)
     return {"per_clip": per_clip, "mean": float(per_clip.mean()), "max": float(per_clip.max())}

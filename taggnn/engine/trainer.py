@@ -1,4 +1,4 @@
-"""Training and evaluation loops: the paper's recipe, checkpoints, exact resume, AMP, DDP.
+"""Training loop: the paper's recipe, checkpoints, exact resume, AMP, DDP.
 
 :func:`train` runs a whole job described by a :class:`~taggnn.engine.config.Config`:
 Adam (or AdamW/SGD) with per-step cosine annealing and optional linear warm-up,
@@ -7,49 +7,82 @@ precision on CUDA. Model selection uses the validation split only; the test spli
 evaluated once, at the end, with the best validation checkpoint. Every epoch (and every
 ``checkpoint_every_steps`` steps) ``last.pt`` is written atomically; ``--resume`` continues
 exactly where it stopped, mid-epoch included.
+
+The parts of a run live in their own modules, and every name is also importable from here:
+
+================================  ==============================================================
+:mod:`~taggnn.engine.optimization`  device, autocast, parameter groups, optimiser, schedule
+:mod:`~taggnn.engine.evaluation`    :func:`evaluate`, :func:`write_evaluation`
+:mod:`~taggnn.engine.health`        the blow-up rule (:func:`checkpoint_problem`) and its advice
+:mod:`~taggnn.engine.resume`        :func:`resume_config`: the config a resumed run continues with
+:mod:`~taggnn.engine.loading`       :func:`load_trained`, :func:`trained_config`
+:mod:`~taggnn.engine.runfolder`     the run folder's lock, manifest and checks
+:mod:`~taggnn.engine.checkpoint`    atomic checkpoints with the RNG states
+================================  ==============================================================
+
+:func:`train` leaves the process as it found it (the global random number generators, PyTorch's
+deterministic-algorithms switch and cuDNN's benchmark switch), so that many runs can be trained
+one after another in one process (e.g. a study of short head-only runs) with the results of
+separate processes.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
 from tqdm import tqdm
 
-from ..data.features import read_info
-from ..data.views import average_views
 from ..errors import CheckpointError, TrainingError  # noqa: F401  (re-exported)
 from ..models import build_model_from_config
-from ..models.hub import is_pretrained_source, read_config, resolve_pretrained
-from ..models.tagnet import load_pretrained, record_config
 from ..utils.outputs import write_atomic
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import RESUMABLE_KEYS, Config, ConfigError, apply_override, flatten, load_config, set_value, validate
-from .data import EpochSeeded, build_dataset, class_names, eval_sampler, make_loader
+from .config import RESUMABLE_KEYS, Config, ConfigError, flatten
+from .data import EpochSeeded, build_dataset, class_names, make_loader
 from .distributed import (
-    DistributedContext,
     ResumableSampler,
-    all_reduce_sum,
     barrier,
     broadcast_flag,
     class_weights,
     init_distributed,
     sample_weights,
 )
+from .evaluation import evaluate, unwrap, write_evaluation  # noqa: F401  (re-exported)
+from .health import (  # noqa: F401  (re-exported)
+    BLOWUP_LOSS_FACTOR,
+    HEALTH_RULE,
+    MAX_HEALTHY_WEIGHT,
+    cannot_continue_message,
+    checkpoint_problem,
+    diverged_message,
+    loss_limit,
+    non_finite_parameters,
+)
+from .loading import _recorded_metrics, _shared_model_config, load_trained, trained_config  # noqa: F401  (re-exported)
 from .loggers import RunLog
-from .metrics import ClassificationMeter
-from .plots import save_confusion_matrix
+from .optimization import (  # noqa: F401  (re-exported)
+    autocast_dtype,
+    build_optimizer,
+    build_scheduler,
+    eval_autocast_dtype,
+    fused_optimizer_supported,
+    parameter_groups,
+    resolve_device,
+)
+from .resume import check_resume_config, resume_config  # noqa: F401  (re-exported)
 from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing_run_files: re-exported)
     LOCK_NAME,
     MANIFEST_NAME,
@@ -65,6 +98,24 @@ from .runfolder import (  # noqa: F401  (LOCK_NAME, RUN_FILES, RunLock, existing
     write_text_atomic,
 )
 
+__all__ = [
+    "RESUMABLE_CHANGES", "Trainer", "train", "run_outputs", "config_inputs",
+    # optimisation
+    "resolve_device", "autocast_dtype", "eval_autocast_dtype", "parameter_groups", "fused_optimizer_supported",
+    "build_optimizer", "build_scheduler",
+    # evaluation
+    "unwrap", "evaluate", "write_evaluation",
+    # the blow-up rule
+    "MAX_HEALTHY_WEIGHT", "BLOWUP_LOSS_FACTOR", "HEALTH_RULE", "non_finite_parameters", "loss_limit",
+    "checkpoint_problem",
+    # resume
+    "resume_config", "check_resume_config",
+    # trained models
+    "trained_config", "load_trained",
+    # run folders and errors
+    "LOCK_NAME", "MANIFEST_NAME", "RUN_FILES", "RunLock", "existing_run_files", "CheckpointError", "TrainingError",
+]
+
 logger = logging.getLogger(__name__)
 
 #: Keys that may change between a run and its resumption without changing what is computed
@@ -72,294 +123,6 @@ logger = logging.getLogger(__name__)
 RESUMABLE_CHANGES = set(RESUMABLE_KEYS)
 
 
-# ------------------------------------------------------------------ building blocks
-
-
-def resolve_device(name: str, context: DistributedContext) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device is {name!r} but this machine has {torch.cuda.device_count()} CUDA "
-                              f"device(s) (cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
-        if device.index is None:
-            device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
-def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    if amp == "off" or device.type != "cuda":
-        return None  # mixed precision is off on CPU
-    if amp == "fp16":
-        return torch.float16
-    return torch.bfloat16  # "auto" and "bf16"
-
-
-def parameter_groups(config: Config, model: nn.Module) -> List[Dict[str, Any]]:
-    """Trainable parameters in groups: backbone vs head (``optim.backbone_lr_mult``), and with
-    ``optim.no_decay_norm_bias`` the parameters that take no weight decay (timm's convention:
-    biases, normalisation weights, every 1-D parameter, plus the positional table and anything a
-    module lists in ``no_weight_decay()``)."""
-    o = config.optim
-    skip = set()
-    for module_name, module in model.named_modules():
-        if hasattr(module, "no_weight_decay"):
-            skip |= {f"{module_name}.{n}" if module_name else n for n in module.no_weight_decay()}
-    groups: Dict[Tuple[bool, bool], List[nn.Parameter]] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        in_backbone = name.startswith("backbone.")
-        no_decay = o.no_decay_norm_bias and (parameter.ndim <= 1 or name.endswith(".bias") or name in skip)
-        groups.setdefault((in_backbone, no_decay), []).append(parameter)
-    return [{"params": params, "lr": o.lr * (o.backbone_lr_mult if in_backbone else 1.0),
-             "weight_decay": 0.0 if no_decay else o.weight_decay, "name": f"{'backbone' if in_backbone else 'head'}"
-             f"{', no decay' if no_decay else ''}"}
-            for (in_backbone, no_decay), params in sorted(groups.items())]
-
-
-def fused_optimizer_supported(groups: List[Dict[str, Any]]) -> bool:
-    """Whether PyTorch's fused Adam/AdamW kernel takes these parameters (floating point, on
-    CPU or CUDA): one kernel per step instead of ~10 small ops per tensor, 3x faster on a
-    TAG-Head's ~30 tensors on CPU; the update is the same algorithm (to float rounding)."""
-    params = [p for group in groups for p in group["params"]]
-    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-
-
-def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = config.optim
-    groups = parameter_groups(config, model)
-    if o.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
-        return cls(groups, lr=o.lr, weight_decay=o.weight_decay, fused=fused_optimizer_supported(groups) or None)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def build_scheduler(config: Config, optimizer, steps_per_epoch: int):
-    """Linear warm-up, then cosine annealing to ``min_lr`` (or constant); the schedule moves every
-    optimiser step (``optim.schedule_unit=step``) or once per epoch (``epoch``, the authors'
-    ``CosineAnnealingLR(T_max=epochs)``)."""
-    o = config.optim
-    total = max(1, config.train.epochs * steps_per_epoch)
-    warmup = int(round(o.warmup_epochs * steps_per_epoch))
-    floor = o.min_lr / o.lr if o.lr > 0 else 0.0
-
-    if o.schedule_unit == "epoch":  # CosineAnnealingLR(T_max=epochs) stepped once per epoch
-        total, warmup = max(1, config.train.epochs), int(round(o.warmup_epochs))
-
-    def factor(step: int) -> float:
-        if o.schedule_unit == "epoch":
-            step = step // steps_per_epoch
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if o.scheduler == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def eval_autocast_dtype(config: Config, device: torch.device) -> Optional[torch.dtype]:
-    """Evaluation runs in float32 unless ``train.eval_amp`` asks for autocast."""
-    mode = config.train.eval_amp
-    return autocast_dtype(config.train.amp if mode == "train" else mode, device)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device, num_classes: int,
-             context: DistributedContext = DistributedContext(), amp_dtype: Optional[torch.dtype] = None,
-             config: Optional[Config] = None, progress: bool = True, collect_logits: bool = False):
-    """Runs ``model`` over ``dataset`` (sharded across ranks without padding).
-
-    Returns a :class:`ClassificationMeter` holding counts summed over all ranks (and the
-    logits of this rank when ``collect_logits``).
-    """
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    meter = ClassificationMeter(num_classes)
-    sampler = eval_sampler(dataset, context)
-    cfg = config or Config()
-    loader = make_loader(dataset, sampler, batch_size, cfg, device)
-    logits_all, skipped = [], []
-    iterator = tqdm(loader, desc="eval", unit="batch", leave=False, disable=not (progress and context.is_main))
-    for clips, labels, batch_skipped in iterator:
-        skipped += batch_skipped
-        if clips is None:
-            continue
-        clips = clips.to(device, non_blocking=True)
-        views = clips.dim() == 6  # (B, V, 3, T, H, W): multi-view testing
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = model(clips.flatten(0, 1) if views else clips)
-        if views:
-            logits = average_views(logits.view(clips.size(0), clips.size(1), -1), cfg.eval.average)
-        meter.update(logits.float(), labels)
-        if collect_logits:
-            logits_all.append(logits.float().cpu())
-    confusion = all_reduce_sum(meter.confusion, context)
-    hits = all_reduce_sum(meter.topk_hits, context)
-    if context.enabled:  # unreadable clips of every rank
-        gathered: List[Any] = [None] * context.world_size
-        torch.distributed.all_gather_object(gathered, skipped)
-        skipped = [path for part in gathered for path in part]
-    meter.reset()
-    meter.merge_(confusion, hits)
-    meter.skipped = skipped
-    if skipped and context.is_main:
-        logger.warning("evaluation: %d unreadable clips were skipped and not scored (first: %s)", len(skipped),
-                       ", ".join(skipped[:3]))
-    model.train(was_training)
-    if collect_logits:
-        return meter, torch.cat(logits_all) if logits_all else torch.empty(0, num_classes)
-    return meter
-
-
-def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: Optional[List[str]],
-                     mca: str, extra: Optional[Dict[str, Any]] = None, *, tag: Optional[str] = None) -> Dict[str, Any]:
-    """metrics_<tag>.json, per_class_<tag>.csv, skipped_<tag>.txt (the unreadable clips, if any) and
-    (with matplotlib) confusion_<tag>.png; ``tag`` defaults to the split's name.
-
-    ``count`` in the metrics is the number of clips scored, ``skipped`` the number that could
-    not be read (and were not scored).
-    """
-    tag = tag or split
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = meter.compute(mca)
-    metrics["mca_present"] = meter.mean_class_accuracy("present")
-    metrics["mca_union"] = meter.mean_class_accuracy("union")
-    metrics["split"] = split
-    metrics.update(extra or {})
-    (out / f"metrics_{tag}.json").write_text(json.dumps(metrics, indent=2))
-    if meter.skipped:
-        (out / f"skipped_{tag}.txt").write_text("\n".join(meter.skipped) + "\n")
-    with open(out / f"per_class_{tag}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy"])
-        writer.writeheader()
-        writer.writerows(meter.per_class_rows(names))
-    try:
-        save_confusion_matrix(meter.confusion, names, out / f"confusion_{tag}.png", title=f"{tag}")
-    except ImportError:
-        logger.info("matplotlib not installed: no confusion-matrix PNG")
-    return metrics
-
-
-# ------------------------------------------------------------------------- train
-
-
-
-def _check_resume_config(saved: Config, current: Config, path: Path) -> None:
-    differences = [line for line in saved.diff(current) if line.split(":")[0] not in RESUMABLE_CHANGES]
-    if differences:
-        raise ConfigError(
-            f"{path} was written by another config; these values differ (checkpoint -> now): "
-            + "; ".join(differences) + ". Resume with the checkpoint's config or start a new run.")
-
-
-def resume_config(checkpoint_path: Path, *, config: Optional[str] = None, overrides: Sequence[str] = (),
-                  rerun_options: str = "") -> Config:
-    """The config a resumed run continues with: the one saved in the checkpoint, changed only in
-    the keys of :data:`RESUMABLE_CHANGES`. ``train.max_steps`` limits one invocation: it is not
-    taken from the checkpoint (the resumed run goes on to ``train.epochs``) unless given again.
-
-    Args:
-        checkpoint_path: The checkpoint ``--resume`` continues.
-        config: A preset or YAML file given explicitly (``--config``); its values of
-            resumable keys are taken.
-        overrides: ``key=value`` items (``--set``).
-        rerun_options: Options to repeat in the suggested command (e.g. ``" --out B"``).
-
-    Raises:
-        ConfigError: A key that cannot change on resume is given a value other than the
-            checkpoint's (the message names each such key and a command that resumes).
-    """
-    path = Path(checkpoint_path)
-    saved = Config.from_dict(load_checkpoint(path)["config"], source=str(path))
-    if config is not None:
-        given, source = load_config(config, overrides), f"--config {config}" + (" with --set" if overrides else "")
-    else:
-        given, source = Config.from_dict(saved.to_dict(), source=str(path)), "--set"
-        for item in overrides:  # read as every --set is
-            apply_override(given, item, source="--set")
-        validate(given)
-    ours, theirs = flatten(saved.to_dict()), flatten(given.to_dict())
-    changed = [key for key in sorted(ours) if ours[key] != theirs.get(key)]
-    fixed = [key for key in changed if key not in RESUMABLE_CHANGES]
-    if fixed:
-        keep = [item for item in overrides if item.split("=", 1)[0].strip() in RESUMABLE_CHANGES]
-        command = (f"taggnn train --resume {_quote(path)}" + "".join(f" --set {_quote(item)}" for item in keep)
-                   + rerun_options)
-        raise ConfigError(
-            f"--resume {path} continues with the config saved in the checkpoint; {source} gives other values of "
-            f"keys that cannot change on resume: "
-            + "; ".join(f"{key}: {ours[key]!r} -> {theirs.get(key)!r}" for key in fixed)
-            + f". Resume without them: {command} (keys that may change on resume: "
-            f"{', '.join(sorted(RESUMABLE_CHANGES))}), or start a new run")
-    resumed = Config.from_dict(saved.to_dict(), source=str(path))
-    for key in changed:
-        set_value(resumed, key, theirs[key], source=source)
-        logger.info("resuming with %s = %r (the checkpoint has %r)", key, theirs[key], ours[key])
-    given_keys = {item.split("=", 1)[0].strip() for item in overrides}
-    if config is None and "train.max_steps" not in given_keys:
-        resumed.train.max_steps = None  # a limit of one invocation: the resumed run goes on to train.epochs
-    return validate(resumed)
-
-
-def non_finite_parameters(state: Dict[str, Any]) -> List[str]:
-    """Names of the floating-point tensors of a state dict holding NaN or infinity."""
-    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-
-
-#: The blow-up rule. A checkpoint can continue a run when (1) every weight is finite, (2) no
-#: parameter's magnitude exceeds ``MAX_HEALTHY_WEIGHT`` and (3) the mean training loss of the steps
-#: since the previous checkpoint is finite and at most ``BLOWUP_LOSS_FACTOR`` times the loss of a
-#: uniform guess, ln(number of classes). A run is stopped at the first checkpoint that breaks it
-#: (``last.pt`` keeps the previous one), and ``--resume`` refuses such a checkpoint.
-MAX_HEALTHY_WEIGHT = 1e4
-BLOWUP_LOSS_FACTOR = 10.0
-HEALTH_RULE = (f"finite weights, every |w| <= {MAX_HEALTHY_WEIGHT:g} and a training loss of at most "
-               f"{BLOWUP_LOSS_FACTOR:g} x ln(classes)")
-
-
-def loss_limit(num_classes: int) -> float:
-    """The highest mean training loss of a checkpoint that can continue a run (the blow-up rule)."""
-    return BLOWUP_LOSS_FACTOR * math.log(max(num_classes, 2))
-
-
-def _readable(value: float) -> str:
-    """``value`` with one decimal (``2395.1``), or in scientific notation when very large."""
-    return f"{value:.1f}" if abs(value) < 1e6 else f"{value:.3g}"
-
-
-def checkpoint_problem(state: Dict[str, Any], parameter_names: Iterable[str], loss: Optional[float],
-                       num_classes: int) -> Optional[str]:
-    """Why weights ``state`` (with the mean training ``loss`` before them, if known) cannot
-    continue a run under the blow-up rule (:data:`MAX_HEALTHY_WEIGHT`), or ``None`` when they can.
-
-    Only the model's parameters (``parameter_names``) count towards the magnitude limit, not
-    buffers such as BatchNorm's running variance.
-    """
-    bad = non_finite_parameters(state)
-    if bad:
-        return f"{len(bad)} weight tensors hold NaN or infinity (first: {', '.join(bad[:3])})"
-    largest = max((float(state[k].detach().abs().max()) for k in parameter_names
-                   if k in state and torch.is_tensor(state[k]) and state[k].is_floating_point() and state[k].numel()),
-                  default=0.0)
-    if largest > MAX_HEALTHY_WEIGHT:
-        return f"the weights exploded (max |w| = {largest:.3g} > {MAX_HEALTHY_WEIGHT:g})"
-    limit = loss_limit(num_classes)
-    if loss is not None and not loss <= limit:  # also NaN
-        return (f"the mean training loss {_readable(loss)} since the previous checkpoint exceeds the blow-up limit "
-                f"{BLOWUP_LOSS_FACTOR:g} x ln({num_classes} classes) = {limit:.1f}")
-    return None
 
 
 class Trainer:
@@ -452,7 +215,7 @@ class Trainer:
         path = Path(path)
         checkpoint = load_checkpoint(path)
         saved = Config.from_dict(checkpoint["config"], source=str(path))
-        _check_resume_config(saved, self.config, path)
+        check_resume_config(saved, self.config, path)
         problem = checkpoint_problem(checkpoint["model"], self._parameter_names(), checkpoint.get("train_loss"),
                                      self.num_classes)
         if problem:
@@ -485,45 +248,9 @@ class Trainer:
     def _parameter_names(self) -> List[str]:
         return [name for name, _ in self.model.named_parameters()]
 
-    def _lower_lr(self) -> str:
-        return f"{self.config.optim.lr / 10:g}"
-
-    def _start_over(self, folder: Path) -> str:
-        """A command that starts the run in ``folder`` over with a 10x lower learning rate in a new
-        folder beside it (its config.yaml, an input, is never a file the new run writes), when the
-        folder has the run's config.yaml and manifest; else the advice in words."""
-        if (folder / "config.yaml").is_file() and read_manifest(folder) is not None:
-            lower = self._lower_lr()
-            return (f"start over with a 10x lower learning rate: taggnn train --config "
-                    f"{_quote(folder / 'config.yaml')} --out {_quote(folder.parent / f'{folder.name}_lr{lower}')} "
-                    f"--set optim.lr={lower}")
-        return f"start a new run with a lower optim.lr (e.g. {self._lower_lr()})"
-
     def _cannot_continue(self, path: Path, problem: str) -> str:
-        """The refusal of a checkpoint that cannot continue a run, naming the newest checkpoint of
-        its folder that can."""
-        candidates = []
-        for name in ("last.pt", "best.pt"):
-            other = path.parent / name
-            if not other.is_file() or other.resolve() == path.resolve():
-                continue
-            try:
-                checkpoint = load_checkpoint(other)
-            except (CheckpointError, OSError):
-                continue
-            if checkpoint_problem(checkpoint["model"], self._parameter_names(), checkpoint.get("train_loss"),
-                                  self.num_classes) is None:
-                candidates.append((int(checkpoint.get("step", 0)), other))
-        if candidates:
-            step, other = max(candidates, key=lambda item: item[0])
-            into = "" if other.parent.resolve() == self.out.resolve() else f" --out {_quote(self.out)}"
-            if into and read_manifest(self.out):
-                into += " --overwrite"
-            advice = (f"{other} (step {step}) can; continue it with a 10x lower learning rate: taggnn train --resume "
-                      f"{_quote(other)}{into} --set optim.lr={self._lower_lr()}")
-        else:
-            advice = f"no other checkpoint in {path.parent} can; {self._start_over(path.parent)}"
-        return f"{path} cannot continue the run: {problem} (a checkpoint that can has {HEALTH_RULE}); {advice}"
+        return cannot_continue_message(path, problem, out=self.out, parameter_names=self._parameter_names(),
+                                       num_classes=self.num_classes, lr=self.config.optim.lr)
 
     def _broadcast_best_state(self, best_path: Path) -> Optional[Dict[str, torch.Tensor]]:
         """The best weights so far, read by the main rank and sent to the others."""
@@ -573,17 +300,7 @@ class Trainer:
         self.loss_sum, self.loss_count = 0.0, 0
 
     def _diverged(self, what: str) -> str:
-        """The message of a run that diverged: the last checkpoint that can continue it and a
-        command that continues it with a 10x lower learning rate (or starts over with one)."""
-        if self.last_good is None:
-            kept = f"no checkpoint was written before it; {self._start_over(self.out)}"
-        else:
-            good, path = self.last_good, Path(self.last_good["path"])
-            into = "" if path.parent.resolve() == self.out.resolve() else f" --out {_quote(self.out)} --overwrite"
-            kept = (f"kept the last good checkpoint {path} from step {good['step']} (epoch {good['epoch'] + 1}, "
-                    f"batch {good['batches_done']}), the last one with {HEALTH_RULE}; continue it with a 10x lower "
-                    f"learning rate: taggnn train --resume {_quote(path)}{into} --set optim.lr={self._lower_lr()}")
-        return f"{what}; {kept} (or set optim.grad_clip, or check the data)"
+        return diverged_message(what, out=self.out, last_good=self.last_good, lr=self.config.optim.lr)
 
     # ------------------------------------------------------------- epoch
     def train_epoch(self, log: RunLog) -> bool:
@@ -804,8 +521,45 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
         overwrite: Remove the files that ``out``'s manifest lists first (never an input of the
             run: ``inputs``, the files its config names, the resumed checkpoint).
         inputs: Further files the command reads (e.g. its ``--config`` file).
+
+    Returns:
+        The summary written to ``summary.json``: ``epochs_done``, ``steps``, ``best`` (the best
+        validation epoch), ``history`` (a record per epoch), ``test`` (the final test's metrics,
+        absent when ``train.max_steps`` stopped the run first), ...
+
+    The process is left as it was found: the global random number generators (Python's,
+    NumPy's, PyTorch's), PyTorch's deterministic-algorithms switch and cuDNN's benchmark switch
+    are restored on return, so that runs trained one after another in one process give the
+    results of separate processes.
     """
-    out = Path(out)
+    with _process_state_kept():
+        return _train(config, Path(out), resume=resume, progress=progress, overwrite=overwrite, inputs=inputs)
+
+
+@contextlib.contextmanager
+def _process_state_kept() -> Iterator[None]:
+    """Restores on exit the process-wide state a run changes: the random number generators
+    (CUDA's only when CUDA was initialised before: reading them would initialise it),
+    ``torch.use_deterministic_algorithms`` and ``torch.backends.cudnn.benchmark``."""
+    python, numpy, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(torch_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _train(config: Config, out: Path, *, resume: Optional[Path], progress: bool, overwrite: bool,
+           inputs: Iterable[Path]) -> Dict[str, Any]:
     resume = Path(resume) if resume is not None else None
     trainer = Trainer(config, out, progress=progress)
     trainer.load_weights = resume is None
@@ -883,86 +637,3 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
             out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
     return summary
-
-
-def trained_config(source: Path) -> Config:
-    """The config a taggnn checkpoint or a shared model (see :func:`load_trained`) was trained with."""
-    if is_pretrained_source(source):
-        return _shared_model_config(read_config(resolve_pretrained(source)), source)
-    checkpoint = load_checkpoint(source)
-    return Config.from_dict(checkpoint["config"], source=str(source))
-
-
-def _shared_model_config(shared: Dict[str, Any], source) -> Config:
-    """A shared model's training config, or (a model saved without one) the defaults with its
-    preprocessing, backbone and number of classes."""
-    if shared.get("training_config"):
-        return Config.from_dict(shared["training_config"], source=f"{source} (config.json)")
-    pre = shared.get("preprocessing") or {}
-    data = {key: pre[key] for key in ("num_frames", "crop_size", "short_side", "transform_style", "normalization",
-                                      "sampling") if pre.get(key) is not None}
-    values: Dict[str, Any] = {"data": dict(data, num_classes=shared["num_classes"])}
-    if shared["architecture"].get("backbone"):
-        values["model"] = {"backbone": shared["architecture"]["backbone"]}
-    return Config.from_dict(values, source=f"{source} (config.json, no training config)")
-
-
-def _recorded_metrics(checkpoint_path: Path, checkpoint: Dict[str, Any], config: Config) -> Dict[str, Any]:
-    """The validation score of a checkpoint and, when the run's final test evaluated this very file,
-    its test metrics."""
-    metrics: Dict[str, Any] = {}
-    best = checkpoint.get("best") or {}
-    if best.get("epoch", -1) >= 0:
-        metrics[config.data.val_split] = {key: best[key] for key in ("top1", "mca", "epoch") if key in best}
-    test_file = Path(checkpoint_path).parent / f"metrics_{config.data.test_split}.json"
-    if test_file.is_file():
-        try:
-            test = json.loads(test_file.read_text())
-        except ValueError:
-            test = {}
-        if Path(str(test.get("checkpoint", ""))).name == Path(checkpoint_path).name:
-            metrics[config.data.test_split] = {key: test[key] for key in (
-                "top1", "top5", "mca", "mca_present", "mca_union", "count") if key in test}
-    return metrics
-
-
-def load_trained(checkpoint_path: Path, device: torch.device, overrides: Optional[Config] = None):
-    """Model (eval mode), config and class names from a taggnn checkpoint or a shared model.
-
-    A shared model is a folder written by ``taggnn export --format safetensors`` (or
-    ``save_pretrained``), its ``model.safetensors``, or a Hub id ``owner/name``
-    (:func:`taggnn.models.load_pretrained`); its ``config.json`` gives the config and classes.
-    The checkpoint holds every weight: ``model.weights`` is never read again (the file may
-    have moved, or be a URL). Non-finite weights are refused. The returned model records its
-    config, classes and known metrics, so that ``save_pretrained`` can share it.
-    """
-    if is_pretrained_source(checkpoint_path):
-        model = load_pretrained(checkpoint_path)
-        bad = non_finite_parameters(model.state_dict())
-        if bad:
-            raise CheckpointError(f"{checkpoint_path}: {len(bad)} weight tensors hold NaN or infinity "
-                                  f"(first: {', '.join(bad[:3])}); this model cannot give meaningful scores")
-        config = overrides or _shared_model_config(model.pretrained_metadata, checkpoint_path)
-        return model.to(device).eval(), config, model.pretrained_metadata.get("class_names")
-    checkpoint = load_checkpoint(checkpoint_path)
-    bad = non_finite_parameters(checkpoint["model"])
-    if bad:
-        raise CheckpointError(f"{checkpoint_path}: {len(bad)} weight tensors hold NaN or infinity "
-                              f"(first: {', '.join(bad[:3])}); this model cannot give meaningful scores")
-    config = overrides or Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
-    model = build_model_from_config(config, checkpoint["num_classes"], load_weights=False)
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        saved = Config.from_dict(checkpoint["config"], source=str(checkpoint_path))
-        raise ConfigError(f"{checkpoint_path} does not fit this config; differences (checkpoint -> now): "
-                          + "; ".join(saved.diff(config)) + f" ({error})") from error
-    features = None
-    if config.data.features is not None:
-        try:
-            features = read_info(config.data.features)
-        except FileNotFoundError:
-            features = None
-    record_config(model, config, class_names=checkpoint.get("classes"),
-                  metrics=_recorded_metrics(checkpoint_path, checkpoint, config), features=features)
-    return model.to(device).eval(), config, checkpoint.get("classes")

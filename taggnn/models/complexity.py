@@ -27,21 +27,49 @@ def _numel(module: Optional[nn.Module]) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def parameter_breakdown(model: TAGNet) -> Dict[str, int]:
-    """Parameters per part: backbone, positional table, Transformer, graph, classifier."""
-    head = model.head
-    parts = {
-        "backbone": _numel(model.backbone),
-        "projection": _numel(head.proj),
-        "positional_table": _numel(head.pos_embed),
-        "transformer": _numel(head.transformer),
-        "graph_refinement": _numel(head.refiner),
-        "classifier": _numel(head.classifier) + _numel(head.norm),
-    }
-    parts["head_without_classifier"] = (parts["projection"] + parts["positional_table"] + parts["transformer"]
-                                        + parts["graph_refinement"])
+#: The part of :func:`parameter_breakdown` each of a head's attributes counts towards. A LayerScale
+#: gamma counts with the part it scales (``pos_gamma``: the positional table, ``graph_gamma``: the
+#: graph stage); the classifier includes the optional pre-classifier LayerNorm.
+HEAD_PARTS = {
+    "proj": "projection",
+    "pos_embed": "positional_table",
+    "pos_gamma": "positional_table",
+    "transformer": "transformer",
+    "graph": "graph_refinement",
+    "refiner": "graph_refinement",
+    "graph_gamma": "graph_refinement",
+    "post_graph": "post_graph",
+    "readout": "readout",
+    "norm": "classifier",
+    "classifier": "classifier",
+}
+#: The parts of the head before the classifier (the paper's Table 5 counts these as the head).
+HEAD_BODY = ("projection", "positional_table", "transformer", "graph_refinement", "post_graph", "readout")
+
+
+def parameter_breakdown(model: nn.Module) -> Dict[str, int]:
+    """Parameters per part: backbone, projection, positional table, Transformer, graph stage,
+    post-graph FFN, readout and classifier; ``total`` is the model's parameter count.
+
+    Every parameter counts exactly once (shared ones included), so the parts add up to
+    ``sum(p.numel() for p in model.parameters())`` for every head option. A parameter of the
+    head that no part names (a module this function does not know yet) is counted in
+    ``other``, which is present only then.
+
+    Args:
+        model: A :class:`~taggnn.models.TAGNet` or a head-only model (no backbone: ``backbone`` is 0).
+    """
+    parts = dict.fromkeys(("backbone",) + HEAD_BODY + ("classifier",), 0)
+    for name, parameter in model.named_parameters():
+        owner, _, rest = name.partition(".")
+        if owner == "head":
+            part = HEAD_PARTS.get(rest.partition(".")[0], "other")
+        else:
+            part = "backbone" if owner == "backbone" else "other"
+        parts[part] = parts.get(part, 0) + parameter.numel()
+    parts["head_without_classifier"] = sum(parts[part] for part in HEAD_BODY)
     # The paper's Table 5 leaves the classifier out of its 69.90M total.
-    parts["total_without_classifier"] = parts["backbone"] + parts["head_without_classifier"]
+    parts["total_without_classifier"] = parts["backbone"] + parts["head_without_classifier"] + parts.get("other", 0)
     parts["total"] = parts["total_without_classifier"] + parts["classifier"]
     return parts
 

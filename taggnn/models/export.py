@@ -26,13 +26,30 @@ float rounding, tested against PyG's APPNP); ``edge_index`` stays as it is for T
 input shape is fixed at export (batch, frames and crop given at export time); a model trained on
 another clip length is adapted first with ``TAGHead.set_grid`` (the positional table is
 interpolated). Every export is loaded back and compared with the eager model on the same input.
+
+Metadata: every export carries what a user of the file needs besides the weights, under the key
+``taggnn`` (:func:`export_metadata`, read back with :func:`read_export_metadata`): the class names,
+the number of classes, the input shape and the preprocessing (``num_frames``, ``crop_size``,
+``short_side``, ``sampling``, ``normalization``, ``mean``, ``std``, ...). ONNX stores it in the
+model's ``metadata_props`` (``onnxruntime``: ``session.get_modelmeta().custom_metadata_map``),
+TorchScript and ``torch.export`` as the extra file ``taggnn.json`` (``torch.jit.load(path,
+_extra_files={"taggnn.json": ""})``, ``torch.export.load(path, extra_files=...)``), and
+safetensors in ``config.json``.
+
+ONNX: the model is one ``.onnx`` file when its weights fit in ONNX's 2 GB protobuf limit; a larger
+one keeps its weights in ``<name>.onnx.data`` beside it, which the result (``files``) names. The
+exporter's progress messages and its INFO logging are silenced unless the ``taggnn`` logger is at
+DEBUG level (``taggnn -v``).
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +63,12 @@ logger = logging.getLogger(__name__)
 #: Suffix of each format's default file name (``<checkpoint stem><suffix>``); safetensors
 #: writes a folder named after the checkpoint's stem.
 FORMATS = {"torchscript": ".torchscript.pt", "exported-program": ".pt2", "onnx": ".onnx", "safetensors": ""}
+
+#: The name of the metadata: an ONNX ``metadata_props`` key, a TorchScript / ``torch.export`` extra file.
+METADATA_KEY = "taggnn"
+METADATA_FILE = "taggnn.json"
+#: ONNX keeps a model in one file up to protobuf's 2 GB; the weights above this size go to ``<name>.onnx.data``.
+ONNX_SINGLE_FILE_LIMIT = 1_800_000_000
 
 
 def default_export_path(checkpoint: Union[str, Path], fmt: str) -> Path:
@@ -67,16 +90,43 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
+def export_metadata(model: nn.Module, example: Tensor) -> Dict[str, Any]:
+    """What an export of ``model`` for inputs shaped like ``example`` carries besides its weights:
+    ``class_names`` (``None`` when the model records none), ``num_classes``, ``input_shape``,
+    ``input`` / ``output`` names and ``preprocessing`` (clip length and crop size of this export,
+    frame sampling, resize, normalisation with its ``mean`` and ``std``), from the model's
+    ``pretrained_metadata`` (recorded by :func:`~taggnn.models.tagnet.record_config`, e.g. by
+    :func:`~taggnn.engine.trainer.load_trained`)."""
+    from .. import __version__
+    from .hub import preprocessing_info
+
+    meta = dict(getattr(model, "pretrained_metadata", None) or {})
+    preprocessing = dict(meta.get("preprocessing") or {})
+    if hasattr(model, "backbone") and example.dim() == 5:  # a clip (B, 3, T, H, W): this export's clip size
+        frames, height, width = example.shape[2:]
+        if not preprocessing:
+            preprocessing = preprocessing_info(num_frames=frames, crop_size=height)
+        preprocessing["num_frames"] = int(frames)
+        preprocessing["crop_size"] = int(height) if height == width else [int(height), int(width)]
+    return {"format_version": 1, "taggnn_version": __version__, "class_names": meta.get("class_names"),
+            "num_classes": getattr(model, "num_classes", None), "input_shape": list(example.shape),
+            "input": "clip", "output": "logits", "dataset": meta.get("dataset"), "preprocessing": preprocessing}
+
+
 @torch.no_grad()
 def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, atol: float = 1e-4,
-                 overwrite: bool = True) -> Dict[str, object]:
+                 overwrite: bool = True, metadata: Optional[Mapping[str, Any]] = None) -> Dict[str, object]:
     """Writes ``model`` in format ``fmt``, loads it back and compares it with the eager model on
-    ``example``; returns ``{"path", "format", "max_abs_diff", "verified"}``. Raises ``ValueError``
+    ``example``; returns ``{"path", "files", "format", "max_abs_diff", "verified", "metadata"}``
+    (``files``: every file written, e.g. an ONNX model's ``.data`` file). Raises ``ValueError``
     when the difference exceeds ``atol``; then nothing is written at ``path``.
 
     The export is staged in a temporary folder next to ``path`` and moved to ``path`` (with an
-    ONNX model's external ``.data`` file, when the exporter writes one) only once checked. With
+    ONNX model's external ``.data`` file, when its weights need one) only once checked. With
     ``overwrite=False`` an existing file at the destination is refused.
+
+    Args:
+        metadata: Stored in the export (see the module's notes); default :func:`export_metadata`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -85,40 +135,92 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
             require(module, extra="export", feature="exporting to ONNX")
     model = (model if fmt == "safetensors" else exportable(model)).eval()  # safetensors keeps any back-end
     path = Path(path)
+    metadata = dict(metadata if metadata is not None else export_metadata(model, example))
     expected = model(example)
     with atomic_output(path, overwrite=overwrite) as staged:
-        actual = _write_and_reload(model, example, staged, fmt)
+        actual = _write_and_reload(model, example, staged, fmt, metadata)
+        files = [path] + ([path.with_name(path.name + ".data")]
+                          if fmt == "onnx" and staged.with_name(staged.name + ".data").exists() else [])
         if actual is not None:
             difference = float((actual.to(expected) - expected).abs().max())
             if difference > atol:
                 raise ValueError(f"the exported {fmt} model differs from the eager one by {difference:.2e} "
                                  f"(> {atol}); nothing was written")
+    result = {"path": str(path), "files": [str(f) for f in files], "format": fmt, "metadata": metadata}
     if actual is None:
         logger.warning("onnxruntime is not installed (pip install 'taggnn[export]'): %s was not verified", path)
-        return {"path": str(path), "format": fmt, "max_abs_diff": None, "verified": False}
-    return {"path": str(path), "format": fmt, "max_abs_diff": difference, "verified": True}
+        return dict(result, max_abs_diff=None, verified=False)
+    return dict(result, max_abs_diff=difference, verified=True)
 
 
-def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str):
-    """Writes the export at ``path`` and returns its output on ``example`` (``None`` when ONNX
-    cannot be run here)."""
+def read_export_metadata(path: Union[str, Path]) -> Dict[str, Any]:
+    """The metadata (:func:`export_metadata`) of an export written by :func:`export_model`: an
+    ``.onnx`` file, a TorchScript or ``torch.export`` file, or a safetensors folder (its
+    ``config.json``'s ``class_names``, ``num_classes`` and ``preprocessing``)."""
+    path = Path(path)
+    if path.is_dir() or path.name == "model.safetensors":
+        from .hub import read_config
+
+        config = read_config(path if path.is_dir() else path.parent)
+        return {key: config.get(key) for key in ("class_names", "num_classes", "preprocessing", "dataset")}
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
+    # TorchScript and torch.export files are zip archives holding extra files as <archive>/extra/<name>
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if name.endswith(f"/extra/{METADATA_FILE}")]
+        return json.loads(archive.read(names[0])) if names else {}
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter() -> Iterator[bool]:
+    """Silences the INFO messages of the ONNX exporter's libraries (onnxscript, onnx_ir,
+    torch.onnx) unless the ``taggnn`` logger is at DEBUG level; yields whether to be verbose."""
+    verbose = logging.getLogger("taggnn").isEnabledFor(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [item.level for item in loggers]
+    if not verbose:
+        for item in loggers:
+            item.setLevel(logging.WARNING)
+    try:
+        yield verbose
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
+
+
+def _weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str, metadata: Mapping[str, Any]):
+    """Writes the export (with ``metadata``) at ``path`` and returns its output on ``example``
+    (``None`` when ONNX cannot be run here)."""
+    text = json.dumps(metadata)
     if fmt == "torchscript":
         with warnings.catch_warnings():  # the tracer's notes on Python-side values and its deprecation notice
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
             traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: text})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
             return torch.jit.load(str(path))(example)
     if fmt == "exported-program":
         program = torch.export.export(model, (example,))
-        torch.export.save(program, str(path))
+        torch.export.save(program, str(path), extra_files={METADATA_FILE: text})
         return torch.export.load(str(path)).module()(example)
-    if fmt == "safetensors":  # a folder: model.safetensors + config.json + README.md
+    if fmt == "safetensors":  # a folder: model.safetensors + config.json (class names, preprocessing) + README.md
         save_pretrained_folder(model, path)
         return load_pretrained(path)(example)
-    torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["clip"], output_names=["logits"])
+    with _quiet_onnx_exporter() as verbose:
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=["clip"], output_names=["logits"],
+                                    verbose=verbose)
+        program.model.metadata_props[METADATA_KEY] = text
+        program.save(str(path), external_data=_weight_bytes(model) > ONNX_SINGLE_FILE_LIMIT)
     try:
         import onnxruntime
     except ImportError:

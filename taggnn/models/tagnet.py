@@ -70,6 +70,14 @@ class Shareable(hub.PretrainedMixin, **hub.MIXIN_OPTIONS):
         return ModelCard(hub.model_card(pretrained_config(self)))
 
 
+def _warn_forward_features(owner: str) -> None:
+    import warnings
+
+    warnings.warn(f"{owner}.forward_features is deprecated: it returns the pooled embedding (timm's forward_features "
+                  f"returns the tokens); call forward_pooled, or model.head.forward_nodes for the tokens",
+                  FutureWarning, stacklevel=3)
+
+
 class TAGNet(nn.Module, Shareable):
     r"""Backbone + :class:`~taggnn.nn.TAGHead`: clips in, logits out.
 
@@ -132,9 +140,16 @@ class TAGNet(nn.Module, Shareable):
         """Backbone features ``(B, C, T', H', W')``."""
         return self._features(video)
 
+    def forward_pooled(self, video: Tensor) -> Tensor:
+        """The pooled clip embedding ``(B, C)`` after TAG-Head's refinement (what
+        :meth:`forward_head` classifies)."""
+        return self.head.forward_pooled(self._features(video))
+
     def forward_features(self, video: Tensor) -> Tensor:
-        """The pooled clip embedding ``(B, C)`` after TAG-Head's refinement."""
-        return self.head.forward_features(self._features(video))
+        """Deprecated name of :meth:`forward_pooled` (timm's ``forward_features`` means the
+        tokens before pooling: ``model.head.forward_nodes(model.forward_backbone(video))``)."""
+        _warn_forward_features(type(self).__name__)
+        return self.forward_pooled(video)
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         return self.head.forward_head(pooled)
@@ -206,8 +221,14 @@ class HeadOnly(nn.Module, Shareable):
     def forward_backbone(self, features: Tensor) -> Tensor:
         return features
 
+    def forward_pooled(self, features: Tensor) -> Tensor:
+        """The pooled clip embedding ``(B, C)`` (what :meth:`forward_head` classifies)."""
+        return self.head.forward_pooled(features)
+
     def forward_features(self, features: Tensor) -> Tensor:
-        return self.head.forward_features(features)
+        """Deprecated name of :meth:`forward_pooled`."""
+        _warn_forward_features(type(self).__name__)
+        return self.forward_pooled(features)
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         return self.head.forward_head(pooled)

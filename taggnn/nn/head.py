@@ -376,16 +376,28 @@ class TAGHead(nn.Module):
         batch.pos = self.graph.pos_on(h0.device).repeat(B, 1)  # (B*N, 3)
         return batch
 
-    def forward_features(self, features: Tensor) -> Tensor:
+    def forward_pooled(self, features: Tensor) -> Tensor:
         """The pooled clip embedding, ``(B, embed_dim)``: the readout of the graph stage's
-        nodes over the batch vector (the paper: global spatio-temporal mean)."""
+        nodes over the batch vector (the paper: global spatio-temporal mean). The nodes before
+        pooling are :meth:`forward_nodes`; :meth:`forward_head` classifies the embedding."""
         h0 = self.encode(features)
         batch = self.batch(h0)
         nodes = self.graph_stage(batch)  # (B*N, C)
         return self.readout(nodes, batch.batch, batch.ptr, h0.size(0))
 
+    def forward_features(self, features: Tensor) -> Tensor:
+        """Deprecated name of :meth:`forward_pooled` (the pooled embedding). timm's
+        ``forward_features`` returns the tokens before pooling, which is :meth:`forward_nodes` here."""
+        import warnings
+
+        warnings.warn("TAGHead.forward_features is deprecated: it returns the pooled embedding (timm's "
+                      "forward_features returns the tokens); call forward_pooled, or forward_nodes for the tokens",
+                      FutureWarning, stacklevel=2)
+        return self.forward_pooled(features)
+
     def forward_head(self, pooled: Tensor) -> Tensor:
-        """Classifier on pooled features ``(B, C)`` -> logits ``(B, num_classes)``."""
+        """Classifier on the pooled embedding ``(B, C)`` (:meth:`forward_pooled`) -> logits
+        ``(B, num_classes)``."""
         if pooled.dim() != 2 or pooled.size(1) != self.embed_dim:
             raise ValueError(f"expected pooled features of shape (B, {self.embed_dim}), got {tuple(pooled.shape)}")
         if self.norm is not None:
@@ -393,7 +405,7 @@ class TAGHead(nn.Module):
         return self.classifier(self.head_dropout(pooled))
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.forward_head(self.forward_features(features))
+        return self.forward_head(self.forward_pooled(features))
 
     def extra_repr(self) -> str:
         width = f", embed_dim={self.embed_dim}" if self.proj is not None else ""

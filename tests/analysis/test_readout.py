@@ -29,7 +29,7 @@ def test_weights_reproduce_forward_features(row, grid, K):
     w = pooled_token_weights(h)
     assert w.shape == (h.num_nodes,)
     expected = (h.encode(features) * w.view(1, -1, 1)).sum(1)
-    torch.testing.assert_close(h.forward_features(features), expected, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(h.forward_pooled(features), expected, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["csr", "structured", "edge_index"])
@@ -39,7 +39,7 @@ def test_weights_with_learned_edge_weights_and_every_backend(backend):
         h.refiner.edge_log_weight.copy_(torch.tensor([0.3, -0.7, 1.1]))
     features = torch.randn(2, 32, 4, 3, 3, dtype=torch.float64)
     w = pooled_token_weights(h)
-    torch.testing.assert_close(h.forward_features(features), (h.encode(features) * w.view(1, -1, 1)).sum(1))
+    torch.testing.assert_close(h.forward_pooled(features), (h.encode(features) * w.view(1, -1, 1)).sum(1))
 
 
 def test_if_fc_alone_is_exactly_uniform_and_appnp_deviates_below_1e_3():
@@ -66,7 +66,7 @@ def test_weights_with_a_layer_scale_gate_are_per_channel():
     features = torch.randn(2, 32, 3, 2, 2, dtype=torch.float64)
     w = pooled_token_weights(h)
     assert w.shape == (12, 32)
-    torch.testing.assert_close(h.forward_features(features), (h.encode(features) * w.unsqueeze(0)).sum(1))
+    torch.testing.assert_close(h.forward_pooled(features), (h.encode(features) * w.unsqueeze(0)).sum(1))
 
 
 @pytest.mark.parametrize("readout", ["max", "softmax", "powermean", "attention", "set2set"])

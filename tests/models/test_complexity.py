@@ -1,8 +1,12 @@
+import re
+
 import pytest
 import torch
 
 from taggnn.models import build_model
 from taggnn.models.complexity import meta_flops, parameter_breakdown, profile_model
+from taggnn.nn.head import POST_GRAPH
+from taggnn.nn.readout import READOUTS
 
 
 def test_table5_parameters_and_macs_at_the_paper_setting():
@@ -30,3 +34,54 @@ def test_profile_with_latency_on_the_tiny_model():
     assert latency["backbone"] > 0 and latency["head"] > 0
     assert 0 < result["head_share"]["time"] < 1
     assert parameter_breakdown(model)["classifier"] == 128 * 5 + 5
+
+
+# Every head option that adds, removes or moves parameters (a model per case: tiny backbone, 8x32x32 clips).
+HEAD_OPTION_CASES = (
+    [{"readout": readout} for readout in READOUTS]
+    + [{"post_graph": post_graph} for post_graph in POST_GRAPH]
+    + [{"layer_scale": 1e-5}, {"layer_scale": 1e-5, "post_graph": "ffn"}, {"embed_dim": 48},
+       {"pre_classifier_norm": True}, {"use_transformer": False}, {"propagation": "none"}, {"propagation": "gcn"},
+       {"propagation": "gat"}, {"propagation": "appnp", "edge_weights": "learned", "backend": "edge_index"},
+       {"readout": "set2set", "post_graph": "ffn", "layer_scale": 0.1, "embed_dim": 48}]
+)
+
+
+@pytest.mark.parametrize("options", HEAD_OPTION_CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_parameter_breakdown_adds_up_to_the_model_for_every_head_option(options):
+    model = build_model("r2plus1d_tiny", 7, num_frames=8, crop_size=32, num_heads=4, ffn_dim=32, **options)
+    parts = parameter_breakdown(model)
+    actual = sum(p.numel() for p in model.parameters())
+    assert "other" not in parts  # every parameter is in a named part
+    assert parts["total"] == actual
+    assert parts["total"] == sum(parts[key] for key in ("backbone", "projection", "positional_table", "transformer",
+                                                        "graph_refinement", "post_graph", "readout", "classifier"))
+    head = model.head
+    assert parts["post_graph"] == (sum(p.numel() for p in head.post_graph.parameters()) if head.post_graph else 0)
+    assert parts["readout"] == sum(p.numel() for p in head.readout.parameters())
+    assert parts["head_without_classifier"] + parts["classifier"] == sum(p.numel() for p in head.parameters())
+
+
+def test_parameter_breakdown_of_the_reviewed_heads():
+    """The synthgym_tiny head with a post-graph FFN or a Set2Set readout: the counts left out before."""
+    from taggnn.engine import load_config
+    from taggnn.models import build_model_from_config
+
+    for option in ("model.post_graph=ffn", "model.readout=set2set", "model.layer_scale=0.1"):
+        config = load_config("synthgym_tiny", [option])
+        model = build_model_from_config(config, config.data.num_classes, load_weights=False)
+        assert parameter_breakdown(model)["total"] == sum(p.numel() for p in model.parameters()), option
+
+
+def test_profile_command_lists_the_post_graph_and_readout_parts(capsys):
+    from taggnn.cli import main
+
+    assert main(["profile", "--config", "synthgym_tiny", "--set", "model.post_graph=ffn", "--set",
+                 "model.readout=set2set", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    rows = {match[1]: int(match[2].replace(",", ""))
+            for match in (re.match(r"^(.*?)\s+([\d,]+)(?:\s|$)", line) for line in out.splitlines()[2:])}
+    assert rows["post-graph FFN"] > 0 and rows["readout"] > 0
+    assert rows["total"] == sum(rows[part] for part in ("backbone", "positional table", "transformer",
+                                                        "graph refinement", "post-graph FFN", "readout",
+                                                        "classifier"))

@@ -1,10 +1,14 @@
 """train.compile and taggnn export (issue [I] sect. 3)."""
+import json
+import logging
+
 import pytest
 import torch
 
 from taggnn.cli import main
-from taggnn.engine import load_config, train
+from taggnn.engine import load_checkpoint, load_config, train
 from taggnn.models import build_model
+from taggnn.models.export import read_export_metadata
 
 from ..engine.test_trainer import SMALL
 
@@ -48,3 +52,56 @@ def test_export_at_another_clip_length(checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--frames", "16", "--out", str(out)]) == 0
     program = torch.export.load(str(out)).module()
     assert program(torch.randn(1, 3, 16, 32, 32)).shape == (1, 16)
+
+
+@pytest.mark.parametrize("fmt", ["exported-program", "torchscript", "onnx", "safetensors"])
+def test_exports_carry_class_names_and_preprocessing(checkpoint, tmp_path, capsys, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    if fmt == "safetensors":
+        pytest.importorskip("safetensors")
+    out = tmp_path / f"model.{fmt}"
+    args = ["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out)]
+    assert main(args + ([] if fmt == "safetensors" else ["--frames", "16"])) == 0
+    assert "metadata: 16 class names, preprocessing" in capsys.readouterr().out
+    saved = load_checkpoint(checkpoint)
+    metadata = read_export_metadata(out)
+    assert metadata["class_names"] == saved["classes"] and len(metadata["class_names"]) == 16
+    assert metadata["num_classes"] == 16
+    pre, data = metadata["preprocessing"], saved["config"]["data"]
+    assert pre["num_frames"] == (data["num_frames"] if fmt == "safetensors" else 16)  # the export's clip length
+    assert pre["crop_size"] == data["crop_size"] == 32
+    assert pre["sampling"] == data["sampling"] and pre["normalization"] == data["normalization"] == "slowfast"
+    assert pre["mean"] == pytest.approx([0.45] * 3) and pre["std"] == pytest.approx([0.225] * 3)
+
+
+def test_onnx_export_is_quiet_and_one_file(checkpoint, tmp_path, capfd, caplog):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "export" / "model.onnx"
+    with caplog.at_level(logging.INFO):
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    captured = capfd.readouterr()
+    assert "[torch.onnx]" not in captured.out + captured.err
+    assert not [r for r in caplog.records if not r.name.startswith("taggnn")], caplog.records[:3]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx"]  # weights inside: no model.onnx.data
+    assert captured.out.startswith(f"wrote {out} (onnx,")
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map["taggnn"])["num_classes"] == 16
+
+
+def test_onnx_weights_beyond_the_single_file_limit_go_to_a_named_data_file(checkpoint, tmp_path, capsys,
+                                                                          monkeypatch):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    import taggnn.models.export as export
+
+    monkeypatch.setattr(export, "ONNX_SINGLE_FILE_LIMIT", 0)  # as if the weights were over 2 GB
+    out = tmp_path / "export" / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert text.startswith(f"wrote {out} and model.onnx.data (its weights, to keep beside it) (onnx,")
+    assert read_export_metadata(out)["num_classes"] == 16

@@ -16,8 +16,27 @@ def test_build_model_sizes_the_head_from_the_backbone():
     assert model.head.grid == (4, 4, 4) and model.head.in_channels == 128
     video = torch.randn(2, 3, 16, 64, 64)
     assert model(video).shape == (2, 7)
-    assert model.forward_features(video).shape == (2, 128)
+    assert model.forward_pooled(video).shape == (2, 128)
     assert model.forward_backbone(video).shape == (2, 128, 4, 4, 4)
+
+
+def test_forward_pooled_is_what_forward_head_classifies_and_forward_features_is_its_deprecated_name():
+    from taggnn.models.tagnet import build_head_only
+
+    model = tiny_model().eval()
+    video = torch.randn(2, 3, 16, 64, 64)
+    pooled = model.forward_pooled(video)
+    torch.testing.assert_close(model.forward_head(pooled), model(video))
+    features = model.forward_backbone(video)
+    tokens = model.head.forward_nodes(features)  # what timm's forward_features returns: before pooling
+    assert tokens.shape == (2, 64, 128)
+    torch.testing.assert_close(pooled, tokens.mean(1))  # the paper's head: mean readout of the nodes
+    head_only = build_head_only(128, 7, (4, 4, 4), num_heads=4, ffn_dim=64).eval()
+    for owner, name, inputs in ((model, "TAGNet", video), (model.head, "TAGHead", features),
+                                (head_only, "HeadOnly", features)):
+        with pytest.warns(FutureWarning, match=rf"{name}\.forward_features is deprecated.*forward_pooled"):
+            old = owner.forward_features(inputs)
+        torch.testing.assert_close(old, owner.forward_pooled(inputs))
 
 
 def test_frozen_backbone_gets_no_gradients_and_stays_in_eval():
