@@ -34,6 +34,7 @@ from ..data.decoders import check_decoder
 from ..data.registry import DATASET_NAMES, dataset_problems
 from ..errors import ConfigError, TaggnnError  # noqa: F401  (ConfigError re-exported)
 from ..models.backbones import build_backbone, list_backbones
+from ..models.reference import authors_setup
 from ..models.tagnet import head_options
 from ..nn import TAGHead
 from ..nn.options import check_model_options
@@ -958,7 +959,6 @@ def load_config(name_or_path: str = "synthgym_tiny", overrides: Sequence[str] = 
     config = Config()
     for values, as_written, source in reversed(chain):
         if values.get("authors") is not None:  # the authors' setup of a dataset, from its one table
-            from ..models.reference import authors_setup
 
             try:
                 setup = authors_setup(str(values["authors"]))

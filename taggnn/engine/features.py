@@ -73,7 +73,7 @@ from ..utils.outputs import write_atomic, write_text_atomic
 from .checkpoint import _is_no_space, load_checkpoint
 from .config import Config
 from .data import build_dataset, class_names, clip_loader
-from .trainer import non_finite_parameters
+from .health import non_finite_parameters
 
 logger = logging.getLogger(__name__)
 

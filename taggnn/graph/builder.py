@@ -46,6 +46,7 @@ from ..errors import ConfigError, GraphTooLargeError
 from . import draw as _draw
 from . import families as fam
 from . import hetero as _hetero
+from .dynamic import knn_edges, knn_edges_dense
 from .families import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, SPATIAL, TAT, TEMPORAL  # noqa: F401  (re-exported)
 
 INTRA_MODES = ("full", "none")  # the paper's two spatial choices; see families.SPATIAL_FAMILIES for all
@@ -644,8 +645,6 @@ class SpatioTemporalGraph:
             :math:`b N`; see :mod:`taggnn.graph.dynamic` for the order and
             tie-breaking. Shapes :math:`(2, B N k')` and :math:`(B N k',)`.
         """
-        from .dynamic import knn_edges, knn_edges_dense
-
         if self.spec.dynamic is None:
             raise ConfigError("this graph has no dynamic family; pass dynamic='knn:k' to SpatioTemporalGraph")
         k = fam.knn_k(self.spec.dynamic)

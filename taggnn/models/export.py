@@ -56,6 +56,8 @@ from torch import Tensor, nn
 
 from ..utils.optional import require
 from ..utils.outputs import atomic_output
+from ..utils.version import __version__
+from .hub import preprocessing_info, read_config
 from .tagnet import load_pretrained, save_pretrained_folder
 
 logger = logging.getLogger(__name__)
@@ -97,8 +99,6 @@ def export_metadata(model: nn.Module, example: Tensor) -> Dict[str, Any]:
     frame sampling, resize, normalisation with its ``mean`` and ``std``), from the model's
     ``pretrained_metadata`` (recorded by :func:`~taggnn.models.tagnet.record_config`, e.g. by
     :func:`~taggnn.engine.trainer.load_trained`)."""
-    from .. import __version__
-    from .hub import preprocessing_info
 
     meta = dict(getattr(model, "pretrained_metadata", None) or {})
     preprocessing = dict(meta.get("preprocessing") or {})
@@ -159,8 +159,6 @@ def read_export_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     ``config.json``'s ``class_names``, ``num_classes`` and ``preprocessing``)."""
     path = Path(path)
     if path.is_dir() or path.name == "model.safetensors":
-        from .hub import read_config
-
         config = read_config(path if path.is_dir() else path.parent)
         return {key: config.get(key) for key in ("class_names", "num_classes", "preprocessing", "dataset")}
     if path.suffix == ".onnx":

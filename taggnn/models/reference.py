@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.constants import NORMALIZATIONS
 from ..utils.identify import describe_file
 from .tagnet import TAGNet, build_model
 from .weights import PathLike, WeightsError, fetch, load_into
@@ -111,8 +112,6 @@ class ReferenceSetup:
 
 
 def _reference_setup(dataset: str) -> ReferenceSetup:
-    from ..data.constants import NORMALIZATIONS
-
     values = authors_setup(dataset)
     mean, std = NORMALIZATIONS[values["data.normalization"]]
     return ReferenceSetup(dataset, AUTHORS_DATASETS[dataset]["file"], values["data.num_classes"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
@@ -71,8 +72,6 @@ class Shareable(hub.PretrainedMixin, **hub.MIXIN_OPTIONS):
 
 
 def _warn_forward_features(owner: str) -> None:
-    import warnings
-
     warnings.warn(f"{owner}.forward_features is deprecated: it returns the pooled embedding (timm's forward_features "
                   f"returns the tokens); call forward_pooled, or model.head.forward_nodes for the tokens",
                   FutureWarning, stacklevel=3)

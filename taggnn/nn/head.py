@@ -1,6 +1,7 @@
 r"""TAG-Head: Transformer + spatio-temporal graph head on 3D backbone features."""
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -388,8 +389,6 @@ class TAGHead(nn.Module):
     def forward_features(self, features: Tensor) -> Tensor:
         """Deprecated name of :meth:`forward_pooled` (the pooled embedding). timm's
         ``forward_features`` returns the tokens before pooling, which is :meth:`forward_nodes` here."""
-        import warnings
-
         warnings.warn("TAGHead.forward_features is deprecated: it returns the pooled embedding (timm's "
                       "forward_features returns the tokens); call forward_pooled, or forward_nodes for the tokens",
                       FutureWarning, stacklevel=2)

@@ -8,14 +8,19 @@ yielded with a :class:`WorkerDied` naming what happened.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
+import time
 import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+import torch
 
 from ..errors import TaggnnError
 
@@ -57,8 +62,6 @@ def cpu_count() -> int:
 def default_workers() -> int:
     """One worker per CUDA device, else one per core."""
     try:
-        import torch
-
         if torch.cuda.is_available():
             return torch.cuda.device_count()
     except ImportError:
@@ -73,14 +76,11 @@ def _die_with_parent(parent: int) -> None:
     """Ends this process when the process that started it ends (a killed driver leaves no
     worker behind holding a run's lock)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
     def watch() -> None:  # where prctl is missing
-        import time
 
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -93,7 +93,6 @@ def _worker_main(connection, parent: int, threads: int, device: Optional[str]) -
     _die_with_parent(parent)
     if device is not None:
         os.environ["TAGGNN_STUDY_DEVICE"] = device
-    import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -117,8 +116,6 @@ def _worker_main(connection, parent: int, threads: int, device: Optional[str]) -
 
 def _portable(error: BaseException) -> BaseException:
     """``error`` if it survives pickling, else a RuntimeError with its one-line message."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(error))
         return error

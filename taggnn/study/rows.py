@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List
 
+from ..engine.config import Config, apply_override
 from ..errors import ConfigError
 
 __all__ = ["TABLE4", "STAGES", "ROWS", "ALIASES", "ROW_SETS", "canonical_row", "row_overrides", "row_slug",
@@ -76,8 +77,6 @@ def row_slug(name: str) -> str:
 def model_options(name: str) -> Dict[str, Any]:
     """The ``model.*`` values a named row sets, as keyword arguments (e.g. of
     :class:`~taggnn.nn.TAGHead`): ``{"use_transformer": False, "intra": False, ...}``."""
-    from ..engine.config import Config, apply_override
-
     config, default = Config(), Config()
     for item in row_overrides(name):
         if not item.startswith("model."):

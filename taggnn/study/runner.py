@@ -26,12 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+import torch
+from tqdm import tqdm
+
 from ..engine.config import Config, flatten
-from ..engine.runfolder import LOCK_NAME, clear_run_folder, read_manifest
+from ..engine.data import build_dataset
+from ..engine.features import extract_features, feature_settings
+from ..engine.runfolder import LOCK_NAME, RunLock, clear_run_folder, read_manifest, record_outputs
+from ..engine.trainer import eval_autocast_dtype, evaluate, load_trained, resume_config, train
 from ..errors import ConfigError, TrainingError
 from ..utils.lockfile import LockFile, process_alive, process_identity
 from ..utils.outputs import write_text_atomic
-from .spec import StudySpec, config_hash
+from .executors import LocalExecutor
+from .spec import StudySpec, config_hash, parse_spec
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +78,6 @@ def _evaluate_last(out: Path, config: Config) -> None:
     """The model of the last epoch (``last.pt``) on the test split: ``metrics_<split>_last.json``
     (the metrics alone: no per-class table or confusion plot, which cost a head-only run more
     than its test pass)."""
-    import torch
-
-    from ..engine.data import build_dataset
-    from ..engine.runfolder import RunLock, record_outputs
-    from ..engine.trainer import eval_autocast_dtype, evaluate, load_trained
 
     split, name = config.data.test_split, f"metrics_{config.data.test_split}_{LAST_TAG}.json"
     device = torch.device(config.train.device if config.train.device != "auto" else
@@ -111,8 +113,6 @@ def selected_metrics(out: Path, config: Config, select: str) -> Optional[Dict[st
 
 def run_task(task: RunTask) -> Dict[str, Any]:
     """Trains (or continues) one run and returns its selected metrics (in a worker process)."""
-    from ..engine.trainer import resume_config, train
-
     started = time.perf_counter()
     config = Config.from_dict(task.config, source=f"study run {task.name}")
     device = os.environ.get("TAGGNN_STUDY_DEVICE")
@@ -156,8 +156,6 @@ def _file_hash(path: str) -> Optional[str]:
 def features_key(config: Config) -> str:
     """What determines a row's cached features: the data and backbone settings, the weights
     file's content, and (random weights) the seed that initialises the backbone."""
-    from ..engine.features import feature_settings
-
     settings = feature_settings(config)
     settings["weights sha256"] = _file_hash(config.model.weights)
     if config.model.weights is None:
@@ -277,10 +275,6 @@ def plan_runs(study: Path, spec: StudySpec, features: Optional[Dict[str, str]] =
 
 def _cache_features(study: Path, spec: StudySpec, progress: bool) -> Dict[str, str]:
     """Extracts every distinct backbone/data setting's features once; returns row -> folder."""
-    import torch
-
-    from ..engine.features import extract_features
-
     folders: Dict[str, str] = {}
     done: Dict[str, Path] = {}
     for row in spec.rows:
@@ -358,10 +352,6 @@ def run_study(spec: StudySpec, study: Path, *, executor=None, overwrite: bool = 
         progress: A progress bar over the runs.
         on_record: Called with each record as its run ends.
     """
-    from tqdm import tqdm
-
-    from .executors import LocalExecutor
-
     study = Path(study)
     study.mkdir(parents=True, exist_ok=True)
     with LockFile(study / STUDY_LOCK, error=TrainingError, what=f"the study folder {study}"):
@@ -403,8 +393,6 @@ def run_study(spec: StudySpec, study: Path, *, executor=None, overwrite: bool = 
 
 def spec_of_study(study: Path) -> StudySpec:
     """The study file recorded in a study folder, read again."""
-    from .spec import parse_spec
-
     recorded = read_study(study)
     return parse_spec(recorded["description"]["spec"], source=str(Path(study) / STUDY_FILE))
 
