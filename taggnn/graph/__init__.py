@@ -16,6 +16,7 @@ from .builder import (
     gcn_degree,
 )
 from .sparse import SymmetricAPPNP, symmetric_spmm
+from .stencil import stencil_appnp, stencil_propagate
 from .structured import structured_appnp, structured_propagate
 from .transform import SpatioTemporalGrid
 
@@ -29,6 +30,8 @@ __all__ = [
     "gcn_degree",
     "structured_propagate",
     "structured_appnp",
+    "stencil_propagate",
+    "stencil_appnp",
     "symmetric_spmm",
     "SymmetricAPPNP",
     "clear_template_cache",
