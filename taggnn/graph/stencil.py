@@ -59,13 +59,16 @@ Offsets = Tuple[Tuple[int, int, int], ...]
 
 SPATIAL, TEMPORAL, LOOP = 0, 1, 2
 
-#: Stencils with at least this many offsets use a depthwise 3D convolution, fewer use shifted adds,
-CONV_MIN_OFFSETS = 20
+#: Stencils with at least this many offsets use a depthwise 3D convolution, fewer use shifted adds
+#: (on a 2-core CPU, 16x14x14 tokens, C = 256: shifts cost about 4 + 1 per offset, the
+#: convolution about 9 to 10 time units whatever its kernel; see benchmarks/stencil.py) ...
+CONV_MIN_OFFSETS = 8
 #: ... when the dense kernel is at most this many times the stencil's size (offsets and self-loop).
-CONV_MAX_VOLUME_RATIO = 2.0
-#: Elements (clips x sites x channels) of one block of the blocked iteration: about 256 KiB of
-#: float32 per buffer, so the few buffers of a block stay in a core's L2 cache.
-BLOCK_ELEMENTS = 1 << 16
+CONV_MAX_VOLUME_RATIO = 4.0
+#: Elements (clips x sites x channels) of one block of the blocked iteration on CPU: about 4 MiB
+#: of float32 per buffer (one 16x14x14 clip at C = 256), so the three buffers of a block stay in
+#: the last-level cache during the K steps (smaller blocks measured slower: more op overhead).
+BLOCK_ELEMENTS = 1 << 20
 
 
 def _grid_of(grid) -> Grid:
@@ -311,46 +314,63 @@ def _conv_kernel(plan: _Plan, type_weights, channels: int, device, dtype) -> Ten
     return _cached(_TENSORS, key, build)
 
 
-def _stencil_sum(y: Tensor, plan: _Plan, type_weights) -> Tensor:
-    r""":math:`\tilde{A}_w Y` for ``y`` of shape ``(b, T, H, W, c)`` (no autograd)."""
+def _stencil_sum(y: Tensor, plan: _Plan, type_weights, out: Optional[Tensor] = None) -> Tensor:
+    r""":math:`\tilde{A}_w Y` for ``y`` of shape ``(b, T, H, W, c)`` (no autograd), into ``out``
+    (a buffer of the same shape, not ``y``) when given."""
     w_loop = type_weights[LOOP]
     if plan.use_conv():
         b, T, H, W, c = y.shape
         kernel = _conv_kernel(plan, type_weights, c, y.device, y.dtype)
-        out = F.conv3d(y.permute(0, 4, 1, 2, 3), kernel, padding=plan.radius, groups=c)  # (b, c, T, H, W)
-        return out.permute(0, 2, 3, 4, 1)  # (b, T, H, W, c), a view (channels-last memory)
-    out = y * w_loop if w_loop != 1.0 else y.clone()
+        summed = F.conv3d(y.permute(0, 4, 1, 2, 3), kernel, padding=plan.radius, groups=c)  # (b, c, T, H, W)
+        return summed.permute(0, 2, 3, 4, 1)  # (b, T, H, W, c), channels-last memory: a view
+    if out is None:
+        out = torch.empty_like(y)
+    if w_loop == 1.0:
+        out.copy_(y)
+    else:
+        torch.mul(y, w_loop, out=out)
     everything = slice(None)
     for (target, source), kind in zip(plan.slices, plan.types):
-        out[(everything, *target)].add_(y[(everything, *source)], alpha=type_weights[kind])
+        if type_weights[kind] != 0.0:
+            out[(everything, *target)].add_(y[(everything, *source)], alpha=type_weights[kind])
     return out
 
 
-def _appnp_block(h: Tensor, plan: _Plan, scales: Tensor, K: int, alpha: float, type_weights) -> Tensor:
+def _appnp_block(h: Tensor, plan: _Plan, scales: Tensor, K: int, alpha: float, type_weights,
+                 out: Optional[Tensor] = None) -> Tensor:
     r"""APPNP on one block ``(b, T, H, W, c)``, in the scaled variable :math:`Y = D^{-1/2} H`:
 
     .. math::
         Y^{(k+1)} = (1 - \alpha) D^{-1} \tilde{A}_w Y^{(k)} + \alpha D^{-1/2} H^{(0)}
 
     for :math:`k < K - 1`, and a last step back to :math:`H^{(K)} = (1 - \alpha) D^{-1/2}
-    \tilde{A}_w Y^{(K-1)} + \alpha H^{(0)}`: two passes per step besides the stencil.
+    \tilde{A}_w Y^{(K-1)} + \alpha H^{(0)}`: one fused pass per step besides the stencil.
+    ``h`` and ``out`` may be strided views of a larger tensor: ``h`` is read once and
+    ``out`` written once, every step works on three contiguous buffers of the block's size.
     """
     d_inv_sqrt, step_scale, last_scale = scales.unbind(0)  # (T, H, W, 1) each
-    y = h * d_inv_sqrt
-    if K > 1:
-        mix = y * alpha
-        for _ in range(K - 1):
-            y = torch.addcmul(mix, _stencil_sum(y, plan, type_weights), step_scale)
-    return torch.addcmul(h * alpha, _stencil_sum(y, plan, type_weights), last_scale)
+    y = torch.mul(h, d_inv_sqrt)  # contiguous (b, T, H, W, c)
+    summed = torch.empty_like(y)
+    mix = torch.mul(y, alpha) if K > 1 else None
+    for _ in range(K - 1):
+        torch.addcmul(mix, _stencil_sum(y, plan, type_weights, summed), step_scale, out=y)
+    summed = _stencil_sum(y, plan, type_weights, summed)
+    mix = torch.mul(h, alpha, out=mix) if mix is not None else torch.mul(h, alpha)
+    if out is None:
+        return torch.addcmul(mix, summed, last_scale)
+    return torch.addcmul(mix, summed, last_scale, out=out)
 
 
 def _blocks(B: int, N: int, C: int) -> Tuple[int, int]:
-    """(clips, channels) per block: about :data:`BLOCK_ELEMENTS` elements, whole channel groups."""
+    """(clips, channels) per block: about :data:`BLOCK_ELEMENTS` elements; channels in
+    multiples of 8 (vector-friendly for the convolution) when a clip alone is larger."""
     per_clip = N * C
-    if per_clip >= BLOCK_ELEMENTS:
-        channels = max(1, min(C, BLOCK_ELEMENTS // N))
-        return 1, channels
-    return max(1, min(B, BLOCK_ELEMENTS // per_clip)), C
+    if per_clip <= BLOCK_ELEMENTS:
+        return max(1, min(B, BLOCK_ELEMENTS // per_clip)), C
+    channels = BLOCK_ELEMENTS // N
+    if channels >= 8:
+        channels -= channels % 8
+    return 1, max(1, min(C, channels))
 
 
 def _appnp_no_grad(x: Tensor, plan: _Plan, K: int, alpha: float, type_weights) -> Tensor:
@@ -366,8 +386,8 @@ def _appnp_no_grad(x: Tensor, plan: _Plan, K: int, alpha: float, type_weights) -
     out = torch.empty_like(grid_x)
     for b in range(0, B, clips):
         for c in range(0, C, channels):
-            block = grid_x[b:b + clips, ..., c:c + channels].contiguous()  # (b, T, H, W, c)
-            out[b:b + clips, ..., c:c + channels] = _appnp_block(block, plan, scales, K, alpha, type_weights)
+            _appnp_block(grid_x[b:b + clips, ..., c:c + channels], plan, scales, K, alpha, type_weights,
+                         out=out[b:b + clips, ..., c:c + channels])  # strided views (b, T, H, W, c)
     return out.view(B, N, C)
 
 
