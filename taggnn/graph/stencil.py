@@ -32,14 +32,18 @@ of :data:`~taggnn.graph.IF_FC`, :data:`~taggnn.graph.TAT` and
 D^{-1/2}`, which is ``gcn_norm`` with these edge weights and explicit weighted
 self-loops, the semantics of :func:`~taggnn.graph.structured.weighted_propagate`
 (the paper's graph is the offset set of every in-frame offset plus
-:math:`(\pm 1, 0, 0)`, and gives the same products).
+:math:`(\pm 1, 0, 0)` and gives the same products, though the frame sums of
+:mod:`~taggnn.graph.structured` are far cheaper for it than :math:`H W` shifts).
 
 :math:`\hat{A}` is symmetric, so the gradient of any polynomial filter of it
 (one step, APPNP) is the same filter applied to the incoming gradient: the
-backward pass runs the forward kernel again and stores nothing. The forward
-kernel runs the whole iteration on one block of clips and channels at a time,
-small enough to stay in cache, so the :math:`K` steps cost about one pass over
-memory instead of :math:`K (|\mathcal{O}| + 2)`.
+backward pass runs the forward kernel again and stores nothing. On CPU the
+forward kernel runs all :math:`K` steps on one block of clips and channels at a
+time (:data:`BLOCK_ELEMENTS`, about 4 MiB), which stays in the last-level cache,
+so main memory is read and written about once instead of
+:math:`K (|\mathcal{O}| + 2)` times. Small stencils use shifted adds, larger
+ones (:data:`CONV_MIN_OFFSETS`) a depthwise ``conv3d``, whose cost hardly grows
+with the kernel.
 """
 from __future__ import annotations
 
