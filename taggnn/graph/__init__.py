@@ -26,6 +26,7 @@ from .builder import (
 )
 from .dynamic import knn_edges
 from .sparse import SymmetricAPPNP, symmetric_spmm
+from .stencil import stencil_appnp, stencil_propagate
 from .structured import structured_appnp, structured_propagate
 from .transform import SpatioTemporalGrid, check_typed_edges
 
@@ -43,6 +44,8 @@ __all__ = [
     "gcn_degree",
     "structured_propagate",
     "structured_appnp",
+    "stencil_propagate",
+    "stencil_appnp",
     "symmetric_spmm",
     "SymmetricAPPNP",
     "clear_template_cache",
