@@ -423,6 +423,8 @@ def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any
     report["files"] = files
     report = _nan_to_none(report)
     write_text_atomic(study_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    for warning in report["warnings"]:
+        logger.warning("study report: %s", warning)
     logger.info("study report written to %s (%s)", study_dir, ", ".join(files))
     return report
 
