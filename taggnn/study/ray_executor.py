@@ -45,7 +45,7 @@ def _unwrap(error: BaseException, ray, task: Any, attempts: int) -> BaseExceptio
     if isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                           ray.exceptions.OutOfMemoryError)):
         lost = WorkerDied(f"the worker process running {_name(task)} died on each of {attempts} attempt(s) "
-                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
         lost.__cause__ = error
         return lost
     return error
@@ -116,8 +116,9 @@ class RayExecutor(Executor):
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Tuple[Any, Any]]:
         """Submits ``fn(task)`` for every task and yields ``(task, result)`` as each completes, in
         completion order; ``result`` is what ``fn`` returned, the exception it raised, or a
-        :class:`~taggnn.study.executors.WorkerDied` when its worker died on every attempt. ``fn`` and the tasks must
-        be picklable (a module-level function, dataclasses), and importable on every node.
+        :class:`~taggnn.study.executors.WorkerDied` when its worker died on every attempt. ``fn``
+        and the tasks must be picklable (a module-level function, dataclasses), and importable on
+        every node. Each task runs with ``max(1, int(num_cpus))`` torch threads.
 
         Closing the iterator early cancels the tasks not yet finished."""
         ray = self.ray
