@@ -877,15 +877,17 @@ def _study_parser(sub, presets) -> None:
                                          "continues interrupted ones, retries failed ones")
     run.add_argument("spec", help="the study file (YAML)")
     run.add_argument("--out", required=True, help="the study folder")
-    run.add_argument("--workers", type=int, default=None,
-                     help="worker processes (default: one per CUDA device, else one per CPU core)")
-    run.add_argument("--threads", type=int, default=None,
-                     help="torch threads per worker (default: the CPU cores split evenly among the workers)")
+    run.add_argument("--workers", type=int_at_least(1), default=None,
+                     help="--executor local: worker processes (default: one per CUDA device, else one per CPU core)")
+    run.add_argument("--threads", type=int_at_least(1), default=None,
+                     help="torch threads per run (default: the CPU cores split evenly among the workers; with "
+                          "--executor ray: 1, the CPUs each run reserves)")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
-                     help="local (default): persistent worker processes on this machine; ray: tasks on a Ray "
-                          "cluster")
-    run.add_argument("--address", default=None, help="--executor ray: the cluster's address (default: Ray's own "
-                                                     "choice: RAY_ADDRESS, or a local cluster)")
+                     help="local (default): persistent worker processes on this machine; ray: Ray tasks on this "
+                          "machine or a Ray cluster (pip install 'taggnn[ray]')")
+    run.add_argument("--address", default=None, help="--executor ray: the cluster's address, e.g. auto or "
+                                                     "ray://HOST:10001 (default: RAY_ADDRESS, else a Ray instance "
+                                                     "started on this machine)")
     run.add_argument("--overwrite", action="store_true",
                      help="start over when DIR holds a study with other definitions (removes only what taggnn "
                           "wrote there)")
@@ -904,14 +906,12 @@ def _study_parser(sub, presets) -> None:
 
 
 def _study_executor(args):
-
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    """The executor of ``taggnn study run``: local worker processes, or Ray tasks."""
     if args.executor == "ray":
-
-        return RayExecutor(address=args.address)
+        if args.workers is not None:
+            raise ConfigError("--workers applies to --executor local only; Ray runs as many runs at once as the "
+                              "cluster's CPUs (and GPUs) hold: set the CPUs each run reserves with --threads")
+        return RayExecutor(address=args.address, num_cpus=args.threads or 1)
     if args.address is not None:
         raise ConfigError("--address applies to --executor ray only")
 
@@ -945,7 +945,6 @@ def _write_study_report(study: Path, records, mde: Optional[float] = None) -> Li
 
 
 def cmd_study_run(args) -> int:
-
     spec = load_spec(args.spec)  # every row's config is checked before any run starts
     executor = _study_executor(args)
     try:
@@ -955,6 +954,7 @@ def cmd_study_run(args) -> int:
         executor.close()
     _print_records(records, spec.metric)
     written = _write_study_report(Path(args.out), records, args.mde)
+    _print_seeds_needed(Path(args.out), args.mde)
     print(f"records: {Path(args.out) / RECORDS_FILE}; report: {', '.join(map(str, written))}")
     failed = [r for r in records if r["status"] != "done"]
     if failed:
@@ -965,7 +965,6 @@ def cmd_study_run(args) -> int:
 
 
 def cmd_study_status(args) -> int:
-
     records = study_status(Path(args.dir))
     if args.json:
         print(json.dumps(records, indent=1))
@@ -974,10 +973,23 @@ def cmd_study_status(args) -> int:
     return 0
 
 
-def cmd_study_report(args) -> int:
+def _print_seeds_needed(study: Path, mde: Optional[float]) -> None:
+    """With ``--mde``: the seeds each row would need against the reference (from ``report.json``)."""
+    if mde is None:
+        return
+    report = json.loads((study / "report.json").read_text())
+    needed = [f"{entry['name']}: {entry['vs_reference']['seeds_for_mde'] or '-'}" for entry in report["rows"]
+              if entry.get("vs_reference") is not None]
+    power = report["study"]["power"]
+    print(f"seeds to detect a true difference of {mde:g} points to {report['study']['reference']} with {power:.0%} "
+          f"power: {', '.join(needed) if needed else '- (no row to compare)'}")
 
-    records = study_status(Path(args.dir))
-    written = _write_study_report(Path(args.dir), records, args.mde)
+
+def cmd_study_report(args) -> int:
+    study = Path(args.dir)
+    records = study_status(study)
+    written = _write_study_report(study, records, args.mde)
+    _print_seeds_needed(study, args.mde)
     print("report: " + ", ".join(map(str, written)))
     return 0
 

@@ -4,10 +4,10 @@
 :mod:`taggnn.study.runner` for the folder and its resumption, :mod:`taggnn.study.executors` for
 the worker processes).
 """
-from .executors import Executor, LocalExecutor, WorkerDied
+from .executors import Executor, LocalExecutor, WorkerDied, WorkerLostError
 from .rows import ALIASES, ROWS, STAGES, TABLE4
 from .runner import RunTask, run_study, run_task, study_status
 from .spec import StudySpec, load_spec, parse_spec
 
-__all__ = ["ALIASES", "ROWS", "STAGES", "TABLE4", "Executor", "LocalExecutor", "WorkerDied", "RunTask", "StudySpec",
-           "load_spec", "parse_spec", "run_study", "run_task", "study_status"]
+__all__ = ["ALIASES", "ROWS", "STAGES", "TABLE4", "Executor", "LocalExecutor", "WorkerDied", "WorkerLostError",
+           "RunTask", "StudySpec", "load_spec", "parse_spec", "run_study", "run_task", "study_status"]

@@ -1,5 +1,5 @@
 """Executors run a study's tasks: :class:`LocalExecutor` in persistent worker processes on this
-machine (``taggnn.study.ray_executor.RayExecutor`` on a Ray cluster).
+machine, :class:`~taggnn.study.ray_executor.RayExecutor` as Ray tasks (on this machine or a cluster).
 
 An executor maps a module-level function over picklable tasks and yields ``(task, result)`` as
 each task completes; ``result`` is the function's return value or the exception it raised. A
@@ -26,15 +26,25 @@ from ..errors import TaggnnError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Executor", "LocalExecutor", "WorkerDied", "default_workers", "cpu_count"]
+__all__ = ["Executor", "LocalExecutor", "WorkerDied", "WorkerLostError", "default_workers", "cpu_count"]
 
 
 class WorkerDied(TaggnnError, RuntimeError):
-    """The process running a task ended before the task did (twice)."""
+    """The process running a task (or its node) ended before the task did, on every attempt
+    (killed, out of memory). Every executor yields this one class."""
+
+
+#: The same class under the name the Ray executor first used.
+WorkerLostError = WorkerDied
 
 
 class Executor:
-    """Runs ``fn(task)`` for every task; see the module's docstring."""
+    """Runs ``fn(task)`` for every task; see the module's docstring.
+
+    A subclass implements :meth:`map` (and :meth:`close` when it holds resources); the study
+    runner needs nothing else. Every executor runs a task with the torch thread count it was
+    given, so the same task gives the same result whichever executor runs it.
+    """
 
     max_retries = 1
 

@@ -5,7 +5,10 @@
 the task raised, and ``close()``). Each task runs in a Ray worker process with the CPUs and GPUs
 it asks for; Ray schedules as many at once as the machine or cluster holds. A task whose worker
 process or node dies is run again, up to ``max_retries`` times, by Ray's task retries; then it
-is yielded with a :class:`WorkerLostError`.
+is yielded with a :class:`~taggnn.study.executors.WorkerDied` (also importable here as
+``WorkerLostError``). Each task sets its worker's torch threads to the CPUs it reserves (at
+least one), as :class:`~taggnn.study.executors.LocalExecutor` does for its workers, so a run
+gives the same metrics under either executor.
 
 With a cluster, every node reads and writes the study folder: it must be on storage all the
 nodes share (the same path everywhere), and every node needs taggnn (the same version) and the
@@ -16,16 +19,22 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
-from ..errors import ConfigError, TaggnnError
+from ..errors import ConfigError
 from ..utils.optional import require
+from .executors import Executor, WorkerDied, WorkerLostError, _name
 
-__all__ = ["RayExecutor", "WorkerLostError"]
+__all__ = ["RayExecutor", "WorkerLostError", "WorkerDied"]
 
 logger = logging.getLogger(__name__)
 
 
-class WorkerLostError(TaggnnError, RuntimeError):
-    """A task's worker process (or its node) died each time it ran, e.g. killed for memory."""
+def _call_with_threads(fn: Callable[[Any], Any], threads: int, task: Any) -> Any:
+    """``fn(task)`` with ``threads`` torch threads (in a Ray worker process, which may have run
+    other tasks with other settings before)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    return fn(task)
 
 
 def _unwrap(error: BaseException, ray, task: Any, attempts: int) -> BaseException:
@@ -35,14 +44,14 @@ def _unwrap(error: BaseException, ray, task: Any, attempts: int) -> BaseExceptio
         return cause if isinstance(cause, BaseException) else error
     if isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError,
                           ray.exceptions.OutOfMemoryError)):
-        lost = WorkerLostError(f"the worker process running {task!r} died on each of {attempts} attempt(s) "
-                               f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
+        lost = WorkerDied(f"the worker process running {_name(task)} died on each of {attempts} attempt(s) "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})")
         lost.__cause__ = error
         return lost
     return error
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs ``fn(task)`` for each task as a Ray task and yields the results as they complete.
 
     Without :obj:`address` a Ray instance is started on this machine (no dashboard, Ray's own
@@ -56,7 +65,8 @@ class RayExecutor:
 
     Args:
         address (str, optional): The cluster to use, or ``None`` for a local instance.
-        num_cpus (float): CPUs each task reserves (default: 1).
+        num_cpus (float): CPUs each task reserves (default: 1); the task runs with that many
+            torch threads (rounded down, at least one).
         num_gpus (float, optional): GPUs each task reserves (a fraction shares a GPU); default:
             1 when the cluster has GPUs, else 0. Ray sets ``CUDA_VISIBLE_DEVICES`` in the task to
             the GPUs it got, so a run with ``train.device=auto`` trains on its own GPU; a task
@@ -106,16 +116,19 @@ class RayExecutor:
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Tuple[Any, Any]]:
         """Submits ``fn(task)`` for every task and yields ``(task, result)`` as each completes, in
         completion order; ``result`` is what ``fn`` returned, the exception it raised, or a
-        :class:`WorkerLostError` when its worker died on every attempt. ``fn`` and the tasks must
-        be picklable (a module-level function, dataclasses), and importable on every node.
+        :class:`~taggnn.study.executors.WorkerDied` when its worker died on every attempt. ``fn``
+        and the tasks must be picklable (a module-level function, dataclasses), and importable on
+        every node. Each task runs with ``max(1, int(num_cpus))`` torch threads.
 
         Closing the iterator early cancels the tasks not yet finished."""
         ray = self.ray
-        remote = ray.remote(fn).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
-                                        max_retries=self.max_retries, retry_exceptions=False)
+        remote = ray.remote(_call_with_threads).options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+                                                        max_retries=self.max_retries, retry_exceptions=False)
+        threads = max(1, int(self.num_cpus))
+        function = ray.put(fn)  # sent once, not with every task
         pending = {}
         for task in tasks:
-            pending[remote.remote(task)] = task
+            pending[remote.remote(function, threads, task)] = task
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -135,9 +148,3 @@ class RayExecutor:
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
         self._owns_ray = False
-
-    def __enter__(self) -> "RayExecutor":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

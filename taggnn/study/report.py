@@ -4,7 +4,7 @@ r"""The report of a study: each row's metric over seeds, and its paired differen
 writes four files into the study folder, each atomically (temporary file, then rename):
 
 - ``report.md``: the table a person reads, with what is needed to judge it: the chance level
-  beside the metric, warnings (every row within noise of chance, a partial study), notes on
+  beside the metric, warnings (no row above chance, a partial study), notes on
   degenerate rows, the per-seed values, the failed runs and the study's spec;
 - ``report.json``: the same numbers for programs (NaN written as ``null``);
 - ``runs.csv``: one line per run with its status, folder, config hash and metrics;
@@ -169,7 +169,9 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
             low, high, clipped = _clip(summary["ci_low"], summary["ci_high"], 0.0, 100.0)
             entry.update(n=summary["n"], mean=summary["mean"], std=summary["std"], ci_low=low, ci_high=high,
                          ci_clipped=clipped)
-            entry["at_chance"] = bool(low <= chance <= high) if low == low and chance == chance else None
+            # not above chance: the interval includes chance or lies below it (a row scoring 0 on
+            # every seed is no better than guessing either)
+            entry["at_chance"] = bool(low <= chance) if low == low and chance == chance else None
             if clipped:
                 entry["notes"].append(f"its {confidence:.0%} interval reaches past [0, 100] and is clipped there")
             if summary["n"] >= 2 and summary["std"] == 0:
@@ -226,9 +228,9 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
 
     known = [entry for entry in row_reports if entry["at_chance"] is not None]
     if known and all(entry["at_chance"] for entry in known):
-        warnings.insert(0, f"every row's {confidence:.0%} interval includes chance ({chance:.2f}%): the rows are "
-                           "within noise of guessing, so this table cannot tell them apart. That is a budget "
-                           "problem (too few epochs, clips or seeds), not a finding.")
+        warnings.insert(0, f"every row's {confidence:.0%} interval includes chance ({chance:.2f}%) or lies below "
+                           "it: the rows are no better than guessing, so this table cannot tell them apart. That is "
+                           "a budget problem (too few epochs, clips or seeds), not a finding.")
     expected = len(rows) * len(seeds)
     if counts["done"] < expected:
         warnings.append(f"partial study: {counts['done']} of {expected} runs done ({counts['failed']} failed, "
@@ -307,7 +309,7 @@ def _markdown(report: Dict[str, Any]) -> str:
     for entry in report["rows"]:
         name = _cell(entry["name"]) + (" (ref)" if entry["is_reference"] else "")
         if entry["at_chance"]:
-            name += " ⚠ at chance"
+            name += " ⚠ not above chance"
         cells = [name, str(entry["n"]), _number(entry["mean"]), _number(entry["std"]),
                  _interval(entry["ci_low"], entry["ci_high"], entry["ci_clipped"])]
         comparison = entry.get("vs_reference")
@@ -352,7 +354,7 @@ def _runs_csv(records: Sequence[Mapping[str, Any]]) -> str:
         writer.writerow({"row": record["row"], "seed": record["seed"], "status": record.get("status", "pending"),
                          "folder": record.get("folder", ""), "config_hash": record.get("config_hash", ""),
                          **{name: metrics.get(name, "") for name in METRICS},
-                         "wall_s": "" if record.get("wall_s") is None else record["wall_s"],
+                         "wall_s": "" if record.get("wall_s") is None else f"{record['wall_s']:.1f}",
                          "error": record.get("error") or ""})
     return buffer.getvalue()
 
@@ -423,6 +425,8 @@ def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any
     report["files"] = files
     report = _nan_to_none(report)
     write_text_atomic(study_dir / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
+    for warning in report["warnings"]:
+        logger.warning("study report: %s", warning)
     logger.info("study report written to %s (%s)", study_dir, ", ".join(files))
     return report
 

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -5,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from taggnn.cli import main
 from taggnn.errors import ConfigError, MissingExtraError, TaggnnError
+from taggnn.study import Executor, WorkerDied, parse_spec, run_study
+
+from .helpers import copy_study, metrics, spec_text
 
 ray = pytest.importorskip("ray")
 
@@ -48,6 +53,7 @@ def local_ray():
 
 def test_map_gives_the_sequential_results_and_yields_exceptions(local_ray):
     executor = RayExecutor(num_cpus=1)
+    assert isinstance(executor, Executor)
     tasks = [Task(i) for i in range(6)]
     results = dict(executor.map(square, tasks))
     executor.close()
@@ -75,7 +81,8 @@ def test_without_retries_a_lost_worker_is_yielded(local_ray, tmp_path):
     executor = RayExecutor(max_retries=0)
     task = Task(1, marker=str(tmp_path / "attempted"))
     [(yielded, error)] = list(executor.map(dies_once, [task]))
-    assert yielded == task and isinstance(error, WorkerLostError) and isinstance(error, TaggnnError)
+    assert yielded == task and type(error) is WorkerDied and isinstance(error, TaggnnError)
+    assert WorkerLostError is WorkerDied  # one class for a lost worker, whichever executor ran the task
     assert "died on each of 1 attempt(s)" in str(error) and "Task(index=1" in str(error)
 
 
@@ -96,3 +103,39 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingExtraError, match=r"needs ray: pip install 'taggnn\[ray\]'"):
         RayExecutor()
+
+
+def torch_threads(task: Task) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_each_task_runs_with_as_many_torch_threads_as_cpus_it_reserves(local_ray):
+    with RayExecutor(num_cpus=2) as executor:
+        assert [result for _, result in executor.map(torch_threads, [Task(0)])] == [2]
+    with RayExecutor(num_cpus=0.5) as executor:  # at least one thread; set again in a reused worker process
+        assert [result for _, result in executor.map(torch_threads, [Task(0), Task(1)])] == [1, 1]
+
+
+def test_ray_and_local_workers_give_identical_metrics(local_ray, tiny_study, tmp_path):
+    """The tiny study run as Ray tasks (1 CPU each) gives every run the metrics two local worker
+    processes with one torch thread each gave, exactly."""
+    out = copy_study(tiny_study[0], tmp_path / "study", runs=False)  # the cached features, no run
+    with RayExecutor(num_cpus=1) as executor:
+        records = run_study(parse_spec(spec_text()), out, executor=executor, progress=False)
+    assert [r["status"] for r in records] == ["done"] * 4
+    assert metrics(records) == metrics(tiny_study[1])
+
+
+def test_study_run_with_the_ray_executor_from_the_command_line(local_ray, tiny_study, tmp_path, capsys):
+    out = copy_study(tiny_study[0], tmp_path / "study")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(seeds="3", rows="[B+TE]"))  # one new run: B+TE seed 2
+    assert main(["study", "run", str(spec), "--out", str(out), "--executor", "ray", "--threads", "1",
+                 "--no-progress"]) == 0
+    assert "B+TE                  3    0    0    0" in capsys.readouterr().out
+    assert ray.is_initialized()  # the fixture's instance: used, not stopped
+    records = json.loads((out / "records.json").read_text())
+    assert [(r["row"], r["seed"], r["status"]) for r in records] == [("B+TE", s, "done") for s in range(3)]
+    assert (out / "runs" / "B+TE" / "seed-2" / "last.pt").is_file()

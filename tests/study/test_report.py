@@ -196,15 +196,21 @@ def test_zero_variance_rows(tmp_path):
     assert "all 5 seeds gave the same top1" in (tmp_path / "report.md").read_text()
 
 
-def test_every_row_at_chance_is_a_warning(tmp_path):
+def test_every_row_at_chance_is_a_warning(tmp_path, caplog):
     noise = {"B": [9.0, 12.0, 10.5, 8.0, 11.0], "B+TE": [10.0, 8.5, 12.5, 9.5, 11.0],
              "B|x": [11.0, 9.0, 10.0, 13.0, 8.0]}
-    report = report_of(tmp_path, records_of(noise))
+    with caplog.at_level(logging.WARNING, logger="taggnn"):
+        report = report_of(tmp_path, records_of(noise))
     assert all(entry["at_chance"] for entry in report["rows"])
-    assert report["warnings"][0].startswith("every row's 95% interval includes chance (10.00%)")
+    assert report["warnings"][0].startswith("every row's 95% interval includes chance (10.00%) or lies below it")
     assert "budget problem" in report["warnings"][0]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"study report: {warning}" for warning in report["warnings"]]  # logged too: the command shows them
     text = (tmp_path / "report.md").read_text()
-    assert "## Warnings" in text and "⚠ at chance" in text
+    assert "## Warnings" in text and "| B (ref) ⚠ not above chance |" in text
+    # a row below chance on every seed is no better than guessing either
+    report = report_of(tmp_path, records_of({**noise, "B+TE": [0.0] * 5}))
+    assert by_name(report)["B+TE"]["at_chance"] and report["warnings"][0].startswith("every row's 95% interval")
     # one row clearly above chance: no study-wide warning (the rows at chance are still marked)
     noise["B+TE"] = [30.0, 31.0, 29.5, 30.5, 32.0]
     report = report_of(tmp_path, records_of(noise))

@@ -3,10 +3,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -14,33 +10,11 @@ from taggnn.cli import main
 from taggnn.errors import ConfigError
 from taggnn.study import LocalExecutor, parse_spec, run_study
 
-SMALL = ["data.num_frames=8", "data.crop_size=32", "data.short_side=32", "data.synth_size=32", "data.synth_train=32",
-         "data.synth_val=16", "data.synth_test=16", "train.batch_size=8", "train.eval_batch_size=16",
-         "model.ffn_dim=32", "train.epochs=3", "train.deterministic=true", "train.checkpoint_every_steps=2",
-         "train.device=cpu", "model.freeze_backbone=true"]
-ROOT = Path(__file__).resolve().parents[2]
+from .helpers import copy_study, metrics, spec_text, start_driver, wait_for_checkpoint
 
 
-def spec_text(rows="[B, B+TE]", seeds="2", extra="", reference="B+TE"):
-    return (f"base: synthgym_tiny\nset: [{', '.join(SMALL)}]\nseeds: {seeds}\nreference: {reference}\nrows: {rows}\n"
-            f"head_only: true\nselect: last\n{extra}")
-
-
-def metrics(records):
-    return {(r["row"], r["seed"]): r["metrics"] for r in records}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The tiny study, run once by one worker with one thread."""
-    out = tmp_path_factory.mktemp("study") / "study"
-    with LocalExecutor(1, threads=1) as executor:
-        records = run_study(parse_spec(spec_text()), out, executor=executor, progress=False)
-    return out, records
-
-
-def test_every_run_is_an_ordinary_run_folder_sharing_one_feature_cache(reference):
-    out, records = reference
+def test_every_run_is_an_ordinary_run_folder_sharing_one_feature_cache(tiny_study):
+    out, records = tiny_study
     assert [(r["row"], r["seed"], r["status"]) for r in records] == [
         ("B", 0, "done"), ("B", 1, "done"), ("B+TE", 0, "done"), ("B+TE", 1, "done")]
     features = list((out / "features").iterdir())
@@ -58,24 +32,24 @@ def test_every_run_is_an_ordinary_run_folder_sharing_one_feature_cache(reference
     assert json.loads((out / "records.json").read_text()) == records
 
 
-def test_running_again_skips_finished_runs(reference, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(reference[0], out)
+def test_running_again_skips_finished_runs(tiny_study, tmp_path):
+    out = copy_study(tiny_study[0], tmp_path / "copy")
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
     again = run_study(parse_spec(spec_text()), out, progress=False)
-    assert metrics(again) == metrics(reference[1])
+    assert metrics(again) == metrics(tiny_study[1])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")} == before
 
 
-def test_two_workers_give_the_same_metrics(reference, tmp_path):
-    with LocalExecutor(2, threads=1) as executor:
-        records = run_study(parse_spec(spec_text()), tmp_path / "study", executor=executor, progress=False)
-    assert metrics(records) == metrics(reference[1])
+def test_one_worker_gives_the_same_metrics_as_two(tiny_study, tmp_path):
+    out = copy_study(tiny_study[0], tmp_path / "copy", runs=False)  # the cached features, no run
+    with LocalExecutor(1, threads=1) as executor:
+        records = run_study(parse_spec(spec_text()), out, executor=executor, progress=False)
+    assert [r["status"] for r in records] == ["done"] * 4
+    assert metrics(records) == metrics(tiny_study[1])
 
 
-def test_new_seeds_extend_a_study_and_a_changed_row_is_refused(reference, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(reference[0], out)
+def test_new_seeds_extend_a_study_and_a_changed_row_is_refused(tiny_study, tmp_path):
+    out = copy_study(tiny_study[0], tmp_path / "copy")
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError) as error:
         run_study(parse_spec(spec_text(extra="extra_rows:\n  X: [model.readout=max]\n").replace(
@@ -89,9 +63,8 @@ def test_new_seeds_extend_a_study_and_a_changed_row_is_refused(reference, tmp_pa
     assert not (out / "runs" / "B+TE").exists() and not (out / "runs" / "B" / "seed-1").exists()
 
 
-def test_a_failed_run_is_reported_and_run_again(reference, tmp_path, capsys):
-    out = tmp_path / "copy"
-    shutil.copytree(reference[0], out)
+def test_a_failed_run_is_reported_and_run_again(tiny_study, tmp_path, capsys):
+    out = copy_study(tiny_study[0], tmp_path / "copy")
     spec = tmp_path / "s.yaml"
     spec.write_text(spec_text(seeds="3"))
     blocked = out / "runs" / "B" / "seed-2"
@@ -104,44 +77,30 @@ def test_a_failed_run_is_reported_and_run_again(reference, tmp_path, capsys):
     assert main(["study", "status", str(out), "--json"]) == 0
     status = {(r["row"], r["seed"]): r for r in json.loads(capsys.readouterr().out)}
     assert status[("B", 2)]["status"] == "failed" and "no taggnn manifest" in status[("B", 2)]["error"]
-    assert status[("B+TE", 2)]["status"] == "done" and status[("B", 0)]["metrics"] == reference[1][0]["metrics"]
+    assert status[("B+TE", 2)]["status"] == "done" and status[("B", 0)]["metrics"] == tiny_study[1][0]["metrics"]
     (blocked / "config.yaml").unlink()
     assert main(["study", "run", str(spec), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     assert main(["study", "status", str(out)]) == 0
     assert "B                     3    0    0    0" in capsys.readouterr().out
 
 
-def _start(spec, out, *extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "taggnn", "study", "run", str(spec), "--out", str(out),
-                             "--workers", "1", "--threads", "1", "--no-progress", *extra],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_checkpoint(folder: Path, process) -> int:
-    """The PID holding the run folder's lock once its first last.pt is written."""
-    while not (folder / "last.pt").is_file():
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.02)
-    return json.loads((folder / ".taggnn.lock").read_text())["pid"]
-
-
 @pytest.mark.parametrize("victim", ["worker", "driver"])
-def test_a_killed_process_resumes_to_the_same_results(reference, tmp_path, victim):
-    spec = tmp_path / "s.yaml"
-    spec.write_text(spec_text(rows="[B+TE]", seeds="[1]"))
-    out = tmp_path / "study"
-    process = _start(spec, out)
+def test_a_killed_process_resumes_to_the_same_results(tiny_study, tmp_path, victim):
+    out = copy_study(tiny_study[0], tmp_path / "study")
     folder = out / "runs" / "B+TE" / "seed-1"
-    worker = _wait_for_checkpoint(folder, process)
+    shutil.rmtree(folder)  # this run starts from scratch; the others are done
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text())
+    process = start_driver(spec, out)
+    worker = wait_for_checkpoint(folder, process)
     assert worker != process.pid  # the run trains in a worker process
     os.kill(worker if victim == "worker" else process.pid, signal.SIGKILL)
     if victim == "driver":
         process.wait()
-        process = _start(spec, out)  # the worker died with its driver; the lock it left is stale
+        process = start_driver(spec, out)  # the worker died with its driver; the lock it left is stale
     _, err = process.communicate(timeout=600)
     assert process.returncode == 0, err
     if victim == "worker":
         assert "ended (killed by signal 9): running it again" in err
     records = json.loads((out / "records.json").read_text())
-    assert metrics(records) == {("B+TE", 1): metrics(reference[1])[("B+TE", 1)]}
+    assert metrics(records) == metrics(tiny_study[1])
