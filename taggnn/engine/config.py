@@ -434,11 +434,11 @@ def describe_keys(keys) -> str:
 
 
 def docs_table() -> str:
-    """``docs/config-keys.md``: a Markdown table of every config key with its default, range or choices,
+    """``taggnn/configs/KEYS.md``: a Markdown table of every config key with its default, range or choices,
     whether it may change on resume / changes cached features / may change at evaluation, and its help."""
     rows = ["# Config keys", "",
             "Generated from the config's field metadata (`taggnn/engine/config.py`) by "
-            "`taggnn config table > docs/config-keys.md`; a test keeps this file current. `resume`: may change "
+            "`taggnn config table > taggnn/configs/KEYS.md`; a test keeps this file current. `resume`: may change "
             "on `--resume`; `features`: one of the settings of cached features (`taggnn features`); `eval`: may "
             "change in `taggnn eval` / `predict`.", "",
             "| key | default | allowed | resume | features | eval | help |", "|---|---|---|---|---|---|---|"]

@@ -278,8 +278,8 @@ def test_help_names_config_show_in_clean_text(command, capsys):
 def test_the_docs_table_is_current():
     from pathlib import Path
 
-    docs = Path(__file__).resolve().parents[2] / "docs" / "config-keys.md"
-    assert docs.read_text() == docs_table(), "regenerate it: taggnn config table > docs/config-keys.md"
+    docs = Path(__file__).resolve().parents[2] / "taggnn" / "configs" / "KEYS.md"
+    assert docs.read_text() == docs_table(), "regenerate it: taggnn config table > taggnn/configs/KEYS.md"
 
 
 def test_feature_flags_of_the_config_agree_with_the_dataset_registry():
