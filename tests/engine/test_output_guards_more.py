@@ -32,9 +32,9 @@ def quick_export(monkeypatch):
 
     real = export_module._write_and_reload
 
-    def quick(model, example, path, fmt):
+    def quick(model, example, path, fmt, metadata):
         if fmt == "safetensors":  # a folder, written for real (fast)
-            return real(model, example, path, fmt)
+            return real(model, example, path, fmt, metadata)
         path.write_text(f"{fmt} export")
         if fmt == "onnx":
             path.with_name(path.name + ".data").write_text("weights")
