@@ -8,11 +8,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph
 from ..utils.optional import require_torch_sparse
-from .backends import PropagationBackend, backend_names, get_backend
+from .backends import PropagationBackend, backend_names, get_backend, recommended_backend
 from .conv_stack import ACTIVATIONS, NUM_EDGE_TYPES, ConvStack, conv_arguments, pyg_conv_class, pyg_conv_names
-from .edge_weights import EdgeTypeWeights
+from .edge_weights import EdgeTypeWeights, num_weighted_edge_types
 from .propagation import MESSAGE_PASSING_BACKENDS, StageOptions, get_propagation, propagation_names
 
 EDGE_WEIGHTS = ("fixed", "learned")
@@ -26,14 +27,15 @@ CONV_BACKENDS = MESSAGE_PASSING_BACKENDS
 
 
 def check_refiner_options(propagation: str, backend=None, edge_weights: str = "fixed", *,
-                          key_prefix: str = "") -> str:
-    """Validates (propagation, back-end, edge weights); returns the back-end to use."""
+                          key_prefix: str = "", graph: Optional[SpatioTemporalGraph] = None) -> str:
+    """Validates (propagation, back-end, edge weights); returns the back-end to use (with
+    ``backend=None`` and a ``graph``: :func:`~taggnn.nn.backends.recommended_backend`)."""
     try:
         entry = get_propagation(propagation)
     except ValueError as error:
         raise ValueError(f"{key_prefix}{error}") from None
     if backend is None:
-        backend = entry.backends[0]
+        backend = entry.backends[0] if graph is None else recommended_backend(entry.backends, graph)
     if backend not in backend_names():
         raise ValueError(f"{key_prefix}backend must be one of {', '.join(backend_names())} or None, got {backend!r}")
     if backend not in entry.backends:
@@ -160,7 +162,7 @@ class GraphRefiner(nn.Module):
         super().__init__()
         if not isinstance(graph, SpatioTemporalGraph):
             raise TypeError(f"graph must be a SpatioTemporalGraph, got {type(graph).__name__}")
-        backend = check_refiner_options(propagation, backend, edge_weights)
+        backend = check_refiner_options(propagation, backend, edge_weights, graph=graph)
         if backend == "sparse_tensor":
             require_torch_sparse("backend='sparse_tensor'")
         if isinstance(K, bool) or not isinstance(K, int) or K < 0:
@@ -185,15 +187,21 @@ class GraphRefiner(nn.Module):
 
         options = StageOptions(K=K, alpha=self.alpha, channels=channels, num_layers=num_layers, heads=heads,
                                dropout=dropout, activation=activation, residual=self.residual,
-                               conv_kwargs=self.conv_kwargs)
+                               conv_kwargs=self.conv_kwargs, graph=graph)
         stage = get_propagation(propagation).build(options)
+        if graph.edge_attr_kinds and stage is not None and not (isinstance(stage, ConvStack)
+                                                                and "edge_attr" in stage.inputs):
+            raise ConfigError(
+                f"the graph has edge_attr {'+'.join(graph.edge_attr_kinds)!r}, which only a convolution with an "
+                f"edge_dim argument reads (e.g. TransformerConv, GINEConv, GATv2Conv), but propagation "
+                f"{propagation!r} takes no edge features; choose such a convolution or drop the edge_attr")
         # A convolution stack is registered as `convs` (state_dict keys `convs.<i>.*`), any
         # other stage as `operator`; `self.stage` names either.
         self._stage_name = "convs" if isinstance(stage, ConvStack) else "operator"
         if stage is not None:
             self.add_module(self._stage_name, stage)
         self.num_layers = len(stage) if isinstance(stage, ConvStack) else 0
-        self.type_weights = EdgeTypeWeights() if edge_weights == "learned" else None
+        self.type_weights = EdgeTypeWeights(num_weighted_edge_types(graph)) if edge_weights == "learned" else None
 
     # ------------------------------------------------------------ parts
     @property
@@ -218,6 +226,9 @@ class GraphRefiner(nn.Module):
     @graph.setter
     def graph(self, graph: SpatioTemporalGraph) -> None:
         self._backend.check_graph(graph)
+        if self.type_weights is not None and num_weighted_edge_types(graph) != self.type_weights.log_weight.numel():
+            raise ConfigError(f"the learned edge weights cover {self.type_weights.log_weight.numel()} edge types, "
+                              f"the new graph has {num_weighted_edge_types(graph)}; build a new refiner")
         self._graph = graph
 
     @property
