@@ -109,6 +109,13 @@ def batched_typed_edges(graph: SpatioTemporalGraph, batch_size: int, x: Tensor, 
     return edge_index, edge_type
 
 
+def is_translation_invariant(graph: SpatioTemporalGraph) -> bool:
+    """Whether :meth:`SpatioTemporalGraph.offsets` is not ``None`` (no ``dynamic`` or ``custom``
+    family), decided from the families alone (no tensor is built: safe on the ``meta`` device)."""
+    return (hasattr(graph, "offsets") and getattr(graph, "dynamic", None) is None
+            and getattr(graph, "custom", None) is None)
+
+
 def is_symmetric(graph: SpatioTemporalGraph) -> bool:
     """Whether the static edge list of one clip holds every edge in both directions (as often)."""
     edge_index = graph.edge_index_on("cpu")
@@ -327,8 +334,7 @@ class StencilBackend(PropagationBackend):
         self._offsets: Dict[SpatioTemporalGraph, Tuple] = {}
 
     def check_graph(self, graph):
-        offsets = graph.offsets() if hasattr(graph, "offsets") else None
-        if offsets is None:
+        if not is_translation_invariant(graph):
             raise ConfigError(
                 "backend 'stencil' needs a translation-invariant graph (an offset set), but this one has "
                 + (f"{graph.dynamic} edges" if getattr(graph, "dynamic", None) else "a custom family")
@@ -358,7 +364,7 @@ def recommended_backend(propagation_backends: Tuple[str, ...], graph: SpatioTemp
     propagation's back-ends, its default first): the default for the paper's graph, ``"stencil"``
     for other translation-invariant graphs, else the first back-end that accepts the graph."""
     paper = graph.spatial in ("full", "none") and graph.temporal in ("aligned", "none")
-    local = graph.offsets() is not None and not paper and "full" not in (graph.spatial, graph.temporal)
+    local = is_translation_invariant(graph) and not paper and "full" not in (graph.spatial, graph.temporal)
     if local and "stencil" in propagation_backends:
         return "stencil"
     for name in propagation_backends:

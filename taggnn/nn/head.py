@@ -293,7 +293,9 @@ class TAGHead(nn.Module):
             channels=width, num_layers=num_graph_layers, heads=graph_heads, edge_weights=edge_weights,
             activation=graph_activation, residual=graph_residual, conv_kwargs=graph_kwargs,
         )
-        uses_graph = self.graph.has_edges and propagation != "none"
+        # decided from the families (no edge tensor is built: the config check builds heads on `meta`)
+        has_families = self.graph.spatial != "none" or self.graph.temporal != "none" or self.graph.dynamic is not None
+        uses_graph = has_families and propagation != "none"
         # Built even when unused so that bad options fail here, not later.
         refiner = GraphRefiner(self.graph, **self._refiner_options)
         self.refiner = refiner if uses_graph else None
