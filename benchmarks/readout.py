@@ -66,12 +66,13 @@ def main(argv=None) -> None:
     parser.add_argument("--graphs", nargs="+", default=["full+aligned"],
                         help="edge families, spatial+temporal[+knn:k] each (default: the paper's full+aligned)")
     parser.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=list(READOUTS))
+    parser.add_argument("--clips", type=int, default=16, help="clips of random tokens")
     args = parser.parse_args(argv)
     graphs = {text: parse_graph(text, "--graphs") for text in args.graphs}  # bad names stop before any work
     device = pick_device(args.device)
     env = environment(device)
     torch.manual_seed(0)
-    random_tokens = torch.randn(16, 128, 8, 7, 7, device=device)
+    random_tokens = torch.randn(args.clips, 128, 8, 7, 7, device=device)
     real = synthgym_tokens(args.pretrained, device).to(device) if args.pretrained.is_file() else None
     rows = []
     combinations = itertools.product(graphs.items(), PROPAGATIONS.items(), args.readouts, POST_GRAPH)
@@ -106,7 +107,7 @@ def main(argv=None) -> None:
     columns += [] if args.no_latency else ["fwd_bwd_ms"]
     print(format_table(rows, columns))
     path = write_json(args.out, {"benchmark": "readout", "environment": env, "settings": {
-        "random": [16, 128, 8, 7, 7], "synthgym": None if real is None else list(real.shape),
+        "random": list(random_tokens.shape), "synthgym": None if real is None else list(real.shape),
         "pretrained": str(args.pretrained), "latency": "B=8, C=512, 8x7x7, FFN 1024", "graphs": list(graphs),
         "readouts": args.readouts}, "rows": rows})
     print(f"wrote {path}")
