@@ -58,8 +58,13 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
 
     Raises:
         ValueError: For non-linear stages (convolution stacks with activations, a post-graph
-            MLP, a non-linear readout), which have no such weights.
+            MLP, a non-linear readout) and kNN edges (rebuilt from the tokens), which have no
+            such weights.
     """
+    if head.graph.dynamic is not None and head.refiner is not None:
+        raise ValueError(f"pooled_token_weights needs a fixed graph, but the {head.graph.dynamic} edges of this head "
+                         f"are rebuilt from the tokens at every forward (the weights depend on the clip): use "
+                         f"graph_sensitivity instead")
     if not _is_linear_stage(head):
         what = []
         if head.refiner is not None and not head.refiner.is_linear_map:
@@ -70,10 +75,6 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
             what.append(f"readout {head.readout.name!r}")
         raise ValueError(f"pooled_token_weights needs a linear graph stage and the mean readout; this head has "
                          f"{' and '.join(what)}: use graph_sensitivity instead")
-    if head.graph.dynamic is not None and head.refiner is not None:
-        raise ValueError(f"pooled_token_weights needs a fixed graph, but the {head.graph.dynamic} edges of this head "
-                         f"are rebuilt from the tokens at every forward (the weights depend on the clip): use "
-                         f"graph_sensitivity instead")
     N, C = head.num_nodes, head.embed_dim
     refiner = head.refiner
     if refiner is None:

@@ -161,7 +161,9 @@ class TAGHead(nn.Module):
         K (int, optional): APPNP steps. (default: ``2``)
         alpha (float, optional): APPNP teleport. (default: ``0.1``)
         backend (str, optional): Propagation back-end, see
-            :class:`GraphRefiner`. (default: :obj:`None`, the fastest exact)
+            :class:`GraphRefiner`. (default: :obj:`None`: ``"csr"`` for the
+            paper's graph, ``"stencil"`` for local families, ``"edge_index"``
+            with kNN edges)
         num_graph_layers (int, optional): Depth of GCN/GAT stacks. (default: ``2``)
         pre_classifier_norm (bool, optional): LayerNorm before the classifier,
             as in the authors' code. (default: :obj:`False`)

@@ -176,7 +176,9 @@ def _conv_stack(kind: str, options: StageOptions) -> ConvStack:
 # APPNP and GCN need only the normalised product, so they run on every back-end (also those added
 # later); the default runs PyG's own APPNP / GCNConv propagation on the batch's cached sparse
 # adjacency ("csr"); "structured" is the exact O(N*C) opt-in (fastest for deep K and large grids,
-# see benchmarks/propagation.py). GATConv and other convolutions pass messages over edge_index.
+# see benchmarks/propagation.py) for the paper's graph, "stencil" the default for local edge families
+# (GraphRefiner picks it, see backends.recommended_backend). GATConv and other convolutions pass
+# messages over edge_index.
 MESSAGE_PASSING_BACKENDS = ("edge_index",)
 register_propagation("appnp", lambda options: APPNPPropagation(options.K, options.alpha), default="csr",
                      learned_edge_weights=True)

@@ -87,8 +87,8 @@ class GraphRefiner(nn.Module):
     ``activation`` (default ReLU) runs between layers and ``residual=True`` adds
     each layer's input to its output.
 
-    ``edge_weights="learned"`` gives each edge type (IF-FC, TAT, self-loop) one
-    learnable positive weight :math:`w = e^{\theta}` (initially 1) and
+    ``edge_weights="learned"`` gives each edge type (IF-FC, TAT, self-loop; kNN
+    and custom types when the graph has them) one learnable positive weight :math:`w = e^{\theta}` (initially 1) and
     normalises with the weighted degrees,
     :math:`\hat{A}_w = D_w^{-1/2} (W \odot \tilde{M}) D_w^{-1/2}`, as PyG's
     ``gcn_norm`` does with ``edge_weight``; it is the fixed graph at
@@ -105,7 +105,19 @@ class GraphRefiner(nn.Module):
       path of the authors' code;
     * ``"structured"``: frame sums and time shifts,
       :math:`O(N C)` per step (:func:`~taggnn.graph.structured_propagate`),
-      for the paper's IF-FC and TAT edge families only.
+      for the paper's IF-FC and TAT edge families only;
+    * ``"stencil"``: shifted adds over the graph's offset set,
+      :math:`O(N C |\mathcal{O}|)` per step (:mod:`taggnn.graph.stencil`), for
+      every translation-invariant graph (no ``dynamic`` or ``custom`` family);
+      the default for local families (``grid4``, ``grid8``, ``radius:r``
+      with a temporal ``window:k``, ``cube:r``, ``aligned`` or none).
+
+    With ``backend=None`` the paper's graph runs on ``"csr"``, local families on
+    ``"stencil"``, and graphs with kNN edges (``dynamic="knn:k"``, rebuilt from
+    the stage's input tokens at every forward) or one-way custom edges on
+    ``"edge_index"`` (:func:`~taggnn.nn.backends.recommended_backend`); a
+    back-end that cannot compute a graph's products refuses it with a
+    :class:`~taggnn.errors.ConfigError`.
 
     All back-ends agree with PyG's :class:`~torch_geometric.nn.conv.APPNP` on
     the edge list to float32 rounding, in outputs and gradients.
@@ -252,14 +264,16 @@ class GraphRefiner(nn.Module):
 
     @property
     def edge_log_weight(self) -> Tensor:
-        """The learned log-weights of (IF-FC, TAT, self-loop) edges, ``(3,)`` (a parameter of
-        :attr:`type_weights`)."""
+        """The learned log-weights by edge type, ``(3,)`` for (IF-FC, TAT, self-loop) edges (more
+        with kNN or custom edges, see :func:`~taggnn.nn.edge_weights.num_weighted_edge_types`; a
+        parameter of :attr:`type_weights`)."""
         if self.type_weights is None:
             raise AttributeError("edge_log_weight exists with edge_weights='learned' only")
         return self.type_weights.log_weight
 
     def edge_type_weights(self) -> Optional[Tensor]:
-        """The learned weights of (IF-FC, TAT, self-loop) edges, ``(3,)``; None when fixed."""
+        """The learned weights by edge type (``(3,)``: IF-FC, TAT, self-loop, more with kNN or custom
+        edges); None when fixed."""
         return self.type_weights() if self.type_weights is not None else None
 
     def reset_parameters(self) -> None:
@@ -325,9 +339,11 @@ class GraphRefiner(nn.Module):
     @property
     def is_linear_map(self) -> bool:
         """Whether, for the current parameters, the refined features are a linear map of the
-        input tokens: APPNP or none, with fixed or learned edge weights."""
+        input tokens: APPNP or none, with fixed or learned edge weights, on a graph without kNN
+        edges."""
         stage = self.stage
-        return stage is None or bool(getattr(stage, "is_linear", False))
+        # kNN edges are rebuilt from the input: the map depends on it
+        return stage is None or (bool(getattr(stage, "is_linear", False)) and self._graph.dynamic is None)
 
     @property
     def is_linear(self) -> bool:
