@@ -4,6 +4,7 @@ type, the head's and the config's options."""
 import pytest
 import torch
 from torch_geometric.nn import APPNP, GCNConv, TransformerConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import add_self_loops
 
 from taggnn.errors import ConfigError
@@ -267,3 +268,12 @@ def test_config_keys_reach_the_model_and_bad_values_name_the_key():
         assert "\n" not in str(error.value)
     with pytest.raises(ConfigError, match="backend 'structured' computes the paper's IF-FC"):
         load_config("synthgym_tiny", ["model.graph_spatial=grid8", "model.backend=structured"])
+
+
+def test_adj_t_of_one_way_edges_is_pygs_adj_t():
+    """adj_t[target, source]: PyG's layout, which the edge list's direction decides (it was transposed)."""
+    graph = SpatioTemporalGraph(*GRID, spatial="none", temporal="none", custom=_one_way)
+    x = torch.randn(graph.num_nodes, 3)
+    edge_index, edge_weight = gcn_norm(graph.edge_index, None, graph.num_nodes)
+    expected = torch.zeros_like(x).index_add_(0, edge_index[1], x[edge_index[0]] * edge_weight[:, None])
+    torch.testing.assert_close(graph.adj_t().to_dense() @ x, expected)
