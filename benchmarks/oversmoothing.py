@@ -2,6 +2,7 @@
 
     python -m benchmarks.oversmoothing [--device cuda] [--backend structured] [--full]
     python -m benchmarks.oversmoothing --checkpoint runs/demo/best.pt   # trained Transformer features
+    python -m benchmarks.oversmoothing --graphs full+aligned grid8+window:2 radius:2+cube:1
 
 For each token grid (default T'=4 and 8 at 7x7; ``--full`` adds 14x14 and more clips) and each
 operator at depths 1, 2, 4, ..., 64:
@@ -17,6 +18,9 @@ Measures (``taggnn.analysis``): Dirichlet energy normalised by ||X||^2 and as a 
 input's, split into within-frame (IF-FC) and across-frame (TAT) parts; MAD with zero distances
 counted and the official variant; mean pairwise cosine within / across frames; effective and
 numerical rank; latency of forward and forward+backward (median); peak memory on CUDA.
+``--graphs`` runs it on other edge families (``spatial+temporal``, see ``taggnn.graph.families``;
+default: the paper's ``full+aligned``); their products run on the recommended back-end
+(``stencil`` for local families) unless ``--backend`` names one that takes the graph.
 
 The run checks the theory before it reports: APPNP keeps about alpha^2 of the within-frame
 energy for every K >= 1, and one propagation-only GCN step collapses it by more than 1000x on
@@ -31,19 +35,50 @@ from typing import Dict, List
 import torch
 
 from taggnn.analysis import oversmoothing_measures
-from taggnn.graph import SpatioTemporalGraph, structured_propagate
+from taggnn.errors import ConfigError
+from taggnn.graph import SELF_LOOP, SpatioTemporalGraph
+from taggnn.graph.families import graph_name, parse_graph
 from taggnn.nn import GraphRefiner
+from taggnn.nn.backends import get_backend
+from taggnn.nn.refiner import check_refiner_options
 
 from ._common import describe_environment, environment, format_table, peak_memory_mb, pick_device, time_call, write_json
 
 DEPTHS = [1, 2, 4, 8, 16, 32, 64]
 ALPHAS = [0.05, 0.1, 0.2]
+GRIDS = [(4, 7, 7), (8, 7, 7)]
+FULL_GRIDS = [(8, 14, 14)]
 
 
-def random_walk(x: torch.Tensor, graph: SpatioTemporalGraph) -> torch.Tensor:
+def pick_backend(graph: SpatioTemporalGraph, backend) -> str:
+    """``backend`` when it takes ``graph`` (default: structured for the paper's graph), else the recommended one."""
+    if backend is None and graph.spatial in ("full", "none") and graph.temporal in ("aligned", "none"):
+        backend = "structured"
+    if backend is not None:
+        try:
+            get_backend(backend).check_graph(graph)
+            return backend
+        except ConfigError:
+            pass
+    return check_refiner_options("appnp", None, graph=graph)
+
+
+def propagate(x: torch.Tensor, graph: SpatioTemporalGraph, backend: str) -> torch.Tensor:
+    """A_hat X with the back-end ``backend``."""
+    return get_backend(backend).propagate(x, graph)
+
+
+def node_degree(graph: SpatioTemporalGraph, device, dtype) -> torch.Tensor:
+    """Degrees of M + I, ``(N,)``."""
+    edge_index, edge_type = graph.edge_index_on(device), graph.edge_type_on(device)
+    degree = torch.bincount(edge_index[1, edge_type != SELF_LOOP], minlength=graph.num_nodes)
+    return degree.to(dtype) + 1
+
+
+def random_walk(x: torch.Tensor, graph: SpatioTemporalGraph, backend: str = "structured") -> torch.Tensor:
     """D^-1 (M + I) X = D^-1/2 A_hat D^1/2 X: mean over each node's neighbourhood (uniform attention)."""
-    d_sqrt = graph.degree(x.device, x.dtype).sqrt().repeat_interleave(graph.num_sites).view(1, -1, 1)
-    return structured_propagate(x * d_sqrt, graph) / d_sqrt
+    d_sqrt = node_degree(graph, x.device, x.dtype).sqrt().view(1, -1, 1)
+    return propagate(x * d_sqrt, graph, backend) / d_sqrt
 
 
 def depth_features(kind: str, mode: str, x: torch.Tensor, graph: SpatioTemporalGraph, depths: List[int],
@@ -58,7 +93,7 @@ def depth_features(kind: str, mode: str, x: torch.Tensor, graph: SpatioTemporalG
         if mode == "propagation":
             h = x
             for layer in range(1, max(depths) + 1):
-                h = structured_propagate(h, graph) if kind == "gcn" else random_walk(h, graph)
+                h = propagate(h, graph, backend) if kind == "gcn" else random_walk(h, graph, backend)
                 if layer in depths:
                     out[layer] = h
             return out
@@ -111,8 +146,9 @@ def checkpoint_features(path: Path, batch: int, device):
 def check_theory(results: List[dict]) -> List[str]:
     """The two facts of the oversmoothing theory (README, "Theory") on the 7x7 grids of this run."""
     lines = []
-    for row in results:
-        if row["grid"].endswith("7x7") and row["mode"] == "propagation":
+    for row in results:  # the theory is that of the full spatial clique (IF-FC)
+        if (row["grid"].endswith("7x7") and row["mode"] == "propagation"
+                and row.get("graph", "full+aligned").startswith("full+")):
             if row["operator"].startswith("appnp"):
                 alpha = float(row["operator"].split("=")[1])
                 ratio = row["energy_within_ratio"] / alpha ** 2
@@ -129,8 +165,11 @@ def check_theory(results: List[dict]) -> List[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--backend", default="structured", choices=["structured", "csr", "edge_index"],
-                        help="back-end of APPNP and GCN (GAT always runs on edge_index)")
+    parser.add_argument("--backend", default=None, choices=["structured", "csr", "edge_index", "stencil"],
+                        help="back-end of APPNP and GCN (GAT always runs on edge_index; default: structured for "
+                             "the paper's graph, the recommended one for others)")
+    parser.add_argument("--graphs", nargs="+", default=["full+aligned"],
+                        help="edge families, spatial+temporal each (default: the paper's full+aligned)")
     parser.add_argument("--channels", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2, help="clips per measurement")
     parser.add_argument("--full", action="store_true", help="also 14x14 grids, 8 clips, more timing repeats")
@@ -147,12 +186,15 @@ def main(argv=None) -> None:
     parser.add_argument("--pretrained", type=Path, default=Path("runs/synthgym_pretrain/backbone.pt"),
                         help="--end-to-end: backbone of synthgym_pretrain")
     args = parser.parse_args(argv)
+    families = [parse_graph(text, "--graphs") for text in args.graphs]  # bad names stop before any work
+    if any(dynamic for _, _, dynamic in families):
+        parser.error("--graphs: kNN edges change with the features; list static families (spatial+temporal)")
     device = pick_device(args.device)
     env = environment(device)
     if args.end_to_end:
         end_to_end(args, device, env)
         return
-    grids = [(4, 7, 7), (8, 7, 7)] + ([(8, 14, 14)] if args.full else [])
+    grids = GRIDS + (FULL_GRIDS if args.full else [])
     batch = 8 if args.full else args.batch
     repeats = 5 if args.full else 2
     if args.checkpoint is not None:
@@ -160,38 +202,41 @@ def main(argv=None) -> None:
         grids = [grid]
 
     rows = []
-    for grid in grids:
-        graph = SpatioTemporalGraph(*grid)
+    backends = {}
+    for grid, (spatial, temporal, _) in ((g, f) for g in grids for f in families):
+        graph = SpatioTemporalGraph(*grid, spatial=spatial, temporal=temporal)
+        family = graph_name(spatial, temporal)
+        backend = backends[family] = pick_backend(graph, args.backend)
         torch.manual_seed(0)
         x = features if args.checkpoint is not None else torch.randn(batch, graph.num_nodes, args.channels,
                                                                      device=device)
         grid_name = "x".join(map(str, grid))
-        base = {"grid": grid_name, "depth": 0, "operator": "input", "mode": "-",
+        base = {"grid": grid_name, "graph": family, "depth": 0, "operator": "input", "mode": "-",
                 **oversmoothing_measures(x, graph, reference=x)}
         rows.append(base)
         operators = [("appnp", "propagation", alpha) for alpha in ALPHAS] + [
             (kind, mode, None) for kind in ("gcn", "gat") for mode in ("propagation", "initialised")]
         for kind, mode, alpha in operators:
-            outputs = depth_features(kind, mode, x, graph, DEPTHS, args.backend, alpha or 0.1)
+            outputs = depth_features(kind, mode, x, graph, DEPTHS, backend, alpha or 0.1)
             for depth, h in outputs.items():
                 name = f"appnp a={alpha}" if kind == "appnp" else kind
-                row = {"grid": grid_name, "depth": depth, "operator": name, "mode": mode,
+                row = {"grid": grid_name, "graph": family, "depth": depth, "operator": name, "mode": mode,
                        **oversmoothing_measures(h, graph, reference=x)}
                 # time the modules TAG-Head would run: APPNP (one alpha: cost does not depend on it)
                 # and the initialised GCN / GAT stacks
                 timed = (kind == "appnp" and alpha == 0.1) or mode == "initialised"
                 if timed and not args.no_latency:
-                    row.update(latency(kind, depth, x, graph, args.backend, device, repeats))
+                    row.update(latency(kind, depth, x, graph, backend, device, repeats))
                 rows.append(row)
-        print(f"grid {grid_name}: done", flush=True)
+        print(f"grid {grid_name}, graph {family}: done", flush=True)
 
     notes = check_theory(rows)
     print(describe_environment(env))
     print(f"channels {x.size(-1)}, clips {x.size(0)}, input: "
           f"{'Transformer outputs of ' + str(args.checkpoint) if args.checkpoint else 'random tokens'}, "
-          f"APPNP/GCN back-end: {args.backend}")
-    columns = ["grid", "operator", "mode", "depth", "energy_within_ratio", "energy_across_ratio", "energy_norm",
-               "mad", "mad_official", "cos_within", "cos_across", "effective_rank", "numerical_rank"]
+          f"APPNP/GCN back-end: {', '.join(f'{g}: {b}' for g, b in backends.items())}")
+    columns = ["grid", "graph", "operator", "mode", "depth", "energy_within_ratio", "energy_across_ratio",
+               "energy_norm", "mad", "mad_official", "cos_within", "cos_across", "effective_rank", "numerical_rank"]
     if not args.no_latency:
         columns += ["fwd_ms", "fwd_bwd_ms"]
     shown = [r for r in rows if r["depth"] in (0, 1, 2, 8, 64)]
@@ -200,7 +245,7 @@ def main(argv=None) -> None:
         print(line)
     path = write_json(args.out, {"benchmark": "oversmoothing", "environment": env, "settings": {
         "grids": [list(g) for g in grids], "depths": DEPTHS, "alphas": ALPHAS, "channels": x.size(-1),
-        "clips": x.size(0), "backend": args.backend, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+        "clips": x.size(0), "backends": backends, "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "repeats": repeats}, "rows": rows, "notes": notes})
     print(f"wrote {path}")
     try:
@@ -243,13 +288,14 @@ def plot(rows: List[dict], stem: Path) -> None:
     measures = [("energy_within_ratio", "within-frame energy / input"), ("energy_across_ratio",
                 "across-frame energy / input"), ("mad", "MAD"), ("effective_rank", "effective rank"),
                 ("fwd_bwd_ms", "forward+backward ms")]
-    for grid in sorted({r["grid"] for r in rows}):
+    for grid, graph in sorted({(r["grid"], r.get("graph", "full+aligned")) for r in rows}):
         fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.8))
-        series = sorted({(r["operator"], r["mode"]) for r in rows if r["grid"] == grid and r["depth"] > 0})
+        mine = [r for r in rows if r["grid"] == grid and r.get("graph", "full+aligned") == graph]
+        series = sorted({(r["operator"], r["mode"]) for r in mine if r["depth"] > 0})
         colours = {item: plt.get_cmap("tab10")(i % 10) for i, item in enumerate(series)}
         for ax, (key, title) in zip(axes, measures):
             for operator, mode in series:
-                points = [(r["depth"], r[key]) for r in rows if r["grid"] == grid and r["operator"] == operator
+                points = [(r["depth"], r[key]) for r in mine if r["operator"] == operator
                           and r["mode"] == mode and r.get(key) is not None and r[key] > 0]
                 if points:
                     depths, values = zip(*points)
@@ -260,9 +306,11 @@ def plot(rows: List[dict], stem: Path) -> None:
             ax.set_title(title)
             ax.set_xlabel("depth (K or layers)")
         axes[0].legend(fontsize=7)
-        fig.suptitle(f"oversmoothing on the {grid} TAG-Head graph")
+        paper = graph == "full+aligned"
+        fig.suptitle(f"oversmoothing on the {grid} TAG-Head graph" + ("" if paper else f", edges {graph}"))
         fig.tight_layout()
-        path = Path(f"{stem}_{grid}.png")
+        suffix = "" if paper else "_" + graph.replace("+", "_").replace(":", "-")
+        path = Path(f"{stem}_{grid}{suffix}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)

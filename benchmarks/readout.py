@@ -11,6 +11,10 @@ is removed (``taggnn.analysis.graph_sensitivity``; heads at initialisation, eval
 
 plus forward+backward latency of the head at the paper's setting (B=8, 8x7x7, C=512, FFN 1024).
 With the paper's head (APPNP, mean, no post-graph) the embedding moves by ~1e-4: the graph is inert.
+
+``--graphs full+aligned grid8+window:2 radius:2+cube:1 full+aligned+knn:8`` repeats every row on
+each edge family (``spatial+temporal[+knn:k]``, see ``taggnn.graph.families``; default: the
+paper's graph); ``--readouts`` limits the readouts.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from pathlib import Path
 import torch
 
 from taggnn.analysis import graph_sensitivity
+from taggnn.graph.families import parse_graph
 from taggnn.nn import READOUTS, TAGHead
 
 from ._common import describe_environment, environment, format_table, pick_device, time_call, write_json
@@ -58,16 +63,23 @@ def main(argv=None) -> None:
                                                                    + ", ".join(LATENCY_PROPAGATIONS))
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     parser.add_argument("--out", type=Path, default=Path("results/readout.json"))
+    parser.add_argument("--graphs", nargs="+", default=["full+aligned"],
+                        help="edge families, spatial+temporal[+knn:k] each (default: the paper's full+aligned)")
+    parser.add_argument("--readouts", nargs="+", default=list(READOUTS), choices=list(READOUTS))
+    parser.add_argument("--clips", type=int, default=16, help="clips of random tokens")
     args = parser.parse_args(argv)
+    graphs = {text: parse_graph(text, "--graphs") for text in args.graphs}  # bad names stop before any work
     device = pick_device(args.device)
     env = environment(device)
     torch.manual_seed(0)
-    random_tokens = torch.randn(16, 128, 8, 7, 7, device=device)
+    random_tokens = torch.randn(args.clips, 128, 8, 7, 7, device=device)
     real = synthgym_tokens(args.pretrained, device).to(device) if args.pretrained.is_file() else None
     rows = []
-    for (name, options), readout, post in itertools.product(PROPAGATIONS.items(), READOUTS, POST_GRAPH):
-        row = {"propagation": name, "readout": readout, "post_graph": post}
-        settings = dict(options, readout=readout, post_graph=post, num_heads=4, ffn_dim=256)
+    combinations = itertools.product(graphs.items(), PROPAGATIONS.items(), args.readouts, POST_GRAPH)
+    for (graph, (spatial, temporal, dynamic)), (name, options), readout, post in combinations:
+        row = {"graph": graph, "propagation": name, "readout": readout, "post_graph": post}
+        settings = dict(options, readout=readout, post_graph=post, num_heads=4, ffn_dim=256, graph_spatial=spatial,
+                        graph_temporal=temporal, graph_dynamic=dynamic)
         torch.manual_seed(0)
         head = TAGHead(128, 16, (8, 7, 7), **settings).to(device).eval()
         row["sensitivity_random"] = graph_sensitivity(head, random_tokens)["mean"]
@@ -86,17 +98,18 @@ def main(argv=None) -> None:
 
             row["fwd_bwd_ms"] = time_call(step, device, repeats=3, warmup=1)["median_ms"]
         rows.append(row)
-        print(f"{name} / {readout} / {post}: {row['sensitivity_random']:.2e}", flush=True)
+        print(f"{graph} / {name} / {readout} / {post}: {row['sensitivity_random']:.2e}", flush=True)
     print(describe_environment(env))
     print("relative change of the pooled embedding when the graph propagation is removed (heads at init); "
           "latency: head forward+backward, B=8, 8x7x7, C=512")
-    columns = ["propagation", "readout", "post_graph", "sensitivity_random"]
+    columns = ["graph", "propagation", "readout", "post_graph", "sensitivity_random"]
     columns += ["sensitivity_synthgym"] if real is not None else []
     columns += [] if args.no_latency else ["fwd_bwd_ms"]
     print(format_table(rows, columns))
     path = write_json(args.out, {"benchmark": "readout", "environment": env, "settings": {
-        "random": [16, 128, 8, 7, 7], "synthgym": None if real is None else list(real.shape),
-        "pretrained": str(args.pretrained), "latency": "B=8, C=512, 8x7x7, FFN 1024"}, "rows": rows})
+        "random": list(random_tokens.shape), "synthgym": None if real is None else list(real.shape),
+        "pretrained": str(args.pretrained), "latency": "B=8, C=512, 8x7x7, FFN 1024", "graphs": list(graphs),
+        "readouts": args.readouts}, "rows": rows})
     print(f"wrote {path}")
 
 

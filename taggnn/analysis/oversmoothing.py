@@ -47,17 +47,42 @@ def dirichlet_energy(x: Tensor, graph: SpatioTemporalGraph) -> Dict[str, Tensor]
     """Within-frame, across-frame and total :math:`\\operatorname{tr}(X^\\top L X)` per clip, shape ``(B,)``.
 
     Only the edge sets present in ``graph`` contribute (an ablated graph has
-    no IF-FC or no TAT part).
+    no IF-FC or no TAT part). For any edge family the energy is
+    :math:`\\frac{1}{2} \\sum_{(i, j)} \\lVert x_i - x_j \\rVert^2` over the static
+    edges of one clip, an edge counting as *within* when both ends are in the same
+    frame and *across* otherwise (the closed forms above for the paper's IF-FC and
+    TAT). kNN edges (``dynamic``) depend on the features and are left out.
     """
     grid = _grid_view(x.double(), graph)
     P = graph.num_sites
     zero = grid.new_zeros(grid.size(0))
+    if graph.custom is not None or graph.intra not in ("full", "none") or graph.temporal not in ("aligned", "none"):
+        return _edge_energy(grid.reshape(grid.size(0), graph.num_nodes, -1), graph)
     within = zero
     if graph.intra == "full":
         within = P * (grid - grid.mean(2, keepdim=True)).pow(2).sum((1, 2, 3))
     across = zero
     if graph.temporal == "aligned" and graph.T > 1:
         across = (grid[:, 1:] - grid[:, :-1]).pow(2).sum((1, 2, 3))
+    return {"within": within, "across": across, "total": within + across}
+
+
+#: Edges whose differences are computed at once (bounds the memory of :func:`dirichlet_energy`).
+EDGE_CHUNK = 1 << 16
+
+
+def _edge_energy(x: Tensor, graph: SpatioTemporalGraph) -> Dict[str, Tensor]:
+    """The energy of ``x`` ``(B, N, C)`` summed edge by edge over the static edge list, in chunks."""
+    edge_index = graph.edge_index_on(x.device)
+    P = graph.num_sites
+    within = x.new_zeros(x.size(0))
+    across = x.new_zeros(x.size(0))
+    for start in range(0, edge_index.size(1), EDGE_CHUNK):
+        src, dst = edge_index[:, start:start + EDGE_CHUNK]
+        energy = 0.5 * (x[:, src] - x[:, dst]).pow(2).sum(-1)  # (B, chunk)
+        same_frame = (src // P) == (dst // P)
+        within = within + (energy * same_frame).sum(1)
+        across = across + (energy * ~same_frame).sum(1)
     return {"within": within, "across": across, "total": within + across}
 
 

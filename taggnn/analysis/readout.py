@@ -43,7 +43,8 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
     ``head.forward_pooled(f) == sum_n w[n] * head.encode(f)[:, n]``.
 
     Computed from the operator (:math:`w = \frac{1}{N} P^\top \mathbb{1}` for the linear
-    graph stage :math:`P`, including a LayerScale gate :math:`(1-\gamma) I + \gamma P`
+    graph stage :math:`P`, as the gradient of :math:`\frac{1}{N} \mathbb{1}^\top P X`, on
+    any fixed edge family, including a LayerScale gate :math:`(1-\gamma) I + \gamma P`
     per channel, which makes the weights per channel: ``(N, C)``), not by regression.
 
     Args:
@@ -57,8 +58,13 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
 
     Raises:
         ValueError: For non-linear stages (convolution stacks with activations, a post-graph
-            MLP, a non-linear readout), which have no such weights.
+            MLP, a non-linear readout) and kNN edges (rebuilt from the tokens), which have no
+            such weights.
     """
+    if head.graph.dynamic is not None and head.refiner is not None:
+        raise ValueError(f"pooled_token_weights needs a fixed graph, but the {head.graph.dynamic} edges of this head "
+                         f"are rebuilt from the tokens at every forward (the weights depend on the clip): use "
+                         f"graph_sensitivity instead")
     if not _is_linear_stage(head):
         what = []
         if head.refiner is not None and not head.refiner.is_linear_map:
@@ -70,12 +76,14 @@ def pooled_token_weights(head: TAGHead) -> Tensor:
         raise ValueError(f"pooled_token_weights needs a linear graph stage and the mean readout; this head has "
                          f"{' and '.join(what)}: use graph_sensitivity instead")
     N, C = head.num_nodes, head.embed_dim
-    ones = torch.ones(1, N, C, dtype=torch.float64)
     refiner = head.refiner
     if refiner is None:
         return torch.full((N,), 1.0 / N, dtype=torch.float64)
-    with torch.no_grad(), _float64(refiner):
-        propagated = refiner(ones)[0, :, 0] / N  # (N,): P^T 1 / N = P 1 / N (P symmetric)
+    with torch.enable_grad(), _float64(refiner):
+        # P^T 1 / N as the gradient of 1^T P X / N (P linear: any X gives it; exact for one-way edges too)
+        tokens = torch.zeros(1, N, C, dtype=torch.float64, requires_grad=True)
+        (gradient,) = torch.autograd.grad(refiner(tokens).sum() / N, tokens)
+    propagated = gradient[0, :, 0]  # (N,): the map acts on every channel alike
     if head.graph_gamma is None:
         return propagated
     gamma = head.graph_gamma.detach().to(torch.float64)  # (C,)

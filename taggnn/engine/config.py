@@ -223,8 +223,22 @@ class ModelConfig:
     norm_first: bool = option(True, help="pre-norm Transformer blocks (paper); false: post-norm (authors)")
     use_transformer: bool = option(True, help="the Transformer stage (false: graph refinement of the backbone's "
                                               "tokens alone)")
-    intra: bool = option(True, help="intra-frame fully-connected edges (IF-FC)")
-    temporal: bool = option(True, help="time-aligned temporal edges (TAT)")
+    intra: bool = option(True, help="spatial edges on (Table 4's IF-FC switch; false: none, whatever "
+                                    "model.graph_spatial says)")
+    temporal: bool = option(True, help="temporal edges on (Table 4's TAT switch; false: none, whatever "
+                                       "model.graph_temporal says)")
+    graph_spatial: str = option("full", help="spatial edge family (taggnn.graph.families; full: the paper's IF-FC; "
+                                             "radius:r in tokens)",
+                                known=registry("taggnn.graph.families", "SPATIAL_FAMILIES"))
+    graph_temporal: str = option("aligned", help="temporal edge family (taggnn.graph.families; aligned: the paper's "
+                                                 "TAT)",
+                                 known=registry("taggnn.graph.families", "TEMPORAL_FAMILIES"))
+    graph_dynamic: Optional[str] = option(None, help="knn:k: also link each token to its k nearest tokens in "
+                                                     "feature space, rebuilt every forward (backend edge_index)",
+                                          known=registry("taggnn.graph.families", "DYNAMIC_FAMILIES"))
+    graph_edge_attr: Optional[str] = option(None, help="edge features (offset, type or both) for convolutions with "
+                                                       "edge_dim (TransformerConv, GINEConv, GATv2Conv)",
+                                            known=registry("taggnn.nn.head", "EDGE_ATTR_CHOICES"))
     propagation: str = option("appnp", help="graph refinement, or the name of a torch_geometric.nn convolution",
                               known=registry("taggnn.nn.refiner", "PROPAGATIONS"))
     K: int = option(2, help="APPNP propagation steps", range=Range(0, MAX_PROPAGATION_STEPS))

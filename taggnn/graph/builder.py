@@ -807,7 +807,10 @@ class SpatioTemporalGraph:
             ones, so every diagonal entry would count twice. Pass
             ``normalize=False, add_self_loops=False`` for such layers.
 
-        The graph is symmetric, so :math:`\hat{A}^\top = \hat{A}`.
+        The entry of an edge :math:`j \rightarrow i` is at row :math:`i`, column
+        :math:`j` (PyG's ``adj_t`` layout, degrees counted at the target as
+        ``gcn_norm`` does). The built-in families are symmetric, so
+        :math:`\hat{A}^\top = \hat{A}`; a custom family with one-way edges is not.
 
         Args:
             batch_size (int): Number of clips :math:`B` (block-diagonal copies).
@@ -840,7 +843,7 @@ class SpatioTemporalGraph:
         with warnings.catch_warnings():  # "sparse CSR support is in beta"
             warnings.simplefilter("ignore", UserWarning)
             coo = torch.sparse_coo_tensor(
-                torch.stack([row, col]), value.to(dtype), (batch_size * N, batch_size * N),
+                torch.stack([col, row]), value.to(dtype), (batch_size * N, batch_size * N),  # (target, source)
                 check_invariants=True,
             ).coalesce()
             return coo.to_sparse_csr().to(device)

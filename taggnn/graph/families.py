@@ -120,6 +120,23 @@ def parse_dynamic(value, name: str = "dynamic") -> Optional[str]:
     raise _bad(name, value, DYNAMIC_FAMILIES)
 
 
+def parse_graph(text: str, name: str = "graph") -> Tuple[str, str, Optional[str]]:
+    """``"spatial+temporal[+knn:k]"`` (e.g. ``"grid8+window:2"``, ``"full+aligned+knn:8"``) as the
+    canonical ``(spatial, temporal, dynamic)`` families, for command lines that list graphs."""
+    parts = text.split("+") if isinstance(text, str) else []
+    if len(parts) not in (2, 3):
+        raise ConfigError(f"{name} must be 'spatial+temporal' or 'spatial+temporal+knn:k' (e.g. 'full+aligned', "
+                          f"'grid8+window:2', 'grid8+aligned+knn:8'), got {text!r}")
+    dynamic = parse_dynamic(parts[2], f"the dynamic family of {name} {text!r}") if len(parts) == 3 else None
+    return (parse_spatial(parts[0], f"the spatial family of {name} {text!r}"),
+            parse_temporal(parts[1], f"the temporal family of {name} {text!r}"), dynamic)
+
+
+def graph_name(spatial: str, temporal: str, dynamic: Optional[str] = None) -> str:
+    """The inverse of :func:`parse_graph`: ``"spatial+temporal[+knn:k]"``."""
+    return f"{spatial}+{temporal}" + (f"+{dynamic}" if dynamic else "")
+
+
 def knn_k(dynamic: str) -> int:
     return int(dynamic.split(":")[1])
 

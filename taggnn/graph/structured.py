@@ -23,7 +23,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError
 from .builder import SpatioTemporalGraph
+
+
+def check_paper_families(graph: SpatioTemporalGraph, what: str = "the structured product") -> None:
+    """Raises :class:`~taggnn.errors.ConfigError` unless ``graph`` has only the paper's edge families
+    (spatial ``"full"`` or ``"none"``, temporal ``"aligned"`` or ``"none"``, no kNN or custom edges):
+    the frame sums and time shifts of this module compute those and nothing else."""
+    if (graph.intra not in ("full", "none") or graph.temporal not in ("aligned", "none")
+            or graph.dynamic is not None or graph.custom is not None):
+        raise ConfigError(
+            f"{what} computes the paper's IF-FC (spatial 'full') and TAT (temporal 'aligned') edges only, got "
+            f"spatial {graph.intra!r}, temporal {graph.temporal!r}"
+            + (f", dynamic {graph.dynamic!r}" if graph.dynamic is not None else "")
+            + (", a custom family" if graph.custom is not None else "")
+            + "; use taggnn.graph.stencil_propagate / stencil_appnp for other translation-invariant graphs, "
+              "or PyG on the edge list")
 
 
 def _apply_a_hat(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
@@ -81,8 +97,12 @@ def structured_propagate(x: Tensor, graph: SpatioTemporalGraph) -> Tensor:
         graph (SpatioTemporalGraph): The graph (self-loops are always part of
             :math:`\hat{A}`, as in the paper and in PyG's ``gcn_norm``).
 
+    Raises:
+        ConfigError: For a graph with other edge families (:func:`check_paper_families`).
+
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
+    check_paper_families(graph, "structured_propagate")
     graph.check_node_features(x)
     if not (torch.is_grad_enabled() and x.requires_grad):  # inference, tracing, export: plain tensor ops
         return _apply_a_hat(x, graph)
@@ -102,8 +122,12 @@ def structured_appnp(x: Tensor, graph: SpatioTemporalGraph, K: int, alpha: float
     \alpha \sum_{k<K} ((1-\alpha)\mu)^k`, so the backward pass is the same
     iteration on the gradient and no intermediate :math:`H^{(k)}` is stored.
 
+    Raises:
+        ConfigError: For a graph with other edge families (:func:`check_paper_families`).
+
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
+    check_paper_families(graph, "structured_appnp")
     graph.check_node_features(x)
     if K == 0:
         return x
@@ -126,6 +150,7 @@ def weighted_degree(graph: SpatioTemporalGraph, weights: Tensor) -> Tensor:
     Returns:
         ``(T,)``, differentiable in ``weights``.
     """
+    check_paper_families(graph, "weighted_degree")
     T, P = graph.T, graph.num_sites
     w_intra, w_temporal, w_loop = weights.unbind()
     degree = w_loop.expand(T)
@@ -152,6 +177,7 @@ def weighted_propagate(x: Tensor, graph: SpatioTemporalGraph, weights: Tensor) -
 
     **Shapes:** input :math:`(B, N, C)`, weights :math:`(3,)`, output :math:`(B, N, C)`.
     """
+    check_paper_families(graph, "weighted_propagate")
     graph.check_node_features(x)
     B, N, C = x.shape
     T, P = graph.T, graph.num_sites

@@ -33,7 +33,8 @@ from torch_geometric.nn import APPNP
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..errors import ConfigError
-from ..graph import SpatioTemporalGraph, structured_appnp, structured_propagate
+from ..graph import SpatioTemporalGraph, stencil_appnp, stencil_propagate, structured_appnp, structured_propagate
+from ..graph.stencil import check_offsets
 from ..graph.structured import weighted_propagate
 from ..utils.optional import require_torch_sparse
 
@@ -46,9 +47,12 @@ class PropagationBackend:
     (default: every graph) and :meth:`edges` (default: the batch's edge list, for
     convolution stacks that pass messages over edges).
 
-    ``weights`` is ``None`` for the graph's unit weights, or a ``(3,)`` tensor of positive
-    weights of the edge types (IF-FC, TAT, self-loop), see
-    :class:`~taggnn.nn.EdgeTypeWeights`.
+    ``weights`` is ``None`` for the graph's unit weights, or a tensor of positive weights
+    indexed by edge type (``(3,)``: spatial, temporal, self-loop; one more per kNN or custom
+    type when the graph has them), see :class:`~taggnn.nn.EdgeTypeWeights`.
+
+    A graph with a ``dynamic`` (kNN) family gets its kNN edges from the features the stage
+    receives (the tokens), once per forward: :meth:`edges` appends them to the static ones.
 
     **Shapes:** ``x`` :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
@@ -83,15 +87,52 @@ class PropagationBackend:
               weights: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """The batched edge list and edge weights (explicit weighted self-loops when ``weights``
         is given), ``(2, B E)`` and ``(B E,)`` or ``None``."""
-        if weights is not None:
-            graph = graph.with_options(self_loops=True)
-            edge_index, edge_type = graph.batched_edges(batch_size, x.device)
-            return edge_index, weights.to(x.dtype)[edge_type]
-        edge_index, _ = graph.batched_edges(batch_size, x.device)
-        return edge_index, None
+        edge_index, edge_type = batched_typed_edges(graph, batch_size, x, self_loops=weights is not None)
+        return edge_index, None if weights is None else weights.to(x.dtype)[edge_type]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def batched_typed_edges(graph: SpatioTemporalGraph, batch_size: int, x: Tensor, *,
+                        self_loops: bool = False) -> Tuple[Tensor, Tensor]:
+    """``edge_index`` ``(2, E_b)`` and ``edge_type`` ``(E_b,)`` of ``batch_size`` clips: the static
+    edges of the cached template, then (for a graph with a ``dynamic`` family) the kNN edges of
+    ``x`` ``(B, N, C)``, built now. ``self_loops=True`` lists every self-loop (type 2)."""
+    if self_loops and not graph.self_loops:
+        graph = graph.with_options(self_loops=True)
+    edge_index, edge_type = graph.batched_edges(batch_size, x.device)
+    if graph.dynamic is not None:
+        dynamic_index, dynamic_type = graph.dynamic_edges(x)
+        edge_index = torch.cat([edge_index, dynamic_index], dim=1)
+        edge_type = torch.cat([edge_type, dynamic_type])
+    return edge_index, edge_type
+
+
+def is_translation_invariant(graph: SpatioTemporalGraph) -> bool:
+    """Whether :meth:`SpatioTemporalGraph.offsets` is not ``None`` (no ``dynamic`` or ``custom``
+    family), decided from the families alone (no tensor is built: safe on the ``meta`` device)."""
+    return (hasattr(graph, "offsets") and getattr(graph, "dynamic", None) is None
+            and getattr(graph, "custom", None) is None)
+
+
+def is_symmetric(graph: SpatioTemporalGraph) -> bool:
+    """Whether the static edge list of one clip holds every edge in both directions (as often)."""
+    edge_index = graph.edge_index_on("cpu")
+    N = graph.num_nodes
+    forward = torch.sort(edge_index[0] * N + edge_index[1]).values
+    backward = torch.sort(edge_index[1] * N + edge_index[0]).values
+    return bool(torch.equal(forward, backward))
+
+
+def _check_adjacency_graph(name: str, graph: SpatioTemporalGraph) -> None:
+    """Back-ends that cache one symmetric adjacency per graph: no kNN edges, no one-way edges."""
+    if getattr(graph, "dynamic", None) is not None:
+        raise ConfigError(f"backend {name!r} caches one adjacency per graph, but the {graph.dynamic} edges change "
+                          f"with the features at every forward; use backend 'edge_index'")
+    if getattr(graph, "custom", None) is not None and not is_symmetric(graph):
+        raise ConfigError(f"backend {name!r} needs a symmetric graph (its backward pass reuses the adjacency), but "
+                          f"the custom family lists edges without their reverse; use backend 'edge_index'")
 
 
 _BACKENDS: Dict[str, Type[PropagationBackend]] = {}
@@ -179,6 +220,9 @@ class CSRBackend(PropagationBackend):
 
     name = "csr"
 
+    def check_graph(self, graph):
+        _check_adjacency_graph(self.name, graph)
+
     def adjacency(self, graph: SpatioTemporalGraph, batch_size: int, x: Tensor, weights: Optional[Tensor] = None):
         """:math:`\\hat{A}` (or :math:`\\hat{A}_w`) of ``batch_size`` clips, ``(B N, B N)``."""
         if weights is None:
@@ -214,6 +258,9 @@ class SparseTensorBackend(PropagationBackend):
     def __init__(self):
         require_torch_sparse("backend='sparse_tensor'")
         self.cache: Dict[Tuple, object] = {}
+
+    def check_graph(self, graph):
+        _check_adjacency_graph(self.name, graph)
 
     def adjacency(self, graph: SpatioTemporalGraph, batch_size: int, x: Tensor, weights: Optional[Tensor] = None):
         torch_sparse = require_torch_sparse("backend='sparse_tensor'")
@@ -252,11 +299,14 @@ class StructuredBackend(PropagationBackend):
     def check_graph(self, graph):
         spatial = getattr(graph, "spatial", None) or getattr(graph, "intra", None)  # `intra`: the paper's name
         temporal = getattr(graph, "temporal", None)
-        if spatial not in self.SPATIAL or temporal not in self.TEMPORAL or getattr(graph, "dynamic", None):
+        if (spatial not in self.SPATIAL or temporal not in self.TEMPORAL or getattr(graph, "dynamic", None)
+                or getattr(graph, "custom", None) is not None):
             raise ConfigError(
                 f"backend 'structured' computes the paper's IF-FC (spatial 'full') and TAT (temporal 'aligned') "
-                f"edges only, got spatial {spatial!r}, temporal {temporal!r}; use backend 'csr' or 'edge_index' "
-                f"for other edge families")
+                f"edges only, got spatial {spatial!r}, temporal {temporal!r}"
+                + (f", dynamic {graph.dynamic!r}" if getattr(graph, "dynamic", None) else "")
+                + (", a custom family" if getattr(graph, "custom", None) is not None else "")
+                + "; use backend 'stencil' (local families), 'csr' or 'edge_index' for other edge families")
 
     def propagate(self, x, graph, weights=None):
         if weights is not None:
@@ -269,8 +319,71 @@ class StructuredBackend(PropagationBackend):
         return structured_appnp(x, graph, layer.K, layer.alpha)
 
 
+@register_backend
+class StencilBackend(PropagationBackend):
+    r"""Shifted adds (or one depthwise ``conv3d``) over the graph's offset set,
+    :math:`O(N C |\mathcal{O}|)` per step and no edge list (:mod:`taggnn.graph.stencil`): exact
+    for every translation-invariant graph (:meth:`SpatioTemporalGraph.offsets` is not ``None``:
+    no ``dynamic`` or ``custom`` family), the fastest exact choice for local families
+    (``grid4``, ``grid8``, ``radius:r``, ``window:k``, ``cube:r``)."""
+
+    name = "stencil"
+    needs_edges = False
+
+    def __init__(self):
+        self._offsets: Dict[SpatioTemporalGraph, Tuple] = {}
+
+    def check_graph(self, graph):
+        if not is_translation_invariant(graph):
+            raise ConfigError(
+                "backend 'stencil' needs a translation-invariant graph (an offset set), but this one has "
+                + (f"{graph.dynamic} edges" if getattr(graph, "dynamic", None) else "a custom family")
+                + "; use backend 'edge_index'" + ("" if getattr(graph, "dynamic", None) else " or 'csr'"))
+
+    def offsets(self, graph: SpatioTemporalGraph) -> Tuple:
+        """The graph's offset set as :func:`~taggnn.graph.stencil.check_offsets` gives it (cached)."""
+        if graph not in self._offsets:
+            self.check_graph(graph)
+            self._offsets[graph] = check_offsets(graph.offsets())
+        return self._offsets[graph]
+
+    @staticmethod
+    def _type_weights(weights: Optional[Tensor]) -> Optional[Tensor]:
+        return None if weights is None else weights[:3]  # (spatial, temporal, self-loop)
+
+    def propagate(self, x, graph, weights=None):
+        return stencil_propagate(x, graph.grid, self.offsets(graph), weights=self._type_weights(weights))
+
+    def appnp(self, layer, x, graph, weights=None):
+        return stencil_appnp(x, graph.grid, self.offsets(graph), layer.K, layer.alpha,
+                             weights=self._type_weights(weights))
+
+
+def recommended_backend(propagation_backends: Tuple[str, ...], graph: SpatioTemporalGraph) -> str:
+    """The back-end to use for ``graph`` when none is chosen, among ``propagation_backends`` (a
+    propagation's back-ends, its default first): the default for the paper's graph, ``"stencil"``
+    for other translation-invariant graphs, else the first back-end that accepts the graph."""
+    paper = graph.spatial in ("full", "none") and graph.temporal in ("aligned", "none")
+    local = is_translation_invariant(graph) and not paper and "full" not in (graph.spatial, graph.temporal)
+    if local and "stencil" in propagation_backends:
+        return "stencil"
+    for name in propagation_backends:
+        try:
+            if name == "sparse_tensor":  # its constructor needs torch-sparse; the check does not
+                _check_adjacency_graph(name, graph)
+            else:
+                get_backend(name).check_graph(graph)
+        except ConfigError:
+            continue
+        return name
+    return propagation_backends[0]  # none accepts it: the refiner's check says why
+
+
 __all__ = [
     "PropagationBackend",
+    "StencilBackend",
+    "batched_typed_edges",
+    "recommended_backend",
     "EdgeIndexBackend",
     "CSRBackend",
     "SparseTensorBackend",

@@ -11,10 +11,23 @@ from torch_geometric.nn.conv import MessagePassing
 
 from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph
-from .backends import PropagationBackend
+from .backends import PropagationBackend, batched_typed_edges
 
 ACTIVATIONS = {"relu": F.relu, "elu": F.elu, "gelu": F.gelu, "none": lambda x: x}
 NUM_EDGE_TYPES = 2  # IF-FC, TAT (self-loops are added by the convolutions themselves)
+
+
+def edge_inputs(graph: Optional[SpatioTemporalGraph]) -> Tuple[Optional[int], int]:
+    """``(edge_dim, num_edge_types)`` a stack on ``graph`` uses: the width of the graph's
+    ``edge_attr`` (``None`` without one: convolutions with ``edge_dim`` then get one-hot edge
+    types), and the edge types relation-aware convolutions see (2, spatial and temporal, for the
+    static families; :attr:`~taggnn.graph.SpatioTemporalGraph.num_edge_types` with self-loops, kNN
+    or custom edges)."""
+    if graph is None:
+        return None, NUM_EDGE_TYPES
+    edge_dim = graph.edge_dim if graph.edge_attr_kinds else None
+    plain = graph.dynamic is None and graph.custom is None and not graph.self_loops
+    return edge_dim, NUM_EDGE_TYPES if plain else graph.num_edge_types
 
 
 def pyg_conv_class(name: str):
@@ -62,10 +75,12 @@ class ConvStack(nn.ModuleList):
       :math:`C / \text{heads}`, concatenated, ELU between layers;
     * any other name of a ``torch_geometric.nn`` convolution, with ``conv_kwargs`` and
       ``activation`` between layers: relation-aware convolutions (a ``num_relations``
-      argument) receive the edge types (IF-FC = 0, TAT = 1), convolutions with an
-      ``edge_dim`` argument one-hot edge types as ``edge_attr``, ``GINConv``-like ones (an
-      ``nn`` argument) a two-layer MLP; attention convolutions split :math:`C` over their
-      ``heads``.
+      argument) receive the edge types (IF-FC = 0, TAT = 1; kNN = 3 and custom ``4 + j``
+      when the graph has them), convolutions with an ``edge_dim`` argument the graph's
+      ``edge_attr`` (``edge_dim``, see :meth:`SpatioTemporalGraph.edge_attr_for`) or, when
+      it has none, one-hot edge types; ``GINConv``-like ones (an ``nn`` argument) a
+      two-layer MLP; attention convolutions split :math:`C` over their ``heads``. A graph
+      with a ``dynamic`` family gets its kNN edges from the stack's input, once per forward.
 
     A :class:`~torch.nn.ModuleList` of the convolutions (``stack[i]``), so parameters are
     named ``<i>.<conv parameter>``.
@@ -80,13 +95,19 @@ class ConvStack(nn.ModuleList):
             layers of other convolutions. (default: ``"relu"``)
         residual (bool, optional): Residual connection around each layer. (default: :obj:`False`)
         conv_kwargs (dict, optional): Extra arguments of the convolution class.
+        edge_dim (int, optional): Width of the graph's ``edge_attr``, passed to convolutions
+            with an ``edge_dim`` argument (:func:`edge_inputs`). (default: :obj:`None`, one-hot
+            edge types)
+        num_edge_types (int, optional): Edge types of the graph (``num_relations``, and the
+            width of one-hot edge types). (default: ``2``)
 
     **Shapes:** input :math:`(B, N, C)`, output :math:`(B, N, C)`.
     """
 
     def __init__(self, kind: str, channels: Optional[int], *, num_layers: int = 2, heads: int = 8,
                  dropout: float = 0.0, activation: str = "relu", residual: bool = False,
-                 conv_kwargs: Optional[Mapping[str, Any]] = None):
+                 conv_kwargs: Optional[Mapping[str, Any]] = None, edge_dim: Optional[int] = None,
+                 num_edge_types: int = NUM_EDGE_TYPES):
         if channels is None or channels < 1:
             raise ValueError(f"propagation {kind!r} needs channels >= 1, got {channels!r}")
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
@@ -103,6 +124,7 @@ class ConvStack(nn.ModuleList):
         self.activation = activation
         self.residual = bool(residual)
         self.conv_kwargs = dict(conv_kwargs or {})
+        self.edge_dim, self.num_edge_types = edge_dim, int(num_edge_types)
         self.inputs: Tuple[str, ...] = ()  # what else the convolution's forward takes: edge_type / edge_attr
         for _ in range(num_layers):
             if kind == "gcn":
@@ -131,9 +153,9 @@ class ConvStack(nn.ModuleList):
             width = 2 * channels if name == "EdgeConv" else channels
             kwargs["nn"] = nn.Sequential(nn.Linear(width, channels), nn.ReLU(), nn.Linear(channels, channels))
         if "num_relations" in parameters:
-            kwargs["num_relations"] = NUM_EDGE_TYPES
+            kwargs["num_relations"] = self.num_edge_types
         if "edge_dim" in parameters:
-            kwargs["edge_dim"] = NUM_EDGE_TYPES
+            kwargs["edge_dim"] = self.edge_dim if self.edge_dim is not None else self.num_edge_types
         kwargs.update(self.conv_kwargs)
         try:
             conv = cls(**kwargs)
@@ -168,11 +190,13 @@ class ConvStack(nn.ModuleList):
         B, N, C = x.shape
         edge_index = edge_weight = edge_type = edge_attr = None
         exact_gcn = self.kind == "gcn" and not backend.passes_messages
-        if not exact_gcn:
-            edge_index, edge_weight = backend.edges(graph, B, x, weights)
-            _, edge_type = graph.batched_edges(B, x.device)
+        if not exact_gcn and self.inputs:  # typed edges: the kNN ones (if any) built once, from x
+            edge_index, edge_type = batched_typed_edges(graph, B, x)
             if "edge_attr" in self.inputs:
-                edge_attr = F.one_hot(edge_type, NUM_EDGE_TYPES).to(x.dtype)  # (B*E, 2)
+                edge_attr = (graph.edge_attr_for(edge_index, edge_type).to(x.dtype) if self.edge_dim is not None
+                             else F.one_hot(edge_type, self.num_edge_types).to(x.dtype))  # (B*E, edge_dim)
+        elif not exact_gcn:
+            edge_index, edge_weight = backend.edges(graph, B, x, weights)
         h = x
         for i, conv in enumerate(self):
             if i > 0:
@@ -212,4 +236,5 @@ class ConvStack(nn.ModuleList):
         return ", ".join(parts)
 
 
-__all__ = ["ConvStack", "ACTIVATIONS", "NUM_EDGE_TYPES", "pyg_conv_class", "pyg_conv_names", "conv_arguments"]
+__all__ = ["ConvStack", "ACTIVATIONS", "NUM_EDGE_TYPES", "edge_inputs", "pyg_conv_class", "pyg_conv_names",
+           "conv_arguments"]

@@ -8,7 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph
+from ..graph.builder import EDGE_ATTRS
+from ..graph.families import parse_dynamic, parse_spatial, parse_temporal
 from .backends import backend_class
 from .encoder import TokenTransformer
 from .positional import SpatioTemporalPositionalEncoding, _check_grid
@@ -16,6 +19,18 @@ from .readout import GraphReadout
 from .refiner import GraphRefiner
 
 POST_GRAPH = ("none", "ffn")
+EDGE_ATTR_CHOICES = ("none", "offset", "type", "offset+type")
+
+
+def parse_edge_attr(value, name: str = "edge_attr") -> Optional[Tuple[str, ...]]:
+    """The edge features asked by ``value``: ``None``, ``"offset"``, ``"type"``, ``"offset+type"``
+    (or a list of those names) -> ``None`` or a tuple in canonical order."""
+    if value is None or value is False or value == "none":
+        return None
+    kinds = value.split("+") if isinstance(value, str) else value
+    if not isinstance(kinds, (list, tuple)) or not kinds or any(kind not in EDGE_ATTRS for kind in kinds):
+        raise ConfigError(f"{name} must be one of {', '.join(EDGE_ATTR_CHOICES)}, got {value!r}")
+    return tuple(kind for kind in EDGE_ATTRS if kind in kinds)
 
 
 class NodeBatch(NamedTuple):
@@ -118,8 +133,27 @@ class TAGHead(nn.Module):
         use_transformer (bool, optional): TE in Table 4. (default: :obj:`True`)
         use_pos_embed (bool, optional): Positional table; defaults to
             ``use_transformer``.
-        intra (bool, optional): IF-FC edges. (default: :obj:`True`)
-        temporal (bool, optional): TAT edges. (default: :obj:`True`)
+        intra (bool, optional): IF-FC edges: the spatial family
+            ``graph_spatial`` on (``False``: no spatial edges, whatever
+            ``graph_spatial`` says). (default: :obj:`True`)
+        temporal (bool, optional): TAT edges: the temporal family
+            ``graph_temporal`` on. (default: :obj:`True`)
+        graph_spatial (str, optional): The spatial edge family
+            (:mod:`taggnn.graph.families`): ``"full"`` (IF-FC, the paper),
+            ``"grid4"``, ``"grid8"``, ``"radius:r"``,
+            ``"radius:r:chebyshev"`` or ``"none"``. (default: ``"full"``)
+        graph_temporal (str, optional): The temporal edge family:
+            ``"aligned"`` (TAT, the paper), ``"window:k"``, ``"window:k:d"``,
+            ``"cube:r"``, ``"full"`` or ``"none"``. (default: ``"aligned"``)
+        graph_dynamic (str, optional): ``"knn:k"``: also link every token to
+            its :math:`k` nearest tokens in feature space, rebuilt from the
+            graph stage's input tokens at every forward (edge type ``3``).
+            (default: :obj:`None`)
+        graph_edge_attr (str, optional): ``"offset"``, ``"type"`` or
+            ``"offset+type"``: edge features
+            (:meth:`~taggnn.graph.SpatioTemporalGraph.edge_attr_for`) for
+            convolutions with an ``edge_dim`` argument (``TransformerConv``,
+            ``GINEConv``, ``GATv2Conv``, ...). (default: :obj:`None`)
         propagation (str, optional): ``"appnp"`` (paper), ``"gcn"``,
             ``"gat"``, ``"none"`` or the name of a ``torch_geometric.nn``
             convolution (``"SAGEConv"``, ``"RGCNConv"``, ...; see
@@ -127,7 +161,9 @@ class TAGHead(nn.Module):
         K (int, optional): APPNP steps. (default: ``2``)
         alpha (float, optional): APPNP teleport. (default: ``0.1``)
         backend (str, optional): Propagation back-end, see
-            :class:`GraphRefiner`. (default: :obj:`None`, the fastest exact)
+            :class:`GraphRefiner`. (default: :obj:`None`: ``"csr"`` for the
+            paper's graph, ``"stencil"`` for local families, ``"edge_index"``
+            with kNN edges)
         num_graph_layers (int, optional): Depth of GCN/GAT stacks. (default: ``2``)
         pre_classifier_norm (bool, optional): LayerNorm before the classifier,
             as in the authors' code. (default: :obj:`False`)
@@ -188,6 +224,10 @@ class TAGHead(nn.Module):
         use_pos_embed: Optional[bool] = None,
         intra: bool = True,
         temporal: bool = True,
+        graph_spatial: str = "full",
+        graph_temporal: str = "aligned",
+        graph_dynamic: Optional[str] = None,
+        graph_edge_attr: Optional[str] = None,
         propagation: str = "appnp",
         K: int = 2,
         alpha: float = 0.1,
@@ -244,14 +284,20 @@ class TAGHead(nn.Module):
         self.pos_gamma = (nn.Parameter(torch.full((width,), float(layer_scale)))
                           if layer_scale is not None and self.pos_embed is not None else None)
         self.graph = SpatioTemporalGraph(
-            *self.grid, intra="full" if intra else "none", temporal="aligned" if temporal else "none"
+            *self.grid,
+            spatial=parse_spatial(graph_spatial, "graph_spatial") if intra else "none",
+            temporal=parse_temporal(graph_temporal, "graph_temporal") if temporal else "none",
+            dynamic=parse_dynamic(graph_dynamic, "graph_dynamic"),
+            edge_attr=parse_edge_attr(graph_edge_attr, "graph_edge_attr"),
         )
         self._refiner_options = dict(
             propagation=propagation, K=K, alpha=alpha, backend=backend,
             channels=width, num_layers=num_graph_layers, heads=graph_heads, edge_weights=edge_weights,
             activation=graph_activation, residual=graph_residual, conv_kwargs=graph_kwargs,
         )
-        uses_graph = (intra or temporal) and propagation != "none"
+        # decided from the families (no edge tensor is built: the config check builds heads on `meta`)
+        has_families = self.graph.spatial != "none" or self.graph.temporal != "none" or self.graph.dynamic is not None
+        uses_graph = has_families and propagation != "none"
         # Built even when unused so that bad options fail here, not later.
         refiner = GraphRefiner(self.graph, **self._refiner_options)
         self.refiner = refiner if uses_graph else None
@@ -344,7 +390,9 @@ class TAGHead(nn.Module):
             nodes = torch.arange(B, device=h0.device).repeat_interleave(N)  # (B*N,)
             ptr = torch.arange(B + 1, device=h0.device) * N  # (B+1,)
             return NodeBatch(h0.reshape(B * N, C), nodes, ptr, B)
-        edges = self.refiner is not None and backend_class(self.refiner.backend).needs_edges
+        # the graph stage builds kNN edges itself (from h0): the batch would only build them twice
+        edges = (self.refiner is not None and backend_class(self.refiner.backend).needs_edges
+                 and self.graph.dynamic is None)
         return self.graph.batch(h0, edges=edges)
 
     def graph_stage(self, batch: Union[Batch, NodeBatch]) -> Tensor:

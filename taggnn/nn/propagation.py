@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..graph import SpatioTemporalGraph
 from ..graph.sparse import SymmetricAPPNP
 from .backends import PropagationBackend, backend_names
-from .conv_stack import ConvStack, pyg_conv_class, pyg_conv_names
+from .conv_stack import ConvStack, edge_inputs, pyg_conv_class, pyg_conv_names
 
 
 class APPNPPropagation(nn.Module):
@@ -86,6 +86,8 @@ class StageOptions:
     activation: str = "relu"
     residual: bool = False
     conv_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: the graph the stage runs on (its edge types and ``edge_attr`` size convolution stacks)
+    graph: Optional[SpatioTemporalGraph] = None
 
 
 @dataclass(frozen=True)
@@ -165,15 +167,18 @@ def get_propagation(name: str) -> Propagation:
 
 
 def _conv_stack(kind: str, options: StageOptions) -> ConvStack:
+    edge_dim, num_edge_types = edge_inputs(options.graph)
     return ConvStack(kind, options.channels, num_layers=options.num_layers, heads=options.heads,
                      dropout=options.dropout, activation=options.activation, residual=options.residual,
-                     conv_kwargs=options.conv_kwargs)
+                     conv_kwargs=options.conv_kwargs, edge_dim=edge_dim, num_edge_types=num_edge_types)
 
 
 # APPNP and GCN need only the normalised product, so they run on every back-end (also those added
 # later); the default runs PyG's own APPNP / GCNConv propagation on the batch's cached sparse
 # adjacency ("csr"); "structured" is the exact O(N*C) opt-in (fastest for deep K and large grids,
-# see benchmarks/propagation.py). GATConv and other convolutions pass messages over edge_index.
+# see benchmarks/propagation.py) for the paper's graph, "stencil" the default for local edge families
+# (GraphRefiner picks it, see backends.recommended_backend). GATConv and other convolutions pass
+# messages over edge_index.
 MESSAGE_PASSING_BACKENDS = ("edge_index",)
 register_propagation("appnp", lambda options: APPNPPropagation(options.K, options.alpha), default="csr",
                      learned_edge_weights=True)

@@ -8,11 +8,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from torch import Tensor, nn
 from torch_geometric.data import Batch
 
+from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph
 from ..utils.optional import require_torch_sparse
-from .backends import PropagationBackend, backend_names, get_backend
+from .backends import PropagationBackend, backend_names, get_backend, recommended_backend
 from .conv_stack import ACTIVATIONS, NUM_EDGE_TYPES, ConvStack, conv_arguments, pyg_conv_class, pyg_conv_names
-from .edge_weights import EdgeTypeWeights
+from .edge_weights import EdgeTypeWeights, num_weighted_edge_types
 from .propagation import MESSAGE_PASSING_BACKENDS, StageOptions, get_propagation, propagation_names
 
 EDGE_WEIGHTS = ("fixed", "learned")
@@ -26,14 +27,15 @@ CONV_BACKENDS = MESSAGE_PASSING_BACKENDS
 
 
 def check_refiner_options(propagation: str, backend=None, edge_weights: str = "fixed", *,
-                          key_prefix: str = "") -> str:
-    """Validates (propagation, back-end, edge weights); returns the back-end to use."""
+                          key_prefix: str = "", graph: Optional[SpatioTemporalGraph] = None) -> str:
+    """Validates (propagation, back-end, edge weights); returns the back-end to use (with
+    ``backend=None`` and a ``graph``: :func:`~taggnn.nn.backends.recommended_backend`)."""
     try:
         entry = get_propagation(propagation)
     except ValueError as error:
         raise ValueError(f"{key_prefix}{error}") from None
     if backend is None:
-        backend = entry.backends[0]
+        backend = entry.backends[0] if graph is None else recommended_backend(entry.backends, graph)
     if backend not in backend_names():
         raise ValueError(f"{key_prefix}backend must be one of {', '.join(backend_names())} or None, got {backend!r}")
     if backend not in entry.backends:
@@ -85,8 +87,8 @@ class GraphRefiner(nn.Module):
     ``activation`` (default ReLU) runs between layers and ``residual=True`` adds
     each layer's input to its output.
 
-    ``edge_weights="learned"`` gives each edge type (IF-FC, TAT, self-loop) one
-    learnable positive weight :math:`w = e^{\theta}` (initially 1) and
+    ``edge_weights="learned"`` gives each edge type (IF-FC, TAT, self-loop; kNN
+    and custom types when the graph has them) one learnable positive weight :math:`w = e^{\theta}` (initially 1) and
     normalises with the weighted degrees,
     :math:`\hat{A}_w = D_w^{-1/2} (W \odot \tilde{M}) D_w^{-1/2}`, as PyG's
     ``gcn_norm`` does with ``edge_weight``; it is the fixed graph at
@@ -103,7 +105,19 @@ class GraphRefiner(nn.Module):
       path of the authors' code;
     * ``"structured"``: frame sums and time shifts,
       :math:`O(N C)` per step (:func:`~taggnn.graph.structured_propagate`),
-      for the paper's IF-FC and TAT edge families only.
+      for the paper's IF-FC and TAT edge families only;
+    * ``"stencil"``: shifted adds over the graph's offset set,
+      :math:`O(N C |\mathcal{O}|)` per step (:mod:`taggnn.graph.stencil`), for
+      every translation-invariant graph (no ``dynamic`` or ``custom`` family);
+      the default for local families (``grid4``, ``grid8``, ``radius:r``
+      with a temporal ``window:k``, ``cube:r``, ``aligned`` or none).
+
+    With ``backend=None`` the paper's graph runs on ``"csr"``, local families on
+    ``"stencil"``, and graphs with kNN edges (``dynamic="knn:k"``, rebuilt from
+    the stage's input tokens at every forward) or one-way custom edges on
+    ``"edge_index"`` (:func:`~taggnn.nn.backends.recommended_backend`); a
+    back-end that cannot compute a graph's products refuses it with a
+    :class:`~taggnn.errors.ConfigError`.
 
     All back-ends agree with PyG's :class:`~torch_geometric.nn.conv.APPNP` on
     the edge list to float32 rounding, in outputs and gradients.
@@ -160,7 +174,7 @@ class GraphRefiner(nn.Module):
         super().__init__()
         if not isinstance(graph, SpatioTemporalGraph):
             raise TypeError(f"graph must be a SpatioTemporalGraph, got {type(graph).__name__}")
-        backend = check_refiner_options(propagation, backend, edge_weights)
+        backend = check_refiner_options(propagation, backend, edge_weights, graph=graph)
         if backend == "sparse_tensor":
             require_torch_sparse("backend='sparse_tensor'")
         if isinstance(K, bool) or not isinstance(K, int) or K < 0:
@@ -185,15 +199,21 @@ class GraphRefiner(nn.Module):
 
         options = StageOptions(K=K, alpha=self.alpha, channels=channels, num_layers=num_layers, heads=heads,
                                dropout=dropout, activation=activation, residual=self.residual,
-                               conv_kwargs=self.conv_kwargs)
+                               conv_kwargs=self.conv_kwargs, graph=graph)
         stage = get_propagation(propagation).build(options)
+        if graph.edge_attr_kinds and stage is not None and not (isinstance(stage, ConvStack)
+                                                                and "edge_attr" in stage.inputs):
+            raise ConfigError(
+                f"the graph has edge_attr {'+'.join(graph.edge_attr_kinds)!r}, which only a convolution with an "
+                f"edge_dim argument reads (e.g. TransformerConv, GINEConv, GATv2Conv), but propagation "
+                f"{propagation!r} takes no edge features; choose such a convolution or drop the edge_attr")
         # A convolution stack is registered as `convs` (state_dict keys `convs.<i>.*`), any
         # other stage as `operator`; `self.stage` names either.
         self._stage_name = "convs" if isinstance(stage, ConvStack) else "operator"
         if stage is not None:
             self.add_module(self._stage_name, stage)
         self.num_layers = len(stage) if isinstance(stage, ConvStack) else 0
-        self.type_weights = EdgeTypeWeights() if edge_weights == "learned" else None
+        self.type_weights = EdgeTypeWeights(num_weighted_edge_types(graph)) if edge_weights == "learned" else None
 
     # ------------------------------------------------------------ parts
     @property
@@ -218,6 +238,9 @@ class GraphRefiner(nn.Module):
     @graph.setter
     def graph(self, graph: SpatioTemporalGraph) -> None:
         self._backend.check_graph(graph)
+        if self.type_weights is not None and num_weighted_edge_types(graph) != self.type_weights.log_weight.numel():
+            raise ConfigError(f"the learned edge weights cover {self.type_weights.log_weight.numel()} edge types, "
+                              f"the new graph has {num_weighted_edge_types(graph)}; build a new refiner")
         self._graph = graph
 
     @property
@@ -241,14 +264,16 @@ class GraphRefiner(nn.Module):
 
     @property
     def edge_log_weight(self) -> Tensor:
-        """The learned log-weights of (IF-FC, TAT, self-loop) edges, ``(3,)`` (a parameter of
-        :attr:`type_weights`)."""
+        """The learned log-weights by edge type, ``(3,)`` for (IF-FC, TAT, self-loop) edges (more
+        with kNN or custom edges, see :func:`~taggnn.nn.edge_weights.num_weighted_edge_types`; a
+        parameter of :attr:`type_weights`)."""
         if self.type_weights is None:
             raise AttributeError("edge_log_weight exists with edge_weights='learned' only")
         return self.type_weights.log_weight
 
     def edge_type_weights(self) -> Optional[Tensor]:
-        """The learned weights of (IF-FC, TAT, self-loop) edges, ``(3,)``; None when fixed."""
+        """The learned weights by edge type (``(3,)``: IF-FC, TAT, self-loop, more with kNN or custom
+        edges); None when fixed."""
         return self.type_weights() if self.type_weights is not None else None
 
     def reset_parameters(self) -> None:
@@ -314,9 +339,11 @@ class GraphRefiner(nn.Module):
     @property
     def is_linear_map(self) -> bool:
         """Whether, for the current parameters, the refined features are a linear map of the
-        input tokens: APPNP or none, with fixed or learned edge weights."""
+        input tokens: APPNP or none, with fixed or learned edge weights, on a graph without kNN
+        edges."""
         stage = self.stage
-        return stage is None or bool(getattr(stage, "is_linear", False))
+        # kNN edges are rebuilt from the input: the map depends on it
+        return stage is None or (bool(getattr(stage, "is_linear", False)) and self._graph.dynamic is None)
 
     @property
     def is_linear(self) -> bool:

@@ -76,6 +76,10 @@ AUTHORS_COMMON = {
     'model.graph_heads': 8,
     'model.graph_kwargs': {},
     'model.graph_residual': False,
+    'model.graph_spatial': 'full',  # the edge families: the paper's graph by default
+    'model.graph_temporal': 'aligned',
+    'model.graph_dynamic': None,
+    'model.graph_edge_attr': None,
     'model.head_dropout': 0.0,
     'model.intra': True,
     'model.layer_scale': None,

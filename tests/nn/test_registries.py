@@ -96,9 +96,9 @@ def test_a_backend_registered_later_serves_the_normalised_propagations(dense_bac
 def test_the_constants_are_the_registries_built_ins():
     assert READOUTS == readout_names() == ("mean", "max", "softmax", "powermean", "attention", "set2set")
     assert PROPAGATIONS == propagation_names() == ("appnp", "gcn", "gat", "none")
-    assert BACKENDS == backend_names() == ("edge_index", "csr", "sparse_tensor", "structured")
-    assert SUPPORTED_BACKENDS == {"appnp": ("csr", "edge_index", "sparse_tensor", "structured"),
-                                  "gcn": ("csr", "edge_index", "sparse_tensor", "structured"),
+    assert BACKENDS == backend_names() == ("edge_index", "csr", "sparse_tensor", "structured", "stencil")
+    assert SUPPORTED_BACKENDS == {"appnp": ("csr", "edge_index", "sparse_tensor", "structured", "stencil"),
+                                  "gcn": ("csr", "edge_index", "sparse_tensor", "structured", "stencil"),
                                   "gat": ("edge_index",), "none": BACKENDS}
     with pytest.raises(ValueError, match="already registered"):
         register_readout("mean", lambda channels: aggr.MeanAggregation())
@@ -193,7 +193,7 @@ def test_structured_backend_refuses_other_edge_families():
     with pytest.raises(ConfigError, match="backend 'structured' computes the paper's IF-FC .* got spatial 'grid4'"):
         StructuredBackend().check_graph(grid4)
     refiner = GraphRefiner(SpatioTemporalGraph(2, 2, 2), backend="structured")
-    with pytest.raises(ValueError, match="use backend 'csr' or 'edge_index'"):
+    with pytest.raises(ValueError, match=r"use backend 'stencil' \(local families\), 'csr' or 'edge_index'"):
         refiner.graph = grid4
     assert refiner.graph == SpatioTemporalGraph(2, 2, 2)  # unchanged
     StructuredBackend().check_graph(SpatioTemporalGraph(2, 2, 2, intra="none"))
