@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
+import torch
+
 from ..errors import ConfigError
 from ..utils.optional import require
 from .executors import Executor, WorkerDied, WorkerLostError, _name
@@ -31,8 +33,6 @@ logger = logging.getLogger(__name__)
 def _call_with_threads(fn: Callable[[Any], Any], threads: int, task: Any) -> Any:
     """``fn(task)`` with ``threads`` torch threads (in a Ray worker process, which may have run
     other tasks with other settings before)."""
-    import torch
-
     torch.set_num_threads(threads)
     return fn(task)
 

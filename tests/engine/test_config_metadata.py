@@ -152,7 +152,8 @@ def test_every_key_has_help_and_every_list_is_read_from_the_metadata():
     assert all(f.metadata["help"].strip() for f in keys.values())
     assert set(RANGES) == {key for key, f in keys.items() if f.metadata["range"] is not None}
     assert RESUMABLE_CHANGES == set(RESUMABLE_KEYS) == OLD_RESUMABLE | {"data.keep_normalization"}
-    assert sorted(features_keys) == sorted(FEATURE_KEYS) and "data.num_frames" in FEATURE_KEYS and "train.seed" not in FEATURE_KEYS
+    assert sorted(features_keys) == sorted(FEATURE_KEYS)
+    assert "data.num_frames" in FEATURE_KEYS and "train.seed" not in FEATURE_KEYS
     assert EVAL_KEYS == {key for key in keys if key.split(".")[0] in ("data", "train", "eval", "name")}
     table = docs_table()
     assert all(f"| `{key}` |" in table for key in keys)
