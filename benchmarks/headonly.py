@@ -5,7 +5,7 @@
 Each run is a fresh process (``python -m taggnn train --config synthgym_frozen --set
 data.features=DIR --no-progress``), so the figure includes start-up (imports, loading the
 features), 6 epochs of training with a validation after each, the test and the written outputs:
-what the issue's "a head-only SynthGym run in under 30 s on 2 cores" measures. Variants run
+the figure behind the target "a head-only SynthGym run in under 30 s on 2 cores". Variants run
 interleaved (default, then each other variant, repeated), so that a slow spell of a shared
 machine hits all of them. ``--features`` must hold ``taggnn features --config synthgym_frozen``
 output (the pretrained backbone's tokens of 1600 / 320 / 640 clips).
