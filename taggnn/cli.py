@@ -185,6 +185,8 @@ def cmd_train(args) -> int:
         skipped = f"  ({test['skipped']} unreadable clips skipped)" if test.get("skipped") else ""
         print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  "
               f"MCA ({test['mca_convention']}) {test['mca']:.4f}  clips {test['count']}{skipped}  [{out}]")
+        print(f"(one run, train.seed={config.train.seed}: another seed gives another figure; compare settings over "
+              f"several seeds with taggnn study)")
     elif "test_skipped" in summary:
         print(f"test not evaluated: {summary['test_skipped']}")
     return 0

@@ -110,3 +110,15 @@ def test_tsne_samples_stratified_over_classes():
     assert len(chosen) == 12 and counts == [4, 4, 4]  # not the first 12 in file order (all class 0)
     assert stratified_indices(labels, 12, seed=0) == chosen and stratified_indices(labels, 12, seed=1) != chosen
     assert sorted(stratified_indices(labels, 100)) == list(range(85))
+
+
+def test_train_says_its_test_figure_is_one_seeds(monkeypatch, tmp_path, capsys):
+    import taggnn.cli as cli
+
+    test = {"top1": 0.372, "top5": 0.959, "mca": 0.372, "mca_convention": "union", "count": 640}
+    monkeypatch.setattr(cli, "train", lambda *args, **kwargs: {"test": test})
+    assert main(["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.seed=7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("test top-1 0.3720  top-5 0.9590  MCA (union) 0.3720  clips 640")
+    assert lines[-1] == ("(one run, train.seed=7: another seed gives another figure; compare settings over several "
+                         "seeds with taggnn study)")
