@@ -1,6 +1,7 @@
 """Figures people would rather look at (needs matplotlib: the ``plot`` extra)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -28,8 +29,6 @@ def confusion_figure(confusion: torch.Tensor, names: Optional[List[str]], title:
     The figure grows with the class count (0.35 inch a class, at least 5 and at most 30 inches a side),
     and the title wraps to the figure's width, so that a 3-class matrix is as readable as a 99-class one.
     """
-    import textwrap
-
     matrix = confusion.double()
     matrix = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
     C = matrix.shape[0]
