@@ -40,6 +40,10 @@ VARIANTS: Dict[str, List[str]] = {
 }
 
 
+ONE_SEED = ("test_top1: one seed's (every repeat trains with the same train.seed), a check that the run "
+            "trained, not an accuracy figure: compare accuracies over seeds with benchmarks.ablation")
+
+
 def run_once(features: Path, overrides: List[str], extra: List[str], out: Path) -> Dict[str, object]:
     command = [sys.executable, "-m", "taggnn", "train", "--config", "synthgym_frozen", "--set",
                f"data.features={features}", "--out", str(out), "--overwrite", "--no-progress"]
@@ -92,11 +96,13 @@ def main(argv=None) -> None:
     print(describe_environment(env))
     print(f"head-only run from the CLI (synthgym_frozen on {args.features}, fresh process each, "
           f"{args.repeats} interleaved repeats); train_s = sum of epoch times (training only)")
+    print(ONE_SEED)
     print(format_table(rows, ["variant", "overrides", "wall_s_median", "wall_s_min", "wall_s_max", "train_s_median",
                               "test_top1", "runs"]))
     path = write_json(args.out, {"benchmark": "headonly", "environment": env,
                                  "settings": {"features": str(args.features), "repeats": args.repeats,
                                               "variants": args.variants, "overrides": args.overrides},
+                                 "note": ONE_SEED,
                                  "rows": rows, "runs": runs})
     print(f"wrote {path}")
 
