@@ -18,7 +18,7 @@ from taggnn.cli import main, results_tag
 from taggnn.engine.runfolder import MANIFEST_NAME, RUN_FILES, clear_run_folder, read_manifest
 from taggnn.utils.outputs import TRAINING_OUTPUT, protected_file
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def quick_export(monkeypatch):
 
     real = export_module._write_and_reload
 
-    def quick(model, example, path, fmt):
+    def quick(model, example, path, fmt, *rest):
         if fmt == "safetensors":  # a folder, written for real (fast)
-            return real(model, example, path, fmt)
+            return real(model, example, path, fmt, *rest)
         path.write_text(f"{fmt} export")
         if fmt == "onnx":
             path.with_name(path.name + ".data").write_text("weights")

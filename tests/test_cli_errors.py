@@ -16,7 +16,7 @@ from taggnn.cli import main
 from taggnn.engine import load_config
 from taggnn.errors import ConfigError
 
-from ..helpers import CLI_SMALL, SMALL
+from .helpers import CLI_SMALL, SMALL
 
 GIB = 1 << 30
 

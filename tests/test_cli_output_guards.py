@@ -46,7 +46,7 @@ def test_export_refuses_an_existing_file_and_never_replaces_its_input(run, monke
         assert "is the file this command reads" in one_line_error(capsys)
     assert (run / "best.pt").read_bytes() == before
 
-    def quick(model, example, path, fmt):  # real round trips: tests/models/test_export.py
+    def quick(model, example, path, fmt, *rest):  # real round trips: tests/models/test_export.py
         path.write_text("new export")
         return model(example)
 
@@ -61,7 +61,7 @@ def test_a_failed_export_leaves_the_previous_file(run, monkeypatch, capsys):
     target = run / "best.pt2"
     target.write_text("previous export")
 
-    def broken(model, example, path, fmt):
+    def broken(model, example, path, fmt, *rest):
         path.write_bytes(b"half")
         raise RuntimeError("exporter crashed")
 
