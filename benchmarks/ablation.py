@@ -40,7 +40,6 @@ from ._common import describe_environment, environment, format_table, pick_devic
 STUDIES = Path(__file__).parent / "studies"
 PROTOCOLS = {"scratch": "scratch.yaml", "finetune": "finetune.yaml", "frozen": "frozen_table4.yaml"}
 PRESETS = {"scratch": "synthgym_tiny", "finetune": "synthgym_finetune", "frozen": "synthgym_frozen"}
-DEFAULT_ROWS = list(TABLE4) + ["Full+attention", "Full+ffn", "Full+learned-w", "Full+RGCN", "Full (LS=0)"]
 
 
 def study_text(protocol: str, *, rows: Optional[List[str]] = None, seeds: Optional[int] = None,

@@ -279,42 +279,99 @@ def end_to_end(args, device, env) -> None:
     print(f"wrote {path}")
 
 
-def plot(rows: List[dict], stem: Path) -> None:
+MEASURES = [("energy_within_ratio", "within-frame energy / input"),
+            ("energy_across_ratio", "across-frame energy / input"), ("mad", "MAD"),
+            ("effective_rank", "effective rank"), ("fwd_bwd_ms", "forward+backward ms")]
+# series i gets line style LINES[i % 4], marker MARKERS[i % 7] and a width and marker size that shrink
+# with i % 4: curves drawn on top of each other stay visible (wide solid under narrow dashed)
+LINES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x", "+")
+
+
+def _coinciding(curves: Dict[str, List[tuple]]) -> List[List[str]]:
+    """Groups of two or more series whose points are the same (to 1e-9 relative)."""
+    groups: List[List[str]] = []
+    for label, points in curves.items():
+        for group in groups:
+            other = curves[group[0]]
+            if len(other) == len(points) and all(d == e and abs(v - w) <= 1e-9 * max(abs(v), abs(w), 1e-300)
+                                                 for (d, v), (e, w) in zip(points, other)):
+                group.append(label)
+                break
+        else:
+            groups.append([label])
+    return [group for group in groups if len(group) > 1]
+
+
+def figure(rows: List[dict], grid: str, graph: str = "full+aligned"):
+    """The oversmoothing figure of one grid: one panel per measure present in ``rows`` (no latency panel
+    when nothing was timed). Every series has its own line style and marker; series that coincide in a
+    panel are named in a note under it; zeros, which a log axis cannot show, are drawn at a dotted floor
+    a decade under the smallest positive value, with hollow markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measures = [("energy_within_ratio", "within-frame energy / input"), ("energy_across_ratio",
-                "across-frame energy / input"), ("mad", "MAD"), ("effective_rank", "effective rank"),
-                ("fwd_bwd_ms", "forward+backward ms")]
+    rows = [r for r in rows if r["grid"] == grid and r.get("graph", "full+aligned") == graph and r["depth"] > 0]
+    measures = [(key, title) for key, title in MEASURES if any(r.get(key) is not None for r in rows)]
+    series = sorted({(r["operator"], r["mode"]) for r in rows})
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 4.4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], measures):
+        curves = {}
+        for index, (operator, mode) in enumerate(series):
+            label = operator if mode == "propagation" else f"{operator} ({mode})"
+            points = sorted((r["depth"], float(r[key])) for r in rows if r["operator"] == operator
+                            and r["mode"] == mode and r.get(key) is not None)
+            if points:
+                curves[label] = (index, points)
+        positive = [v for _, points in curves.values() for _, v in points if v > 0]
+        floor = min(positive) / 10 if positive else 1.0
+        for label, (index, points) in curves.items():
+            colour = plt.get_cmap("tab10")(index % 10)
+            depths = [d for d, _ in points]
+            ax.plot(depths, [max(v, floor) for _, v in points], linestyle=LINES[index % 4],
+                    marker=MARKERS[index % 7], markersize=7 - 1.5 * (index % 4), markerfacecolor="none",
+                    linewidth=2.8 - 0.6 * (index % 4), color=colour, label=label)
+            zeros = [d for d, v in points if v <= 0]
+            if zeros:
+                ax.plot(zeros, [floor] * len(zeros), linestyle="none", marker="o", markersize=11,
+                        markerfacecolor="none", markeredgecolor=colour)
+        if any(v <= 0 for _, points in curves.values() for _, v in points):
+            ax.axhline(floor, color="grey", linestyle=":", linewidth=1)
+            ax.annotate("0 (drawn at floor)", (0.02, floor), xycoords=("axes fraction", "data"),
+                        xytext=(0, 3), textcoords="offset points", fontsize=7, color="grey")
+        same = _coinciding({label: points for label, (_, points) in curves.items()})
+        if same:
+            ax.text(0.0, -0.24, "\n".join("same values: " + " = ".join(group) for group in same),
+                    transform=ax.transAxes, fontsize=7, va="top", wrap=True)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel("depth (K or layers)")
+    axes[0][0].legend(fontsize=7)
+    paper = graph == "full+aligned"
+    fig.suptitle(f"oversmoothing on the {grid} TAG-Head graph" + ("" if paper else f", edges {graph}"))
+    fig.tight_layout()
+    return fig
+
+
+def plot(rows: List[dict], stem: Path) -> List[Path]:
+    """One PNG per (grid, graph) of ``rows`` (:func:`figure`), written to ``{stem}_{grid}.png`` for
+    the paper's graph and ``{stem}_{grid}_{graph}.png`` for other edge families."""
+    import matplotlib.pyplot as plt
+
+    paths = []
     for grid, graph in sorted({(r["grid"], r.get("graph", "full+aligned")) for r in rows}):
-        fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.8))
-        mine = [r for r in rows if r["grid"] == grid and r.get("graph", "full+aligned") == graph]
-        series = sorted({(r["operator"], r["mode"]) for r in mine if r["depth"] > 0})
-        colours = {item: plt.get_cmap("tab10")(i % 10) for i, item in enumerate(series)}
-        for ax, (key, title) in zip(axes, measures):
-            for operator, mode in series:
-                points = [(r["depth"], r[key]) for r in mine if r["operator"] == operator
-                          and r["mode"] == mode and r.get(key) is not None and r[key] > 0]
-                if points:
-                    depths, values = zip(*points)
-                    ax.plot(depths, values, marker="o", markersize=3, color=colours[(operator, mode)],
-                            label=operator if mode == "propagation" else f"{operator} ({mode})")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(title)
-            ax.set_xlabel("depth (K or layers)")
-        axes[0].legend(fontsize=7)
-        paper = graph == "full+aligned"
-        fig.suptitle(f"oversmoothing on the {grid} TAG-Head graph" + ("" if paper else f", edges {graph}"))
-        fig.tight_layout()
-        suffix = "" if paper else "_" + graph.replace("+", "_").replace(":", "-")
+        fig = figure(rows, grid, graph)
+        suffix = "" if graph == "full+aligned" else "_" + graph.replace("+", "_").replace(":", "-")
         path = Path(f"{stem}_{grid}{suffix}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
         plt.close(fig)
         print(f"wrote {path}")
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":

@@ -1,4 +1,18 @@
-"""The taggnn command: train, eval, predict, profile, tsne, features, export, synth, config.
+"""The taggnn command.
+
+Commands:
+
+    train     train (and finally test) a model from a preset or YAML config and ``--set`` overrides
+    eval      Top-1, Top-5, MCA, per-class CSV and confusion matrix of a checkpoint
+    predict   labels with probabilities for video files
+    profile   parameters, multiply-adds and latency of a config
+    tsne      t-SNE of backbone vs TAG-Head features
+    features  cache the backbone's token grids of every split for head-only training
+    export    write a checkpoint as TorchScript, a torch.export program, ONNX or safetensors
+    synth     SynthGym tools: write clips as mp4 + CSV
+    config    every config key of a preset: value, default, range or choices, help
+    graph     token-grid graph tools (draw)
+    study     ablation studies: rows of overrides x seeds, each an ordinary run, resumable
 
 Examples:
 
@@ -9,8 +23,12 @@ Examples:
     taggnn predict clip.mp4 --checkpoint runs/demo/best.pt --topk 5
     taggnn profile --config gym99_r2plus1d34
     taggnn tsne --checkpoint runs/demo/best.pt --split test
+    taggnn features --config synthgym_frozen --out runs/features
+    taggnn export --checkpoint runs/demo/best.pt --format onnx
     taggnn synth write data/synthgym --split train
     taggnn config show gym99_authors
+    taggnn graph draw --grid 4 5 5 --out graph.png
+    taggnn study run study.yaml --out runs/study
 """
 from __future__ import annotations
 
@@ -167,6 +185,8 @@ def cmd_train(args) -> int:
         skipped = f"  ({test['skipped']} unreadable clips skipped)" if test.get("skipped") else ""
         print(f"test top-1 {test['top1']:.4f}  top-5 {test['top5']:.4f}  "
               f"MCA ({test['mca_convention']}) {test['mca']:.4f}  clips {test['count']}{skipped}  [{out}]")
+        print(f"(one run, train.seed={config.train.seed}: another seed gives another figure; compare settings over "
+              f"several seeds with taggnn study)")
     elif "test_skipped" in summary:
         print(f"test not evaluated: {summary['test_skipped']}")
     return 0

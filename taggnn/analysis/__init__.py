@@ -1,4 +1,6 @@
-"""Analysis tools: oversmoothing measures, and when the graph stage reaches the classifier."""
+"""Analysis tools: oversmoothing measures (:mod:`~taggnn.analysis.oversmoothing`), how much the graph stage
+reaches the classifier (:mod:`~taggnn.analysis.readout`), and paired statistics over seeds
+(:mod:`~taggnn.analysis.stats`)."""
 from .oversmoothing import (
     dirichlet_energy,
     effective_rank,

@@ -84,8 +84,9 @@ def register_dataset(name: str, build: Callable[..., Dataset], *, check: Optiona
 
 
 def list_datasets() -> List[str]:
-    """The registered dataset names, in the order they were registered."""
-    return list(_REGISTRY)
+    """The registered dataset names, sorted (the order modules register in depends on which is
+    imported first; messages and the generated key table must not)."""
+    return sorted(_REGISTRY)
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -153,7 +154,7 @@ class RegisteredNames(Sequence):
         return name in _REGISTRY
 
     def __repr__(self) -> str:
-        return repr(tuple(_REGISTRY))
+        return repr(tuple(list_datasets()))
 
 
 #: Every registered dataset name (live: see :class:`RegisteredNames`).

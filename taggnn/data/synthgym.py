@@ -71,8 +71,8 @@ DEFAULT_SIZES = {"train": 1600, "val": 320, "test": 640, "pretrain_train": 3200,
 LABELS = ("fine", "coarse")
 RENDER_VERSION = 1  # bump when rendering changes, so caches do not mix versions
 
-# Segments of the figure: (joint a, joint b) indices into the joint array.
-_JOINTS = ["hip", "neck", "l_elbow", "l_hand", "r_elbow", "r_hand", "l_knee", "l_foot", "r_knee", "r_foot"]
+# Segments of the figure: (joint a, joint b) indices into the joint array, whose rows are
+# hip, neck, l_elbow, l_hand, r_elbow, r_hand, l_knee, l_foot, r_knee, r_foot.
 _SEGMENTS = [(0, 1), (1, 2), (2, 3), (1, 4), (4, 5), (0, 6), (6, 7), (0, 8), (8, 9)]
 
 

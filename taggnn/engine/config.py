@@ -373,11 +373,6 @@ def config_fields() -> Dict[str, dataclasses.Field]:
     return keys
 
 
-def key_info(key: str) -> Dict[str, Any]:
-    """The metadata of config key ``key`` (help, range, choices, known, resumable, features, eval)."""
-    return dict(config_fields()[key].metadata)
-
-
 def choices_of(key: str) -> Optional[Tuple[Any, ...]]:
     """The values :func:`validate` allows for ``key`` (None: any of its type within its range)."""
     choices = config_fields()[key].metadata.get("choices")

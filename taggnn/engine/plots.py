@@ -1,6 +1,7 @@
 """Figures people would rather look at (needs matplotlib: the ``plot`` extra)."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -22,13 +23,17 @@ def _colormap(name: str):
     return matplotlib.colormaps[name]
 
 
-def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], path: Path, title: str = "") -> Path:
-    """Row-normalised confusion matrix (true class per row) as a PNG."""
+def confusion_figure(confusion: torch.Tensor, names: Optional[List[str]], title: str = ""):
+    """Row-normalised confusion matrix (true class per row) as a matplotlib ``Figure``.
+
+    The figure grows with the class count (0.35 inch a class, at least 5 and at most 30 inches a side),
+    and the title wraps to the figure's width, so that a 3-class matrix is as readable as a 99-class one.
+    """
     matrix = confusion.double()
     matrix = (matrix / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()
     C = matrix.shape[0]
-    size = min(2 + 0.35 * C, 30)
-    fig = _figure(figsize=(size, size))
+    size = min(max(5.0, 2 + 0.35 * C), 30.0)
+    fig = _figure(figsize=(size, size), layout="tight")
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
     if names and C <= 60:
@@ -36,10 +41,16 @@ def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], p
         ax.set_yticks(range(C), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion {title} (rows normalised)")
+    # ~8 characters of a 12-point title an inch, less the colour bar's share of the width
+    ax.set_title(textwrap.fill(f"confusion {title} (rows normalised)", width=int(7 * size), break_long_words=True,
+                               break_on_hyphens=False))
     fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def save_confusion_matrix(confusion: torch.Tensor, names: Optional[List[str]], path: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (true class per row) as a PNG (:func:`confusion_figure` at 100 dpi)."""
+    confusion_figure(confusion, names, title).savefig(path, dpi=100)
     return path
 
 

@@ -8,7 +8,9 @@ Usable on its own by any project that puts a graph on a T x H x W token grid::
     local = SpatioTemporalGraph(8, 7, 7, spatial="grid8", temporal="window:2", edge_attr="offset")
 
 Edge families: :mod:`taggnn.graph.families`; kNN edges: :mod:`taggnn.graph.dynamic`;
-clips with different grids: :func:`batch_graphs`; heterogeneous view: :mod:`taggnn.graph.hetero`.
+clips with different grids: :func:`batch_graphs`; heterogeneous view: :mod:`taggnn.graph.hetero`;
+products with the adjacency without building it: :mod:`taggnn.graph.structured`,
+:mod:`taggnn.graph.stencil`; sparse products: :mod:`taggnn.graph.sparse`; figures: :mod:`taggnn.graph.draw`.
 """
 from .batching import batch_graphs
 from .builder import (

@@ -49,8 +49,6 @@ from . import hetero as _hetero
 from .dynamic import knn_edges, knn_edges_dense
 from .families import CUSTOM, DYNAMIC, IF_FC, SELF_LOOP, SPATIAL, TAT, TEMPORAL  # noqa: F401  (re-exported)
 
-INTRA_MODES = ("full", "none")  # the paper's two spatial choices; see families.SPATIAL_FAMILIES for all
-TEMPORAL_MODES = ("aligned", "none")
 EDGE_ATTRS = ("offset", "type")
 
 #: A user-defined family: ``fn(T, H, W) -> (edge_index (2, E) long, edge_type (E,) long >= 0)``.
@@ -468,14 +466,6 @@ class SpatioTemporalGraph:
         if self.spec.custom is not None:
             count += _CACHE.get((self.spec, "custom_count"), lambda: _custom_edges(self.spec)[0].size(1))
         return count
-
-    @property
-    def has_edges(self) -> bool:
-        """Whether the graph has any edge besides self-loops."""
-        counts = self._static_counts()
-        counts.pop(SELF_LOOP, None)
-        return (sum(counts.values()) > 0 or self.spec.dynamic is not None
-                or (self.spec.custom is not None and self.num_edges > self.num_nodes * self.spec.self_loops))
 
     @property
     def num_edge_types(self) -> int:

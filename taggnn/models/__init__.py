@@ -1,4 +1,6 @@
-"""Backbones, weights, TAGNet and the authors' checkpoint compatibility."""
+"""Backbones, weights, TAGNet and the authors' checkpoint compatibility; parameter, FLOP and latency
+accounting (:mod:`~taggnn.models.complexity`), export (:mod:`~taggnn.models.export`) and shared models
+(:mod:`~taggnn.models.hub`)."""
 from .backbones import (
     BackboneInfo,
     TinyR2Plus1D,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torchvision.models import video as tv_video
 
-from ..data.constants import IG65M_MEAN, IG65M_STD, KINETICS_MEAN, KINETICS_STD, SLOWFAST_MEAN, SLOWFAST_STD
+from ..data.constants import IG65M_MEAN, IG65M_STD, SLOWFAST_MEAN, SLOWFAST_STD
 from ..errors import ConfigError
 from ..utils.optional import require
 from .weights import (
@@ -38,8 +38,6 @@ class VideoBackbone(nn.Module):
     """Base class: a feature extractor with a weights catalogue."""
 
     out_channels: int
-    mean: Tuple[float, float, float] = KINETICS_MEAN
-    std: Tuple[float, float, float] = KINETICS_STD
     #: key prefixes of the pretraining classifier in release files
     classifier_prefixes: Tuple[str, ...] = ("fc.",)
 
@@ -77,7 +75,6 @@ class VideoBackbone(nn.Module):
         if entry is not None:
             state = load_state_dict(entry.url, sha256_prefix=entry.sha256_prefix, state_key=entry.state_key)
             prefixes = entry.classifier_prefixes
-            self.mean, self.std = entry.mean, entry.std
         else:
             state = load_state_dict(source)
             prefixes = self.classifier_prefixes
@@ -154,9 +151,7 @@ def r2plus1d_34(*, bn_momentum: float = 0.1) -> VideoResNetBackbone:
         if isinstance(module, nn.BatchNorm3d):
             module.eps = 1e-3
             module.momentum = bn_momentum
-    backbone = VideoResNetBackbone(resnet, catalogue=IG65M_WEIGHTS)
-    backbone.mean, backbone.std = IG65M_MEAN, IG65M_STD
-    return backbone
+    return VideoResNetBackbone(resnet, catalogue=IG65M_WEIGHTS)
 
 
 def _torchvision_catalogue(weights_enum) -> Dict[str, WeightsEntry]:
@@ -212,8 +207,6 @@ class Swin3DBackbone(VideoBackbone):
         self.features, self.norm = model.features, model.norm
         self.out_channels = model.num_features
         self._catalogue = _torchvision_catalogue(weights_enum)
-        entry = next(iter(self._catalogue.values()))
-        self.mean, self.std = entry.mean, entry.std
 
     def weights_catalogue(self):  # type: ignore[override]
         return self._catalogue
@@ -308,8 +301,6 @@ class TinyR2Plus1D(VideoBackbone):
 
 class PyTorchVideoBackbone(VideoBackbone):
     """A pytorchvideo hub model without its head (``blocks[:-1]``), zoo-file compatible."""
-
-    mean, std = SLOWFAST_MEAN, SLOWFAST_STD
 
     def __init__(self, hub_name: str, zoo_file: str, num_frames: int, crop: int):
         super().__init__()

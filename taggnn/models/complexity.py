@@ -22,11 +22,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .tagnet import TAGNet
 
-
-def _numel(module: Optional[nn.Module]) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
-
-
 #: The part of :func:`parameter_breakdown` each of a head's attributes counts towards. A LayerScale
 #: gamma counts with the part it scales (``pos_gamma``: the positional table, ``graph_gamma``: the
 #: graph stage); the classifier includes the optional pre-classifier LayerNorm.

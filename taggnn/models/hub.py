@@ -49,7 +49,6 @@ MODEL_TYPES = ("TAGNet", "HeadOnly")
 INSTALL_HINT = "pip install 'taggnn[hub]'"
 
 PAPER_TITLE = "TAG-Head: Time-Aligned Graph Head for Plug-and-Play Fine-grained Action Recognition"
-AUTHORS_CODE = "https://github.com/ImtiazUlHassan/Tag-Head"
 CITATION = f"""@article{{hassan2026taghead,
   title   = {{{PAPER_TITLE}}},
   author  = {{Hassan, Imtiaz Ul and Bessis, Nik and Behera, Ardhendu}},
@@ -73,14 +72,6 @@ def require_safetensors():
         raise MissingExtraError(f"writing and reading model.safetensors needs the safetensors package: "
                                 f"{INSTALL_HINT}", extra="hub") from None
     return safetensors.torch
-
-
-def hub_available() -> bool:
-    try:
-        import huggingface_hub  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- where a model is

@@ -2,7 +2,8 @@
 
 ``taggnn study run SPEC --out DIR`` (see :mod:`taggnn.study.spec` for the file,
 :mod:`taggnn.study.runner` for the folder and its resumption, :mod:`taggnn.study.executors` for
-the worker processes).
+the worker processes, :mod:`taggnn.study.ray_executor` for Ray, :mod:`taggnn.study.rows` for the named
+rows, :mod:`taggnn.study.report` for the tables and paired differences).
 """
 from .executors import Executor, LocalExecutor, WorkerDied, WorkerLostError
 from .rows import ALIASES, ROWS, STAGES, TABLE4

@@ -156,13 +156,11 @@ class LocalExecutor(Executor):
         self.size, self.threads, self.devices = workers, threads, devices or []
         self._context = multiprocessing.get_context("spawn")
         self._workers: Dict[int, _Worker] = {}
-        self._started = 0
 
     def _start(self, slot: int) -> _Worker:
         device = self.devices[slot % len(self.devices)] if self.devices else None
         worker = _Worker(self._context, self.threads, device, slot)
         self._workers[slot] = worker
-        self._started += 1
         return worker
 
     def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Tuple[Any, Any]]:

@@ -22,7 +22,7 @@ def head(grid, **options):
 @pytest.mark.parametrize("row", ROWS)
 @pytest.mark.parametrize("grid", [(4, 7, 7), (8, 7, 7), (3, 2, 5), (1, 4, 4)])
 @pytest.mark.parametrize("K", [1, 2, 10])
-def test_weights_reproduce_forward_features(row, grid, K):
+def test_weights_reproduce_forward_pooled(row, grid, K):
     h = head(grid, K=K, **ROWS[row])
     features = torch.randn(3, 32, *grid, dtype=torch.float64)
     h.double()

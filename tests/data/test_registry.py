@@ -110,7 +110,7 @@ def test_the_config_knows_a_registered_dataset(stripes, preset):
 
 def test_without_its_module_the_dataset_is_unknown(preset):
     assert "stripes" not in DATASETS
-    with pytest.raises(ConfigError, match=r"data.dataset='stripes' is not one of finegym, haa500, csv, folder, "
+    with pytest.raises(ConfigError, match=r"data.dataset='stripes' is not one of csv, finegym, folder, haa500, "
                                           r"synthgym"):
         load_config(preset)
     with pytest.raises(ConfigError, match="unknown dataset 'stripes'; choose one of"):

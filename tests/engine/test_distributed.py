@@ -99,7 +99,7 @@ def test_balanced_sampler_is_seeded_resumable_and_sharded():
 
 
 def test_training_with_a_balanced_sampler_and_class_weights(tmp_path):
-    from .test_trainer import small_config
+    from ..helpers import small_config
 
     summary = train(small_config("data.synth_long_tail=10", "data.sampler=sqrt", "optim.class_weights=inverse",
                                  "train.epochs=1"), tmp_path, progress=False)

@@ -14,8 +14,7 @@ from taggnn.engine import load_checkpoint, train
 from taggnn.engine.trainer import MAX_HEALTHY_WEIGHT, checkpoint_problem, loss_limit
 from taggnn.errors import TrainingError
 
-from .test_robustness import CLI_SMALL
-from .test_trainer import small_config
+from ..helpers import CLI_SMALL, small_config
 
 
 def commands(message: str):

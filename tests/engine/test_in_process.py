@@ -12,7 +12,7 @@ import torch
 
 from taggnn.engine import load_checkpoint, train
 
-from .test_trainer import small_config
+from ..helpers import small_config
 
 # two short runs of another seed and determinism setting than each other
 FIRST = ["train.epochs=1", "data.synth_train=16", "data.synth_val=8", "data.synth_test=8", "train.seed=3"]
@@ -22,7 +22,7 @@ SECOND = ["train.epochs=1", "data.synth_train=16", "data.synth_val=8", "data.syn
 SEPARATE = """
 import json, sys
 from taggnn.engine import load_config, train
-from tests.engine.test_trainer import SMALL
+from tests.helpers import SMALL
 summary = train(load_config("synthgym_tiny", SMALL + json.loads(sys.argv[1])), sys.argv[2], progress=False)
 print(json.dumps({"test": summary["test"], "history": summary["history"]}))
 """

@@ -1,4 +1,4 @@
-"""Regression tests of issue [J]: no silent wrong results, no lost runs, clean errors."""
+"""Regression tests of the engine: no silent wrong results, no lost runs, clean errors."""
 import errno
 import json
 
@@ -12,10 +12,7 @@ from taggnn.engine import load_checkpoint, load_config, train
 from taggnn.engine.checkpoint import save_checkpoint
 from taggnn.errors import CheckpointError, ConfigError, TaggnnError, TrainingError
 
-from .test_trainer import SMALL, small_config
-
-CLI_SMALL = [item for pair in (("--set", value) for value in SMALL) for item in pair]
-
+from ..helpers import CLI_SMALL, SMALL, small_config
 
 # ---------------------------------------------------------------- 1. silent wrong results
 

@@ -21,8 +21,7 @@ from taggnn.engine import load_checkpoint, train
 from taggnn.engine.runfolder import MANIFEST_NAME, RunLock, process_identity, read_manifest, record_outputs
 from taggnn.errors import TrainingError
 
-from .test_robustness import CLI_SMALL
-from .test_trainer import small_config
+from ..helpers import CLI_SMALL, small_config
 
 
 def commands(message: str):

@@ -15,9 +15,7 @@ from taggnn.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from taggnn.engine.trainer import checkpoint_problem
 from taggnn.errors import ConfigError, TaggnnError, TrainingError
 
-from .test_trainer import SMALL, small_config
-
-CLI_SMALL = [item for pair in (("--set", value) for value in SMALL) for item in pair]
+from ..helpers import SMALL, small_config
 
 
 def records(folder, kind):

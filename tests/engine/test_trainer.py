@@ -7,14 +7,7 @@ import taggnn.engine.trainer as trainer_module
 from taggnn.engine import TrainingError, load_checkpoint, load_config, train
 from taggnn.engine.config import ConfigError
 
-# A very small SynthGym run: 8 frames of 32x32, 48 training clips, batches of 8.
-SMALL = ["data.num_frames=8", "data.crop_size=32", "data.short_side=32", "data.synth_size=32",
-         "data.synth_train=48", "data.synth_val=16", "data.synth_test=16", "train.batch_size=8",
-         "train.eval_batch_size=16", "model.ffn_dim=32", "train.epochs=2", "train.deterministic=true"]
-
-
-def small_config(*extra):
-    return load_config("synthgym_tiny", SMALL + list(extra))
+from ..helpers import SMALL, small_config
 
 
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path):

@@ -1,4 +1,4 @@
-"""train.compile and taggnn export (issue [I] sect. 3)."""
+"""train.compile and taggnn export."""
 import json
 import logging
 

@@ -1,4 +1,4 @@
-"""Issue [H]: the authors' pipeline reproduced exactly (frame indices, crops, CSV layout, BatchNorm,
+"""The authors' pipeline reproduced exactly (frame indices, crops, CSV layout, BatchNorm,
 schedule, evaluation precision, released checkpoints)."""
 import json
 

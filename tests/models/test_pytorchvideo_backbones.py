@@ -29,7 +29,7 @@ def test_model_zoo_file_layout_loads(tmp_path):
     backbone = build_backbone("x3d_s", weights=str(path))
     key = "blocks.0.conv.conv_t.weight"
     assert torch.equal(backbone.state_dict()[key], state[key])
-    assert backbone.mean == (0.45, 0.45, 0.45)
+    assert backbone.weights_catalogue()["KINETICS400"].mean == (0.45, 0.45, 0.45)  # the normalisation of the zoo
 
 
 def test_clear_error_without_pytorchvideo(monkeypatch):

@@ -1,4 +1,4 @@
-"""The graph-stage options of issue [F]: readouts, post-graph MLP, learned edge weights, any PyG conv,
+"""The graph-stage options: readouts, post-graph MLP, learned edge weights, any PyG conv,
 the default forward through PyG, and LayerScale identity initialisation."""
 import pytest
 import torch

@@ -68,7 +68,7 @@ def test_tabulate_holm_adjusts_each_family():
     assert "vs B+TE (Holm)" not in table["B+TE"]
 
 
-def test_headonly_benchmark_times_cli_runs(tmp_path):
+def test_headonly_benchmark_times_cli_runs(tmp_path, capsys):
     from benchmarks import headonly
     from taggnn.cli import main as cli
 
@@ -81,8 +81,10 @@ def test_headonly_benchmark_times_cli_runs(tmp_path):
                    "--out", str(out)] + [a for item in tiny + ["train.epochs=1"] for a in ("--set", item)])
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["rows"]] == ["default", "torch-dropout"]
-    assert all(r["wall_s_median"] > 0 and r["runs"] == 1 for r in result["rows"])
+    for row in result["rows"]:  # one run each: its median is that run's own wall time
+        assert row["runs"] == 1 and row["wall_s_median"] == result["runs"][row["variant"]][0]["wall_s"]
     assert result["runs"]["default"][0]["epochs"] == 1
+    assert result["note"].startswith("test_top1: one seed's") and result["note"] in capsys.readouterr().out
 
 
 def test_headonly_benchmark_refuses_a_folder_without_features(tmp_path):

@@ -7,11 +7,9 @@ import pytest
 import torch
 
 from taggnn.cli import main, results_tag
-from taggnn.engine import load_checkpoint
+from taggnn.engine import load_checkpoint, load_config
+from taggnn.models import build_model_from_config
 
-from .test_trainer import SMALL
-
-CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
 RUN_RESULTS = ("metrics_test.json", "per_class_test.csv", "confusion_test.png")
 
 
@@ -152,7 +150,7 @@ def test_tsne_refuses_an_existing_figure(run, tmp_path, capsys):
     assert figure.read_text() == "last week's figure"
     assert main([*command[:-4], "--out", str(run / "best.pt"), "--device", "cpu", "--overwrite"]) == 2
     assert "is the file this command reads" in one_line_error(capsys)
-    # the figure itself (written through the same atomic path): tests/engine/test_cli.py::test_tsne
+    # the figure itself (written through the same atomic path): tests/test_cli.py::test_tsne
 
 
 def test_profile_json_refuses_an_existing_file(tmp_path, capsys):
@@ -162,7 +160,8 @@ def test_profile_json_refuses_an_existing_file(tmp_path, capsys):
     assert main(command) == 2
     assert "--json" in one_line_error(capsys) and target.read_text() == "{}"
     assert main([*command, "--overwrite"]) == 0
-    assert json.loads(target.read_text())["params"]["total"] > 0
+    model = build_model_from_config(load_config("synthgym_tiny"), 16)
+    assert json.loads(target.read_text())["params"]["total"] == sum(p.numel() for p in model.parameters())
 
 
 # -------------------------------------------------------------------------------- synth

@@ -18,10 +18,7 @@ from taggnn.cli import main, results_tag
 from taggnn.engine.runfolder import MANIFEST_NAME, RUN_FILES, clear_run_folder, read_manifest
 from taggnn.utils.outputs import TRAINING_OUTPUT, protected_file
 
-from .test_trainer import SMALL
-
-CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

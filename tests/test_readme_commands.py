@@ -16,9 +16,9 @@ import torch
 
 from taggnn.cli import main
 
-from ..data.helpers import write_index_video
+from .data.helpers import write_index_video
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 HEADING = "### Train on your own videos"
 SMALL = {"train.epochs": "1", "data.num_frames": "2", "train.batch_size": "2", "train.eval_batch_size": "2"}
 CLASSES = ("jump", "spin")

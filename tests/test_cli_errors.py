@@ -16,9 +16,8 @@ from taggnn.cli import main
 from taggnn.engine import load_config
 from taggnn.errors import ConfigError
 
-from .test_trainer import SMALL
+from .helpers import CLI_SMALL, SMALL
 
-CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
 GIB = 1 << 30
 
 

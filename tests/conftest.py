@@ -1,13 +1,23 @@
-"""Fixtures shared by the engine tests."""
+"""Fixtures shared by the test modules."""
+import random
 import shutil
 
+import numpy as np
 import pytest
+import torch
 
 from taggnn.cli import main
 
-from .test_trainer import SMALL
+from .helpers import CLI_SMALL
 
-CLI_SMALL = [item for value in SMALL for item in ("--set", value)]
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, whatever ran before it: ``torch.randn`` in a test
+    draws the same numbers alone, in a module, or in the whole suite in any order."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +31,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def run(trained, tmp_path):
+    """A private copy of :func:`trained` that a test may change."""
     copy = tmp_path / "run"
     shutil.copytree(trained, copy, ignore=shutil.ignore_patterns("tensorboard", ".taggnn.lock"))
     return copy
