@@ -72,7 +72,7 @@ def test_the_last_epoch_is_tested_in_the_run_as_from_its_last_pt(reference, tmp_
         in_run = json.loads((folder / "metrics_test_last.json").read_text())
         copy = tmp_path / record["folder"]
         shutil.copytree(folder, copy)
-        _evaluate_last(copy, Config.from_dict(json.loads(json.dumps(_config(folder)))))
+        _evaluate_last(copy, Config.from_dict(_config(folder)))
         again = json.loads((copy / "metrics_test_last.json").read_text())
         assert {k: v for k, v in again.items() if k != "checkpoint"} == {
             k: v for k, v in in_run.items() if k != "checkpoint"}
