@@ -9,10 +9,13 @@ Then, in one fresh process with ``T`` torch threads, it trains every row of the 
 seed 0 as a bare :func:`taggnn.engine.trainer.train` call (no study machinery, no plot) on the same
 cached features, after one warm-up run (a study's workers are warm after their first run too).
 
-The per-run overhead of the study machinery is the study's run time of each (row, seed 0) run
-(``state.json``: the worker's wall and CPU seconds of the whole task: the run, its tests, its
-files) over the bare run's, summed over the rows. Wall times of a shared machine are noisy; the
-CPU times are the steadier figure. The JSON (``--json``, default ``DIR/study_speed.json``) holds
+The per-run overhead of the study machinery is the study's mean run time of each row (``state.json``:
+the worker's wall and CPU seconds of the whole task: the run, its tests, its files) over the bare
+run's, summed over the rows. The first task of each worker (the first ``W`` of the study, in row
+then seed order) also warms its worker up (imports, first-call caches) and is left out of the
+means where its row has other runs; ``--keep-features`` reuses the feature cache of an earlier
+run of the study (the runs still start cold). Wall times of a shared machine are noisy; the CPU
+times are the steadier figure. The JSON (``--json``, default ``DIR/study_speed.json``) holds
 every figure and the environment.
 """
 from __future__ import annotations
@@ -79,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (and of the bare runs)")
     parser.add_argument("--no-bare", action="store_true", help="time the study only")
+    parser.add_argument("--keep-features", action="store_true",
+                        help="keep DIR/study/features of an earlier run of the same study (the runs start cold, "
+                             "the feature cache is reused)")
     parser.add_argument("--json", type=Path, default=None, help="default: DIR/study_speed.json")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -87,12 +93,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         print(json.dumps(bare_runs(args.spec, study, bare, args.threads)))
         return {}
 
-    for folder in (study, bare):
-        if folder.exists():
-            shutil.rmtree(folder)
+    keep = ("features",) if args.keep_features else ()
+    for path in [*(study.iterdir() if study.is_dir() else []), bare]:
+        if path.name in keep and path.parent == study:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     python = [sys.executable, "-m"]
     whole = _timed(python + ["taggnn", "study", "run", str(args.spec), "--out", str(study), "--workers",
-                             str(args.workers), "--threads", str(args.threads), "--no-progress"])
+                             str(args.workers), "--threads", str(args.threads), "--no-progress"]
+                    + (["--overwrite"] if args.keep_features else []))  # a folder holding features only
     state = json.loads((study / "state.json").read_text())
     runs = sorted(state.get("wall_s", {}))
     run_wall = [state["wall_s"][name] for name in runs]
@@ -117,18 +129,28 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
         from taggnn.study.spec import load_spec
 
         spec = load_spec(args.spec)
-        compared = {row: f"{spec.slug(row)}/seed-{spec.seeds[0]}" for row in times}
-        compared = {row: name for row, name in compared.items() if name in state.get("wall_s", {})}
-        bare_wall = sum(times[row]["wall_s"] for row in compared)
-        bare_cpu = sum(times[row]["cpu_s"] for row in compared)
-        study_wall = sum(state["wall_s"][name] for name in compared.values())
-        study_cpu = sum(state.get("cpu_s", {}).get(name, float("nan")) for name in compared.values())
-        result.update(bare=times, overhead_wall=study_wall / bare_wall - 1 if bare_wall else None,
+        # the first task of each worker also warms the worker up (imports, first-call caches): runs of a
+        # row after those are compared with the bare run (a row run only by cold workers: all its runs)
+        order = [f"{spec.slug(row)}/seed-{seed}" for row in spec.rows for seed in spec.seeds]
+        cold = set(order[:args.workers])
+        compared: Dict[str, List[str]] = {}
+        for row in times:
+            names = [f"{spec.slug(row)}/seed-{seed}" for seed in spec.seeds]
+            names = [name for name in names if name in state.get("wall_s", {})]
+            compared[row] = [name for name in names if name not in cold] or names
+        bare_wall = sum(times[row]["wall_s"] for row, names in compared.items() if names)
+        bare_cpu = sum(times[row]["cpu_s"] for row, names in compared.items() if names)
+        study_wall = sum(sum(state["wall_s"][n] for n in names) / len(names) for names in compared.values() if names)
+        study_cpu = sum(sum(state["cpu_s"][n] for n in names) / len(names) for names in compared.values() if names)
+        result.update(bare=times, compared=compared, overhead_wall=study_wall / bare_wall - 1 if bare_wall else None,
                       overhead_cpu=study_cpu / bare_cpu - 1 if bare_cpu else None)
-        for row, name in compared.items():
-            table.append({"what": f"  {row} seed {spec.seeds[0]}: study run", "wall_s": state["wall_s"][name],
-                          "cpu_s": state.get("cpu_s", {}).get(name)})
-            table.append({"what": f"  {row} seed {spec.seeds[0]}: bare train()", **times[row]})
+        for row, names in compared.items():
+            if not names:
+                continue
+            table.append({"what": f"  {row}: study run (mean of {len(names)}{', cold' if cold & set(names) else ''})",
+                          "wall_s": sum(state["wall_s"][n] for n in names) / len(names),
+                          "cpu_s": sum(state["cpu_s"][n] for n in names) / len(names)})
+            table.append({"what": f"  {row}: bare train() (seed {spec.seeds[0]})", **times[row]})
     result["environment"] = environment(torch.device("cpu"))
     print(format_table(table, ["what", "wall_s", "cpu_s"]))
     if "overhead_cpu" in result:

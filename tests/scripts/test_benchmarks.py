@@ -109,6 +109,7 @@ def test_study_speed_benchmark_times_a_study_against_bare_runs(tmp_path):
     assert result["study_cpu_s"] > result["run_cpu_s"]["B/seed-0"] > 0
     assert result["features_cpu_s"] > 0 and set(result["bare"]) == {"B"}
     assert result["bare"]["B"]["cpu_s"] > 0 and result["overhead_cpu"] > -1
+    assert result["compared"] == {"B": ["B/seed-1"]}  # the worker's first run (cold) is left out
     saved = json.loads((tmp_path / "speed" / "study_speed.json").read_text())
     assert saved["overhead_wall"] == result["overhead_wall"]
     assert (tmp_path / "speed" / "bare" / "row-0" / "metrics_test.json").is_file()
