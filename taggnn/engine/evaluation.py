@@ -81,9 +81,10 @@ def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device
 
 
 def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: Optional[List[str]],
-                     mca: str, extra: Optional[Dict[str, Any]] = None, *, tag: Optional[str] = None) -> Dict[str, Any]:
+                     mca: str, extra: Optional[Dict[str, Any]] = None, *, tag: Optional[str] = None,
+                     plot: bool = True) -> Dict[str, Any]:
     """metrics_<tag>.json, per_class_<tag>.csv, skipped_<tag>.txt (the unreadable clips, if any) and
-    (with matplotlib) confusion_<tag>.png; ``tag`` defaults to the split's name.
+    (with matplotlib, unless ``plot=False``) confusion_<tag>.png; ``tag`` defaults to the split's name.
 
     ``count`` in the metrics is the number of clips scored, ``skipped`` the number that could
     not be read (and were not scored).
@@ -102,6 +103,8 @@ def write_evaluation(out: Path, split: str, meter: ClassificationMeter, names: O
         writer = csv.DictWriter(f, fieldnames=["class", "name", "support", "correct", "accuracy"])
         writer.writeheader()
         writer.writerows(meter.per_class_rows(names))
+    if not plot:
+        return metrics
     try:
         save_confusion_matrix(meter.confusion, names, out / f"confusion_{tag}.png", title=f"{tag}")
     except ImportError:

@@ -147,6 +147,10 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.skipped_train: List[str] = []
         self.load_weights = True  # read model.weights (not when resuming: the checkpoint holds every weight)
+        self.plots = True  # the final test's confusion-matrix PNG
+        # the test split's counts for the last epoch's weights (:meth:`test_last`), reused by
+        # :meth:`final_test` when the last epoch is also the best
+        self.last_meter = None
 
     # ------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -424,19 +428,35 @@ class Trainer:
         logger.info("wrote the backbone weights of the best epoch to %s (use --set model.weights=%s)", path, path)
 
     # -------------------------------------------------------- final test
+    def _test_meter(self):
+        t = self.config.train
+        return evaluate(self.model, self.test_set, batch_size=t.eval_batch_size, device=self.device,
+                        num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
+                        config=self.config, progress=self.progress)
+
+    def test_last(self) -> Dict[str, Any]:
+        """The test split's metrics (:meth:`ClassificationMeter.compute`) with the weights the
+        model holds now (after the last epoch: those of ``last.pt``), without writing a file."""
+        self.last_meter = self._test_meter()
+        return self.last_meter.compute(self.config.train.mca)
+
     def final_test(self) -> Dict[str, Any]:
-        """The test split, once, with the best validation weights (held in memory)."""
+        """The test split, once, with the best validation weights (held in memory). When the
+        last epoch was the best and :meth:`test_last` has tested its weights, its counts are used
+        (the same weights, the same test)."""
         t = self.config.train
         if self.best_state is None:
             return {}
-        self.model.load_state_dict(self.best_state)
-        meter = evaluate(self.model, self.test_set, batch_size=t.eval_batch_size, device=self.device,
-                         num_classes=self.num_classes, context=self.context, amp_dtype=self.eval_dtype,
-                         config=self.config, progress=self.progress)
+        if self.last_meter is not None and self.best["epoch"] == self.epoch:
+            meter = self.last_meter
+        else:
+            self.model.load_state_dict(self.best_state)
+            meter = self._test_meter()
         if not self.context.is_main:
             return {}
         metrics = write_evaluation(self.out, self.config.data.test_split, meter, self.names, t.mca,
-                                   {"checkpoint": str(self.out / "best.pt"), "best_epoch": self.best["epoch"]})
+                                   {"checkpoint": str(self.out / "best.pt"), "best_epoch": self.best["epoch"]},
+                                   plot=self.plots)
         if t.export_backbone:
             self.export_backbone(self.out / "backbone.pt")
         logger.info("test (%s, best val epoch %d): top-1 %.4f, top-5 %.4f, MCA (%s) %.4f, %d clips%s",
@@ -501,7 +521,8 @@ def _refuse_inputs_among_outputs(inputs: Iterable[Path], out: Path, outputs: Ite
 
 
 def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress: bool = True,
-          overwrite: bool = False, inputs: Iterable[Path] = ()) -> Dict[str, Any]:
+          overwrite: bool = False, inputs: Iterable[Path] = (), plots: bool = True,
+          test_last: bool = False) -> Dict[str, Any]:
     """Trains, validates and finally tests a model as configured; returns the summary.
 
     The run folder is locked first (a second process is refused before anything is removed or
@@ -521,6 +542,11 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
         overwrite: Remove the files that ``out``'s manifest lists first (never an input of the
             run: ``inputs``, the files its config names, the resumed checkpoint).
         inputs: Further files the command reads (e.g. its ``--config`` file).
+        plots: Write the final test's confusion-matrix PNG (``False``: the metrics and the
+            per-class table only; a study needs no plot per run).
+        test_last: Also test the last epoch's weights (those of ``last.pt``) before the final
+            test: the summary's ``test_last`` holds their metrics (and ``num_classes``). When the last epoch is the
+            best one the final test reuses that test pass.
 
     Returns:
         The summary written to ``summary.json``: ``epochs_done``, ``steps``, ``best`` (the best
@@ -533,7 +559,8 @@ def train(config: Config, out: Path, *, resume: Optional[Path] = None, progress:
     results of separate processes.
     """
     with _process_state_kept():
-        return _train(config, Path(out), resume=resume, progress=progress, overwrite=overwrite, inputs=inputs)
+        return _train(config, Path(out), resume=resume, progress=progress, overwrite=overwrite, inputs=inputs,
+                      plots=plots, test_last=test_last)
 
 
 @contextlib.contextmanager
@@ -559,9 +586,10 @@ def _process_state_kept() -> Iterator[None]:
 
 
 def _train(config: Config, out: Path, *, resume: Optional[Path], progress: bool, overwrite: bool,
-           inputs: Iterable[Path]) -> Dict[str, Any]:
+           inputs: Iterable[Path], plots: bool = True, test_last: bool = False) -> Dict[str, Any]:
     resume = Path(resume) if resume is not None else None
     trainer = Trainer(config, out, progress=progress)
+    trainer.plots = plots
     trainer.load_weights = resume is None
     trainer.setup_context()
     context = trainer.context
@@ -626,6 +654,8 @@ def _train(config: Config, out: Path, *, resume: Optional[Path], progress: bool,
                     if context.is_main:
                         logger.warning("the test split was not evaluated: %s", summary["test_skipped"])
                 else:
+                    if test_last and trainer.best_state is not None:
+                        summary["test_last"] = dict(trainer.test_last(), num_classes=trainer.num_classes)
                     test = trainer.final_test()
                     if test:
                         summary["test"] = test

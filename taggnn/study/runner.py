@@ -74,12 +74,20 @@ def _finished(out: Path, config: Config, select: str) -> bool:
     return select == "best" or (out / f"metrics_{split}_{LAST_TAG}.json").is_file()
 
 
+def _write_last(out: Path, split: str, metrics: Dict[str, Any], num_classes: int) -> None:
+    name = f"metrics_{split}_{LAST_TAG}.json"
+    metrics = dict(metrics, split=split, checkpoint=str(out / "last.pt"), num_classes=num_classes)
+    record_outputs(out, [name])
+    write_text_atomic(out / name, json.dumps(metrics, indent=2))
+
+
 def _evaluate_last(out: Path, config: Config) -> None:
     """The model of the last epoch (``last.pt``) on the test split: ``metrics_<split>_last.json``
     (the metrics alone: no per-class table or confusion plot, which cost a head-only run more
-    than its test pass)."""
+    than its test pass). A run trained by :func:`run_task` tests its last epoch in the same pass
+    (``train(test_last=True)``); this reads ``last.pt`` for runs finished before."""
 
-    split, name = config.data.test_split, f"metrics_{config.data.test_split}_{LAST_TAG}.json"
+    split = config.data.test_split
     device = torch.device(config.train.device if config.train.device != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     with RunLock(out):
@@ -88,10 +96,7 @@ def _evaluate_last(out: Path, config: Config) -> None:
         meter = evaluate(model, dataset, batch_size=trained.train.eval_batch_size, device=device,
                          num_classes=model.num_classes, amp_dtype=eval_autocast_dtype(trained, device),
                          config=trained, progress=False)
-        metrics = meter.compute(trained.train.mca)
-        metrics.update(split=split, checkpoint=str(out / "last.pt"), num_classes=model.num_classes)
-        record_outputs(out, [name])
-        write_text_atomic(out / name, json.dumps(metrics, indent=2))
+        _write_last(out, split, meter.compute(trained.train.mca), model.num_classes)
 
 
 def selected_metrics(out: Path, config: Config, select: str) -> Optional[Dict[str, Any]]:
@@ -112,27 +117,37 @@ def selected_metrics(out: Path, config: Config, select: str) -> Optional[Dict[st
 
 
 def run_task(task: RunTask) -> Dict[str, Any]:
-    """Trains (or continues) one run and returns its selected metrics (in a worker process)."""
-    started = time.perf_counter()
+    """Trains (or continues) one run and returns its selected metrics (in a worker process), with
+    its wall and CPU seconds (``wall_s``, ``cpu_s``: this process's, its torch threads included)."""
+    started, cpu = time.perf_counter(), time.process_time()
     config = Config.from_dict(task.config, source=f"study run {task.name}")
     device = os.environ.get("TAGGNN_STUDY_DEVICE")
     if device and config.train.device == "auto":
         config.train.device = device
     out = Path(task.folder)
     if not _finished(out, config, task.select):
-        last = out / "last.pt"
+        last, summary = out / "last.pt", {}
+        # the last epoch tested in the run's own pass (the single-view test split, as _evaluate_last)
+        test_last = task.select == "last" and config.eval.num_clips == 1 and config.eval.num_crops == 1
         if not (out / "summary.json").is_file() or not (out / f"metrics_{config.data.test_split}.json").is_file():
             if last.is_file():
-                train(resume_config(last), out, resume=last, progress=False)
+                summary = train(resume_config(last), out, resume=last, progress=False, plots=False,
+                                test_last=test_last)
             else:  # a run stopped before its first checkpoint starts over (only the files it listed go)
                 out.mkdir(parents=True, exist_ok=True)
-                train(config, out, progress=False, overwrite=bool(read_manifest(out)))
+                summary = train(config, out, progress=False, overwrite=bool(read_manifest(out)), plots=False,
+                                test_last=test_last)
         if task.select == "last":
-            _evaluate_last(out, config)
+            if "test_last" in summary:
+                metrics = dict(summary["test_last"])
+                _write_last(out, config.data.test_split, metrics, metrics.pop("num_classes"))
+            else:
+                _evaluate_last(out, config)
     result = selected_metrics(out, config, task.select)
     if result is None:
         raise TrainingError(f"{out}: the run ended without its test results")
     result["wall_s"] = time.perf_counter() - started
+    result["cpu_s"] = time.process_time() - cpu
     return result
 
 
@@ -356,9 +371,12 @@ def run_study(spec: StudySpec, study: Path, *, executor=None, overwrite: bool = 
     study.mkdir(parents=True, exist_ok=True)
     with LockFile(study / STUDY_LOCK, error=TrainingError, what=f"the study folder {study}"):
         _prepare(study, spec, overwrite)
+        started, cpu = time.perf_counter(), time.process_time()
         features = _cache_features(study, spec, progress) if spec.head_only else None
         tasks = plan_runs(study, spec, features)
         state = _read_state(study)
+        if spec.head_only:  # this command's time on the feature cache (nearly nothing when it was there)
+            state["features_s"] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
         todo = []
         for task in tasks:
             config = Config.from_dict(task.config, source=task.name)
@@ -379,6 +397,7 @@ def run_study(spec: StudySpec, study: Path, *, executor=None, overwrite: bool = 
                 else:
                     state["failures"].pop(task.name, None)
                     state.setdefault("wall_s", {})[task.name] = result["wall_s"]
+                    state.setdefault("cpu_s", {})[task.name] = result["cpu_s"]
                 _write_json(study / STATE_FILE, state)
                 if on_record is not None:
                     on_record({"row": task.row, "seed": task.seed, "ok": not isinstance(result, BaseException)})

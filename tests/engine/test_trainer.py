@@ -43,6 +43,29 @@ def test_outputs_of_a_run(tmp_path):
     assert checkpoint["classes"][0] == "turn 0.5 cw" and checkpoint["config"]["train"]["epochs"] == 1
 
 
+def test_testing_the_last_epoch_reuses_its_pass_for_the_final_test(tmp_path, monkeypatch):
+    """train(test_last=True, plots=False): the last epoch's test metrics in the summary; when that
+    epoch is the best, the final test is that same pass, with the figures of an ordinary run."""
+    ordinary = train(small_config("train.epochs=1"), tmp_path / "ordinary", progress=False)
+    calls = {"n": 0}
+    real = trainer_module.evaluate
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate", counted)
+    both = train(small_config("train.epochs=1"), tmp_path / "both", progress=False, test_last=True, plots=False)
+    assert both["best"]["epoch"] == 1 and calls["n"] == 2  # one validation, one test pass for both tests
+    assert both["test"] == {**ordinary["test"], "checkpoint": str(tmp_path / "both" / "best.pt")}
+    assert {k: both["test_last"][k] for k in ("top1", "top5", "mca", "count")} == {
+        k: both["test"][k] for k in ("top1", "top5", "mca", "count")} and both["test_last"]["num_classes"] == 16
+    assert (tmp_path / "ordinary" / "confusion_test.png").is_file()
+    assert not (tmp_path / "both" / "confusion_test.png").exists()
+    assert (tmp_path / "both" / "per_class_test.csv").read_text() == (
+        tmp_path / "ordinary" / "per_class_test.csv").read_text()
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = trainer_module.F.cross_entropy

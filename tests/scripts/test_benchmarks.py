@@ -94,3 +94,24 @@ def test_headonly_benchmark_refuses_a_folder_without_features(tmp_path):
 
     with pytest.raises(SystemExit, match="holds no cached features; write them with taggnn features"):
         headonly.main(["--features", str(tmp_path)])
+
+
+def test_study_speed_benchmark_times_a_study_against_bare_runs(tmp_path):
+    from benchmarks import study_speed
+
+    small = ["data.num_frames=8", "data.crop_size=32", "data.short_side=32", "data.synth_size=32",
+             "data.synth_train=16", "data.synth_val=8", "data.synth_test=8", "train.batch_size=8",
+             "train.eval_batch_size=8", "model.ffn_dim=32", "train.epochs=1", "train.device=cpu",
+             "model.freeze_backbone=true"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"base: synthgym_tiny\nset: [{', '.join(small)}]\nseeds: 2\nreference: B\nrows: [B]\n"
+                    f"head_only: true\nselect: last\n")
+    result = study_speed.main([str(spec), "--out", str(tmp_path / "speed"), "--workers", "1"])
+    assert result["runs"] == 2 and set(result["run_cpu_s"]) == {"B/seed-0", "B/seed-1"}
+    assert result["study_cpu_s"] > result["run_cpu_s"]["B/seed-0"] > 0
+    assert result["features_cpu_s"] > 0 and set(result["bare"]) == {"B"}
+    assert result["bare"]["B"]["cpu_s"] > 0 and result["overhead_cpu"] > -1
+    assert result["compared"] == {"B": ["B/seed-1"]}  # the worker's first run (cold) is left out
+    saved = json.loads((tmp_path / "speed" / "study_speed.json").read_text())
+    assert saved["overhead_wall"] == result["overhead_wall"]
+    assert (tmp_path / "speed" / "bare" / "row-0" / "metrics_test.json").is_file()

@@ -32,6 +32,35 @@ def test_every_run_is_an_ordinary_run_folder_sharing_one_feature_cache(tiny_stud
     assert json.loads((out / "records.json").read_text()) == records
 
 
+def test_the_last_epoch_is_tested_in_the_run_as_from_its_last_pt(tiny_study, tmp_path):
+    """The run tests its last epoch's weights itself (no second loading); the figures are those of
+    testing ``last.pt`` afterwards, and a study run writes no confusion plot."""
+    from taggnn.engine.config import Config
+    from taggnn.study.runner import _evaluate_last
+
+    out, records = tiny_study
+    for record in records:
+        folder = out / record["folder"]
+        assert not (folder / "confusion_test.png").exists()
+        assert (folder / "metrics_test.json").is_file() and (folder / "per_class_test.csv").is_file()
+        in_run = json.loads((folder / "metrics_test_last.json").read_text())
+        copy = tmp_path / record["folder"]
+        shutil.copytree(folder, copy)
+        _evaluate_last(copy, Config.from_dict(_config(folder)))
+        again = json.loads((copy / "metrics_test_last.json").read_text())
+        assert {k: v for k, v in again.items() if k != "checkpoint"} == {
+            k: v for k, v in in_run.items() if k != "checkpoint"}
+        summary = json.loads((folder / "summary.json").read_text())
+        if summary["best"]["epoch"] == summary["epochs_done"]:  # the final test reused the last epoch's pass
+            assert summary["test"]["top1"] == in_run["top1"]
+
+
+def _config(folder):
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
 def test_running_again_skips_finished_runs(tiny_study, tmp_path):
     out = copy_study(tiny_study[0], tmp_path / "copy")
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.pt")}
