@@ -141,7 +141,7 @@ class TAGNet(nn.Module, Shareable):
 
     def forward_pooled(self, video: Tensor) -> Tensor:
         """The pooled clip embedding ``(B, C)`` after TAG-Head's refinement (what
-        :meth:`forward_head` classifies)."""
+        :meth:`classify` classifies)."""
         return self.head.forward_pooled(self._features(video))
 
     def forward_features(self, video: Tensor) -> Tensor:
@@ -150,8 +150,15 @@ class TAGNet(nn.Module, Shareable):
         _warn_forward_features(type(self).__name__)
         return self.forward_pooled(video)
 
+    def classify(self, pooled: Tensor) -> Tensor:
+        """The classifier on the pooled embedding ``(B, C)`` -> logits (:meth:`TAGHead.classify`)."""
+        return self.head.classify(pooled)
+
     def forward_head(self, pooled: Tensor) -> Tensor:
-        return self.head.forward_head(pooled)
+        """Deprecated name of :meth:`classify` (timm's ``forward_head`` pools tokens first)."""
+        warnings.warn("forward_head is deprecated: call classify (it classifies the pooled embedding)", FutureWarning,
+                      stacklevel=2)
+        return self.head.classify(pooled)
 
     def forward(self, video: Tensor) -> Tensor:
         return self.head(self._features(video))
@@ -221,7 +228,7 @@ class HeadOnly(nn.Module, Shareable):
         return features
 
     def forward_pooled(self, features: Tensor) -> Tensor:
-        """The pooled clip embedding ``(B, C)`` (what :meth:`forward_head` classifies)."""
+        """The pooled clip embedding ``(B, C)`` (what :meth:`classify` classifies)."""
         return self.head.forward_pooled(features)
 
     def forward_features(self, features: Tensor) -> Tensor:
@@ -229,8 +236,15 @@ class HeadOnly(nn.Module, Shareable):
         _warn_forward_features(type(self).__name__)
         return self.forward_pooled(features)
 
+    def classify(self, pooled: Tensor) -> Tensor:
+        """The classifier on the pooled embedding ``(B, C)`` -> logits (:meth:`TAGHead.classify`)."""
+        return self.head.classify(pooled)
+
     def forward_head(self, pooled: Tensor) -> Tensor:
-        return self.head.forward_head(pooled)
+        """Deprecated name of :meth:`classify` (timm's ``forward_head`` pools tokens first)."""
+        warnings.warn("forward_head is deprecated: call classify (it classifies the pooled embedding)", FutureWarning,
+                      stacklevel=2)
+        return self.head.classify(pooled)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.head(features)

@@ -428,7 +428,7 @@ class TAGHead(nn.Module):
     def forward_pooled(self, features: Tensor) -> Tensor:
         """The pooled clip embedding, ``(B, embed_dim)``: the readout of the graph stage's
         nodes over the batch vector (the paper: global spatio-temporal mean). The nodes before
-        pooling are :meth:`forward_nodes`; :meth:`forward_head` classifies the embedding."""
+        pooling are :meth:`forward_nodes`; :meth:`classify` classifies the embedding."""
         h0 = self.encode(features)
         batch = self.batch(h0)
         nodes = self.graph_stage(batch)  # (B*N, C)
@@ -443,6 +443,13 @@ class TAGHead(nn.Module):
         return self.forward_pooled(features)
 
     def forward_head(self, pooled: Tensor) -> Tensor:
+        """Deprecated name of :meth:`classify`. timm's ``forward_head`` pools tokens and then
+        classifies; this one took the pooled embedding, which :meth:`classify` now does."""
+        warnings.warn("TAGHead.forward_head is deprecated: it classifies the pooled embedding (timm's forward_head "
+                      "pools tokens first); call classify", FutureWarning, stacklevel=2)
+        return self.classify(pooled)
+
+    def classify(self, pooled: Tensor) -> Tensor:
         """Classifier on the pooled embedding ``(B, C)`` (:meth:`forward_pooled`) -> logits
         ``(B, num_classes)``."""
         if pooled.dim() != 2 or pooled.size(1) != self.embed_dim:
@@ -452,7 +459,7 @@ class TAGHead(nn.Module):
         return self.classifier(self.head_dropout(pooled))
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.forward_head(self.forward_pooled(features))
+        return self.classify(self.forward_pooled(features))
 
     def extra_repr(self) -> str:
         width = f", embed_dim={self.embed_dim}" if self.proj is not None else ""

@@ -20,13 +20,13 @@ def test_build_model_sizes_the_head_from_the_backbone():
     assert model.forward_backbone(video).shape == (2, 128, 4, 4, 4)
 
 
-def test_forward_pooled_is_what_forward_head_classifies_and_forward_features_is_its_deprecated_name():
+def test_forward_pooled_is_what_classify_classifies_and_the_timm_names_are_deprecated():
     from taggnn.models.tagnet import build_head_only
 
     model = tiny_model().eval()
     video = torch.randn(2, 3, 16, 64, 64)
     pooled = model.forward_pooled(video)
-    torch.testing.assert_close(model.forward_head(pooled), model(video))
+    torch.testing.assert_close(model.classify(pooled), model(video))
     features = model.forward_backbone(video)
     tokens = model.head.forward_nodes(features)  # what timm's forward_features returns: before pooling
     assert tokens.shape == (2, 64, 128)
@@ -37,6 +37,9 @@ def test_forward_pooled_is_what_forward_head_classifies_and_forward_features_is_
         with pytest.warns(FutureWarning, match=rf"{name}\.forward_features is deprecated.*forward_pooled"):
             old = owner.forward_features(inputs)
         torch.testing.assert_close(old, owner.forward_pooled(inputs))
+        pooled = owner.forward_pooled(inputs)
+        with pytest.warns(FutureWarning, match=r"forward_head is deprecated.*classify"):
+            torch.testing.assert_close(owner.forward_head(pooled), owner.classify(pooled))
 
 
 def test_frozen_backbone_gets_no_gradients_and_stays_in_eval():

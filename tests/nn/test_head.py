@@ -75,7 +75,7 @@ def test_forward_features_head_and_reset_classifier():
     features = torch.randn(2, C, *GRID)
     pooled = head.forward_features(features)
     assert pooled.shape == (2, C)
-    torch.testing.assert_close(head.forward_head(pooled), head(features))
+    torch.testing.assert_close(head.classify(pooled), head(features))
     assert isinstance(head.norm, nn.LayerNorm)
     head.reset_classifier(11)
     assert head(features).shape == (2, 11) and head.num_classes == 11
@@ -133,7 +133,7 @@ def test_bad_features():
     with pytest.raises(ValueError, match=r"expected a token grid \(T, H, W\) = \(2, 3, 3\), got \(4, 3, 3\).*set_grid"):
         head(torch.randn(2, C, 4, 3, 3))
     with pytest.raises(ValueError, match=r"expected pooled features of shape \(B, 16\)"):
-        head.forward_head(torch.randn(2, 3))
+        head.classify(torch.randn(2, 3))
 
 
 @pytest.mark.parametrize(
