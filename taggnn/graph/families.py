@@ -67,16 +67,23 @@ def _number(text: str, name: str, value, choices, *, integer: bool, low: float):
     return number
 
 
-def parse_spatial(value, name: str = "spatial") -> str:
-    """The canonical spelling of a spatial family (``True`` = ``"full"``; ``False``/``None`` = ``"none"``)."""
+def _plain_family(value, name: str, on: str, families, plain) -> Optional[str]:
+    """``on`` for ``True``, ``"none"`` for ``False``/``None``, a name without parameters as it is,
+    None for a parametrised name (left to the caller); anything but a string is refused."""
     if value is True:
-        return "full"
+        return on
     if value is False or value is None:
         return "none"
     if not isinstance(value, str):
-        raise _bad(name, value, SPATIAL_FAMILIES)
-    if value in ("full", "grid4", "grid8", "none"):
-        return value
+        raise _bad(name, value, families)
+    return value if value in plain else None
+
+
+def parse_spatial(value, name: str = "spatial") -> str:
+    """The canonical spelling of a spatial family (``True`` = ``"full"``; ``False``/``None`` = ``"none"``)."""
+    plain = _plain_family(value, name, "full", SPATIAL_FAMILIES, ("full", "grid4", "grid8", "none"))
+    if plain is not None:
+        return plain
     parts = value.split(":")
     if parts[0] == "radius" and len(parts) in (2, 3):
         if len(parts) == 3 and parts[2] not in ("chebyshev", "euclidean"):
@@ -89,14 +96,9 @@ def parse_spatial(value, name: str = "spatial") -> str:
 
 def parse_temporal(value, name: str = "temporal") -> str:
     """The canonical spelling of a temporal family (``True`` = ``"aligned"``; ``False``/``None`` = ``"none"``)."""
-    if value is True:
-        return "aligned"
-    if value is False or value is None:
-        return "none"
-    if not isinstance(value, str):
-        raise _bad(name, value, TEMPORAL_FAMILIES)
-    if value in ("aligned", "full", "none"):
-        return value
+    plain = _plain_family(value, name, "aligned", TEMPORAL_FAMILIES, ("aligned", "full", "none"))
+    if plain is not None:
+        return plain
     parts = value.split(":")
     if parts[0] == "window" and len(parts) in (2, 3):
         k = _number(parts[1], name, value, TEMPORAL_FAMILIES, integer=True, low=1)
