@@ -187,7 +187,7 @@ def read_export_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     if path.is_dir() or path.name == "model.safetensors":
         config = read_config(path if path.is_dir() else path.parent)
         return {key: config.get(key) for key in ("class_names", "num_classes", "preprocessing", "dataset")}
-    if path.suffix == ".onnx":
+    if path.suffix == ".onnx" or (path.is_file() and not zipfile.is_zipfile(path)):  # an ONNX file by any name
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)

@@ -130,3 +130,12 @@ def test_a_model_the_exporter_cannot_trace_is_refused_in_one_error(tmp_path):
     message = str(error.value)
     assert "cannot be exported as torchscript" in message and "knn:2" in message and "\x1b[" not in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_of_an_onnx_file_named_without_its_suffix(checkpoint, tmp_path, capsys):
+    """``--out`` takes any name; read_export_metadata recognises an ONNX model by its content."""
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert read_export_metadata(out)["num_classes"] == 16
