@@ -124,12 +124,13 @@ def _check_positive_int(name: str, value) -> int:
 
 
 def _normalise_edge_attr(value) -> Tuple[str, ...]:
-    if value is None or value is False:
+    if value is None or value is False or value == "none":
         return ()
-    kinds = (value,) if isinstance(value, str) else tuple(value)
+    kinds = tuple(value.split("+")) if isinstance(value, str) else tuple(value)  # "offset+type": the config's
     for kind in kinds:
         if kind not in EDGE_ATTRS:
-            raise ConfigError(f"edge_attr must be None, 'offset', 'type' or both, got {value!r}")
+            raise ConfigError(f"edge_attr must be None, 'offset', 'type' or both ('offset+type' or "
+                              f"('offset', 'type')), got {value!r}")
     return tuple(k for k in EDGE_ATTRS if k in kinds)  # canonical order: offset, then type
 
 

@@ -48,6 +48,20 @@ def _curves(start: Tensor, end: Tensor, bend: Tensor, samples: int = 12) -> Tens
     return ((1 - s) ** 2 * start[:, None] + 2 * (1 - s) * s * middle[:, None] + s ** 2 * end[:, None])
 
 
+def _image_path(path: Union[str, Path], canvas) -> Path:
+    """``path`` as a :class:`Path`, refused before any drawing when matplotlib would write elsewhere (no
+    suffix: it appends ``.png``) or cannot write it (a folder, an unknown image format)."""
+    path = Path(path)
+    formats = sorted(canvas.get_supported_filetypes())
+    if path.is_dir():
+        raise ConfigError(f"the image path {str(path)!r} is a folder; give an image file such as {path / 'g.png'}")
+    suffix = path.suffix[1:].lower()
+    if suffix not in formats:
+        raise ConfigError(f"the image path {str(path)!r} has no image suffix (got {suffix or 'none'!r}); "
+                          f"end it with one of {', '.join('.' + f for f in formats)}")
+    return path
+
+
 def draw(graph: SpatioTemporalGraph, path: Union[str, Path, None] = None, *, x: Optional[Tensor] = None,
          node: Optional[Union[int, Tuple[int, int, int]]] = None, max_edges: int = 2000, gap: float = 1.5,
          dpi: int = 120, title: Optional[str] = None):
@@ -65,6 +79,8 @@ def draw(graph: SpatioTemporalGraph, path: Union[str, Path, None] = None, *, x: 
         gap (float, optional): Space between frames, in token units.
     """
     Figure, FigureCanvasAgg, LineCollection, Line2D = _matplotlib()
+    if path is not None:
+        path = _image_path(path, FigureCanvasAgg)
     data = graph.to_data(x) if (x is not None and graph.dynamic is not None) else graph.to_data()
     edge_index, edge_type = data.edge_index, data.edge_type
     if node is None and edge_index.size(1) > max_edges:
@@ -125,7 +141,6 @@ def draw(graph: SpatioTemporalGraph, path: Union[str, Path, None] = None, *, x: 
                  f"{what}", fontsize=9)
     figure.tight_layout()
     if path is not None:
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path)
     return figure

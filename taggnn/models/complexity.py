@@ -70,7 +70,16 @@ def parameter_breakdown(model: nn.Module) -> Dict[str, int]:
 
 
 def meta_flops(module: nn.Module, *inputs: Tensor) -> int:
-    """FLOPs (2 x MACs) of ``module(*inputs)``, counted on the meta device."""
+    """FLOPs (2 x MACs) of ``module(*inputs)``, counted on the meta device. A head whose graph
+    depends on the values of its tokens (kNN edges) is counted on random tokens on the CPU."""
+    graph = getattr(getattr(module, "refiner", None), "graph", None)
+    if getattr(graph, "dynamic", None) is not None:
+        counter = FlopCounterMode(display=False)
+        generator = torch.Generator().manual_seed(0)
+        values = tuple(torch.randn(x.shape, generator=generator) for x in inputs)
+        with counter, torch.no_grad():
+            module(*values)
+        return int(counter.get_total_flops())
     state = {
         name: torch.empty_like(t, device="meta")
         for name, t in list(module.named_parameters()) + list(module.named_buffers())

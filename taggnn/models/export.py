@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -54,6 +55,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError, TaggnnError
 from ..utils.optional import require
 from ..utils.outputs import atomic_output
 from ..utils.version import __version__
@@ -138,7 +140,14 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
     metadata = dict(metadata if metadata is not None else export_metadata(model, example))
     expected = model(example)
     with atomic_output(path, overwrite=overwrite) as staged:
-        actual = _write_and_reload(model, example, staged, fmt, metadata)
+        try:
+            actual = _write_and_reload(model, example, staged, fmt, metadata)
+        except TaggnnError:
+            raise
+        except Exception as error:  # the tracer / exporter cannot follow this model's code
+            raise ConfigError(f"this model cannot be exported as {fmt}: {_graph_stage(model)}the exporter stopped "
+                              f"with {type(error).__name__}: {_first_line(error)}; nothing was written. "
+                              f"--format safetensors keeps any model; another --format may trace it") from error
         files = [path] + ([path.with_name(path.name + ".data")]
                           if fmt == "onnx" and staged.with_name(staged.name + ".data").exists() else [])
         if actual is not None:
@@ -153,6 +162,23 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
     return dict(result, max_abs_diff=difference, verified=True)
 
 
+def _graph_stage(model: nn.Module) -> str:
+    """``"its graph stage (back-end 'stencil', spatial 'grid8', ...) is in the way: "`` or ``""``."""
+    refiner = getattr(getattr(model, "head", None), "refiner", None)
+    if refiner is None:
+        return ""
+    graph = getattr(refiner, "graph", None)
+    families = ", ".join(f"{name} {getattr(graph, name)!r}" for name in ("spatial", "temporal", "dynamic")
+                         if getattr(graph, name, None) is not None)
+    return f"its graph stage (back-end {refiner.backend!r}{', ' + families if families else ''}) may be in the way; "
+
+
+def _first_line(error: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # the exporter colours its messages
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "no message")[:300]
+
+
 def read_export_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     """The metadata (:func:`export_metadata`) of an export written by :func:`export_model`: an
     ``.onnx`` file, a TorchScript or ``torch.export`` file, or a safetensors folder (its
@@ -161,7 +187,7 @@ def read_export_metadata(path: Union[str, Path]) -> Dict[str, Any]:
     if path.is_dir() or path.name == "model.safetensors":
         config = read_config(path if path.is_dir() else path.parent)
         return {key: config.get(key) for key in ("class_names", "num_classes", "preprocessing", "dataset")}
-    if path.suffix == ".onnx":
+    if path.suffix == ".onnx" or (path.is_file() and not zipfile.is_zipfile(path)):  # an ONNX file by any name
         import onnx
 
         model = onnx.load(str(path), load_external_data=False)

@@ -133,7 +133,13 @@ def parse_spec(text: str, *, source: str = "study", folder: Optional[Path] = Non
     if not isinstance(named, list) or not all(isinstance(name, str) for name in named):
         raise ConfigError(f"{source}: rows expects {', '.join(ROW_SETS)} or a list of row names, got {named!r}")
     for name in named:
-        rows[canonical_row(name)] = row_overrides(name)
+        try:
+            row = canonical_row(name)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: rows: {error}") from None
+        if row in rows:
+            raise ConfigError(f"{source}: rows lists the row {row!r} twice: {named}")
+        rows[row] = row_overrides(name)
     extra = values.get("extra_rows") or {}
     if not isinstance(extra, dict):
         raise ConfigError(f"{source}: extra_rows expects a mapping name -> list of key=value, got {extra!r}")
@@ -178,9 +184,9 @@ def build_row_config(spec: StudySpec, row: str, items: List[str]) -> Config:
         config = load_config(spec.base, spec.overrides)
     except ConfigError as error:
         raise ConfigError(f"{spec.source}: base/set: {error}") from None
+    for item in items:  # its messages name the row: "<file>: row X: unknown config key ..."
+        apply_override(config, item, source=f"{spec.source}: row {row}")
     try:
-        for item in items:
-            apply_override(config, item, source=f"row {row}")
         validate(config)
     except ConfigError as error:
         raise ConfigError(f"{spec.source}: row {row}: {error}") from None

@@ -59,3 +59,17 @@ def test_cli_graph_draw(tmp_path, capsys):
     assert main(["graph", "draw", "--temporal", "window:0", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "window:0" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["g.txt", "g", "folder"])
+def test_cli_graph_draw_refuses_paths_it_would_not_write(tmp_path, capsys, name):
+    """An unknown suffix, no suffix (matplotlib would write g.png instead) or a folder: one line, exit 2,
+    nothing written anywhere."""
+    (tmp_path / "folder").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["graph", "draw", "--grid", "2", "3", "3", "--out", str(tmp_path / name)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err and ".png" in captured.err
+    assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path.parent / "folder.png").exists()

@@ -208,3 +208,15 @@ def test_every_edge_of_every_family_is_listed_once_per_family():
         g = SpatioTemporalGraph(3, 3, 2, spatial=spatial, temporal=temporal)
         keys = g.edge_index[0] * g.num_nodes + g.edge_index[1]
         assert keys.unique().numel() == keys.numel() == g.num_edges
+
+
+def test_edge_attr_takes_the_config_spelling():
+    """``"offset+type"`` and ``"none"`` (the spellings of ``model.graph_edge_attr``) mean what the
+    tuple and ``None`` mean."""
+    both = SpatioTemporalGraph(2, 3, 3, spatial="grid8", edge_attr="offset+type")
+    tuple_form = SpatioTemporalGraph(2, 3, 3, spatial="grid8", edge_attr=("type", "offset"))
+    assert both.edge_dim == tuple_form.edge_dim > 3  # (dt, dy, dx), then the one-hot type
+    assert torch.equal(both.to_data().edge_attr, tuple_form.to_data().edge_attr)
+    assert SpatioTemporalGraph(2, 3, 3, edge_attr="none").to_data().edge_attr is None
+    with pytest.raises(ConfigError, match="offset\\+type"):
+        SpatioTemporalGraph(2, 3, 3, edge_attr="offset+distance")

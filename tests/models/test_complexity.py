@@ -85,3 +85,15 @@ def test_profile_command_lists_the_post_graph_and_readout_parts(capsys):
     assert rows["total"] == sum(rows[part] for part in ("backbone", "positional table", "transformer",
                                                         "graph refinement", "post-graph FFN", "readout",
                                                         "classifier"))
+
+
+def test_meta_flops_of_a_head_with_knn_edges():
+    """The kNN graph is rebuilt from the tokens at every forward: on the meta device (FLOP
+    counting) it has shapes and no values, and is counted like any other graph stage."""
+    from taggnn.nn import TAGHead
+
+    head = TAGHead(16, 3, (2, 2, 2), num_heads=2, ffn_dim=16, graph_dynamic="knn:2")
+    with_knn = meta_flops(head, torch.empty(1, 16, 2, 2, 2))
+    paper = TAGHead(16, 3, (2, 2, 2), num_heads=2, ffn_dim=16, backend="structured")
+    without = meta_flops(paper, torch.empty(1, 16, 2, 2, 2))
+    assert with_knn >= without > 0

@@ -105,3 +105,37 @@ def test_onnx_weights_beyond_the_single_file_limit_go_to_a_named_data_file(check
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
     assert text.startswith(f"wrote {out} and model.onnx.data (its weights, to keep beside it) (onnx,")
     assert read_export_metadata(out)["num_classes"] == 16
+
+
+def test_a_model_the_exporter_cannot_trace_is_refused_in_one_error(tmp_path):
+    """A kNN graph stage (edge_index back-end) does not trace to TorchScript: a ConfigError naming the
+    format and the graph stage, and nothing written."""
+    from torch import nn
+
+    from taggnn.errors import ConfigError
+    from taggnn.models.export import export_model
+    from taggnn.nn import TAGHead
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = TAGHead(16, 3, (2, 2, 2), num_heads=2, ffn_dim=16, graph_dynamic="knn:2")
+
+        def forward(self, x):
+            return self.head(x)
+
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError) as error:
+        export_model(Model().eval(), torch.randn(1, 16, 2, 2, 2), tmp_path / "m.pt", "torchscript")
+    message = str(error.value)
+    assert "cannot be exported as torchscript" in message and "knn:2" in message and "\x1b[" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_of_an_onnx_file_named_without_its_suffix(checkpoint, tmp_path, capsys):
+    """``--out`` takes any name; read_export_metadata recognises an ONNX model by its content."""
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "model"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert read_export_metadata(out)["num_classes"] == 16

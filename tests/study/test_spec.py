@@ -62,3 +62,21 @@ def test_the_cli_refuses_a_bad_study_in_one_line_before_any_run(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "row X" in err and "model.num_heads" in err
     assert not (tmp_path / "study").exists()
+
+
+@pytest.mark.parametrize("rows, twice", [("[B, B+TE, B]", "'B'"), ("[Full-LS0, 'Full (LS=0)']", "'Full (LS=0)'")])
+def test_a_row_listed_twice_is_refused(rows, twice):
+    """A row named twice (or by its name and its alias) is a mistake in the file, not one row."""
+    with pytest.raises(ConfigError) as error:
+        parse_spec(BASE + f"rows: {rows}\n", source="s.yaml")
+    assert str(error.value).startswith("s.yaml: rows lists the row") and twice in str(error.value)
+
+
+def test_row_errors_name_the_file_and_the_row_once():
+    with pytest.raises(ConfigError) as error:
+        parse_spec(BASE + "rows: [B, Fulll]\n", source="s.yaml")
+    assert str(error.value).startswith("s.yaml: rows: unknown row 'Fulll'")
+    with pytest.raises(ConfigError) as error:
+        parse_spec(BASE + "rows: [B]\nextra_rows:\n  X: [model.readuot=max]\n", source="s.yaml")
+    assert str(error.value).startswith("s.yaml: row X: unknown config key 'model.readuot'")
+    assert str(error.value).count("row X") == 1
