@@ -32,6 +32,7 @@ install-ext: install
 
 test: install
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m slow
 
 # The declared floors are facts: the graph and nn tests against the oldest torch, torchvision and
 # torch-geometric pyproject.toml allows, in a fresh venv (several GB of CUDA wheels from PyPI).

@@ -64,6 +64,7 @@ def test_the_ray_executor_without_ray_names_the_extra(tmp_path, capsys, monkeypa
     assert not (tmp_path / "study").exists()
 
 
+@pytest.mark.slow
 def test_status_while_a_driver_runs_shows_the_running_run(tiny_study, tmp_path, capsys):
     out = copy_study(tiny_study[0], tmp_path / "study")
     spec = tmp_path / "s.yaml"

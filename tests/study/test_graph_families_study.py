@@ -1,9 +1,12 @@
 """benchmarks/studies/graph_families.yaml: the edge-family study, run tiny through the study runner."""
 from pathlib import Path
 
+import pytest
 import yaml
 
 from taggnn.study import LocalExecutor, load_spec, parse_spec, run_study
+
+pytestmark = pytest.mark.slow  # whole studies: make test runs them as its second step
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "benchmarks" / "studies" / "graph_families.yaml"

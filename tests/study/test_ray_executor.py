@@ -16,6 +16,8 @@ ray = pytest.importorskip("ray")
 
 from taggnn.study.ray_executor import RayExecutor, WorkerLostError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # whole studies: make test runs them as its second step
+
 
 @dataclass(frozen=True)
 class Task:

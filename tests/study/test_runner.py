@@ -113,6 +113,7 @@ def test_a_failed_run_is_reported_and_run_again(tiny_study, tmp_path, capsys):
     assert "B                     3    0    0    0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["worker", "driver"])
 def test_a_killed_process_resumes_to_the_same_results(tiny_study, tmp_path, victim):
     out = copy_study(tiny_study[0], tmp_path / "study")

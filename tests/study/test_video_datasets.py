@@ -8,6 +8,8 @@ import pytest
 from taggnn.study import LocalExecutor, parse_spec, run_study
 from tests.data.helpers import write_index_video
 
+pytestmark = pytest.mark.slow  # whole studies: make test runs them as its second step
+
 SMALL = ["data.num_frames=4", "data.crop_size=32", "data.short_side=32", "train.batch_size=4",
          "train.eval_batch_size=8", "model.ffn_dim=32", "train.epochs=1", "train.device=cpu",
          "model.freeze_backbone=true", "data.normalization=kinetics"]
