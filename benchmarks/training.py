@@ -80,7 +80,9 @@ def make_model(name: str, path: str, frames: int, device: torch.device, channels
         model.head.refiner = AuthorsRefiner(model.head.graph, refiner.K, refiner.alpha)
     model = model.to(device)
     if channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
+        for module in model.modules():  # the 5-D convolution weights (other parameters have no such layout)
+            if isinstance(module, torch.nn.Conv3d):
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last_3d)
     return model
 
 

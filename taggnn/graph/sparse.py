@@ -18,6 +18,24 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import APPNP
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def sparse_mm(adj: Tensor, x: Tensor) -> Tensor:
+    r""":math:`A X` for a sparse (CSR or COO) :math:`A` and a dense :math:`X`, returned in ``x``'s
+    dtype. Neither MKL's nor cuSPARSE's sparse product takes bfloat16 or float16 operands, which is
+    what autocast would make of them in mixed-precision training: the product runs in float32 with
+    autocast off (``A`` is converted when it was built in a low precision).
+
+    **Shapes:** ``adj`` :math:`(N, M)`, ``x`` :math:`(M, C)`, output :math:`(N, C)`.
+    """
+    low_precision = x.dtype in _LOW_PRECISION or adj.dtype in _LOW_PRECISION
+    if not low_precision and not torch.is_autocast_enabled(x.device.type):
+        return torch.sparse.mm(adj, x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return torch.sparse.mm(adj.float() if adj.dtype in _LOW_PRECISION else adj,
+                               x.to(torch.float32) if x.dtype in _LOW_PRECISION else x).to(x.dtype)
+
 
 class _SymmetricSparseMatmul(torch.autograd.Function):
     r""":math:`A X` for a constant symmetric sparse :math:`A`; the backward pass is
@@ -26,7 +44,7 @@ class _SymmetricSparseMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: Tensor, x: Tensor) -> Tensor:
         ctx.adj = adj  # a constant (no gradient): kept on ctx, not saved as an input
-        return torch.sparse.mm(adj, x)
+        return sparse_mm(adj, x)
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -57,7 +75,7 @@ def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
         raise ValueError(f"expected x of shape ({adj.size(1)}, C) for an adjacency of shape {tuple(adj.shape)}, "
                          f"got {tuple(x.shape)}")
     if not (torch.is_grad_enabled() and x.requires_grad):  # inference, tracing, export: the plain product
-        return torch.sparse.mm(adj, x)
+        return sparse_mm(adj, x)
     return _SymmetricSparseMatmul.apply(adj, x)
 
 

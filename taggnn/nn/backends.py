@@ -34,6 +34,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from ..errors import ConfigError
 from ..graph import SpatioTemporalGraph, stencil_appnp, stencil_propagate, structured_appnp, structured_propagate
+from ..graph.sparse import sparse_mm
 from ..graph.stencil import check_offsets
 from ..graph.structured import weighted_propagate
 from ..utils.optional import require_torch_sparse
@@ -225,8 +226,9 @@ class CSRBackend(PropagationBackend):
 
     def adjacency(self, graph: SpatioTemporalGraph, batch_size: int, x: Tensor, weights: Optional[Tensor] = None):
         """:math:`\\hat{A}` (or :math:`\\hat{A}_w`) of ``batch_size`` clips, ``(B N, B N)``."""
-        if weights is None:
-            return graph.adj_t(batch_size, device=x.device, dtype=x.dtype)
+        if weights is None:  # low-precision x: a float32 matrix (sparse products need one, see sparse_mm)
+            dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+            return graph.adj_t(batch_size, device=x.device, dtype=dtype)
         def coo(edge_index: Tensor, value: Tensor, size: Tuple[int, int]) -> Tensor:
             # (target, source) layout, so that adj @ x aggregates messages at the targets; the
             # indices come from the graph's template: valid, no invariant check
@@ -238,7 +240,7 @@ class CSRBackend(PropagationBackend):
         B, N, C = x.shape
         adj = self.adjacency(graph, B, x, weights)
         flat = x.reshape(B * N, C)
-        out = torch.sparse.mm(adj, flat) if adj.layout == torch.sparse_coo else adj @ flat
+        out = sparse_mm(adj, flat)
         return out.view(B, N, C)
 
     def appnp(self, layer, x, graph, weights=None):

@@ -58,3 +58,36 @@ def test_nccl_group_of_one_runs_every_trainer_collective():
         assert torch.equal(state[0]["w"], torch.ones(2))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_study_runs_one_worker_per_gpu_and_resumes(tmp_path):
+    """``taggnn study run`` with the default executor on a CUDA machine: one worker per GPU, every
+    run on the GPU, the report written, and a second run of the same command trains nothing."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.study.helpers import ROOT, SMALL, spec_text
+
+    cuda_small = [item.replace("train.device=cpu", "train.device=cuda") for item in SMALL]
+    spec = tmp_path / "study.yaml"
+    spec.write_text(spec_text().replace(", ".join(SMALL), ", ".join(cuda_small)))
+    command = [sys.executable, "-m", "taggnn", "study", "run", str(spec), "--out", str(tmp_path / "study"),
+               "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = json.loads((tmp_path / "study" / "records.json").read_text())
+    assert len(records) == 4 and all(record["metrics"] for record in records)
+    folders = list((tmp_path / "study" / "runs").glob("*/seed-*"))
+    assert len(folders) == 4
+    for folder in folders:
+        assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["device"] == "cuda"
+    assert (tmp_path / "study" / "report.md").is_file()
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = json.loads((tmp_path / "study" / "records.json").read_text())
+    assert [(r["row"], r["seed"], r["metrics"], r["wall_s"]) for r in again] == [
+        (r["row"], r["seed"], r["metrics"], r["wall_s"]) for r in records]  # nothing trained again
