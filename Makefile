@@ -76,9 +76,9 @@ bench: install
 	$(PY) -m benchmarks.oversmoothing --no-latency
 
 # Everything that needs a GPU, in one call of at most 8 minutes (tables + JSON under $$OUT or
-# results/cuda). Without CUDA it says so and exits 0.
+# results/cuda); CUDA_ARGS="--steps NAME ..." runs some steps. Without CUDA it says so and exits 0.
 bench-cuda: install
-	$(PY) -m benchmarks.cuda
+	$(PY) -m benchmarks.cuda $(CUDA_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

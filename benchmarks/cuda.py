@@ -1,6 +1,6 @@
 """Everything that needs a GPU, in one call (``make bench-cuda``), within 8 minutes.
 
-    python -m benchmarks.cuda [--out results/cuda] [--budget 480]
+    python -m benchmarks.cuda [--out results/cuda] [--budget 480] [--steps NAME ...]
 
 On a machine with a CUDA GPU it runs, writing every table and JSON under ``--out`` (default
 ``$OUT`` when set, else ``results/cuda``):
@@ -13,7 +13,8 @@ On a machine with a CUDA GPU it runs, writing every table and JSON under ``--out
    64x112x112) per graph path, in fp32, bf16, bf16 + channels_last_3d and bf16 + torch.compile.
 
 Each step gets a share of the time budget and is stopped when it overruns (its log says so);
-the summary lists what finished. Without CUDA it says so and exits 0.
+the summary lists what finished. ``--steps`` runs some of them (by name), sharing the budget.
+Without CUDA it says so and exits 0.
 """
 from __future__ import annotations
 
@@ -43,18 +44,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "results/cuda"))
     parser.add_argument("--budget", type=float, default=480, help="seconds for everything (default: 8 minutes)")
+    parser.add_argument("--steps", nargs="+", choices=[name for name, _, _ in STEPS], metavar="NAME",
+                        help="run only these steps (default: all): " + ", ".join(repr(n) for n, _, _ in STEPS))
     args = parser.parse_args(argv)
+    steps = [step for step in STEPS if args.steps is None or step[0] in args.steps]
     import torch
 
     if not torch.cuda.is_available():
         print("benchmarks.cuda: no CUDA GPU is present on this machine: nothing to run (exit 0)")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    scale = args.budget / sum(limit for _, _, limit in STEPS)
+    scale = args.budget / sum(limit for _, _, limit in steps)
     summary = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "steps": []}
     print(f"GPU: {summary['device']}, budget {args.budget:.0f} s", flush=True)
     started = time.perf_counter()
-    for name, command, limit in STEPS:
+    for name, command, limit in steps:
         slug = name.replace(" ", "_")
         extra = [] if name.startswith("pytest") else ["--out", str(args.out / f"{slug}.json")]
         log = args.out / f"{slug}.log"
