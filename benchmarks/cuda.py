@@ -36,7 +36,7 @@ STEPS = [
     ("training bf16 channels_last", ["-m", "benchmarks.training", "--device", "cuda", "--models", "r2plus1d_34",
                                      "--amp", "bf16", "--channels-last", "--paths", "default (PyG APPNP, csr)"], 40),
     ("training bf16 compile", ["-m", "benchmarks.training", "--device", "cuda", "--models", "r2plus1d_34", "--amp",
-                               "bf16", "--compile", "--paths", "default (PyG APPNP, csr)"], 80),
+                               "bf16", "--compile", "--paths", "default (PyG APPNP, csr)"], 160),
 ]
 
 
