@@ -17,6 +17,12 @@ means where its row has other runs; ``--keep-features`` reuses the feature cache
 run of the study (the runs still start cold). Wall times of a shared machine are noisy; the CPU
 times are the steadier figure. The JSON (``--json``, default ``DIR/study_speed.json``) holds
 every figure and the environment.
+
+``--floor`` trains each row once more under :mod:`torch.profiler` and sums the self CPU time of its
+matrix products (``aten::mm``, ``addmm``, ``bmm``, ...: the float32 work that no change of the
+machinery, the loops or the copies can remove, only fewer or cheaper products), and states the
+study's **matrix-product floor**: the feature cache's wall time plus every run's products spread
+evenly over ``W x T`` threads, the wall time the study could not beat with zero overhead.
 """
 from __future__ import annotations
 
@@ -49,9 +55,24 @@ def _timed(command: List[str]) -> Dict[str, float]:
     return {"wall_s": wall, "cpu_s": _children_cpu() - cpu, "stdout": done.stdout}
 
 
-def bare_runs(spec_path: Path, study: Path, out: Path, threads: int, warmup: bool = True) -> Dict[str, Dict]:
+MATRIX_PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_addmm_activation",
+                   "aten::addbmm", "aten::mkldnn_convolution", "aten::convolution_backward")
+
+
+def matrix_product_seconds(run) -> float:
+    """Self CPU seconds of the matrix products (:data:`MATRIX_PRODUCTS`) while ``run()`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run()
+    return sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATRIX_PRODUCTS) / 1e6
+
+
+def bare_runs(spec_path: Path, study: Path, out: Path, threads: int, warmup: bool = True,
+              floor: bool = False) -> Dict[str, Dict]:
     """Trains each row of the study (seed 0) as a bare ``train()`` in this process; returns
-    row -> {"wall_s", "cpu_s"} (run in a fresh process by :func:`main`)."""
+    row -> {"wall_s", "cpu_s"} (and "products_s" with ``floor``: a second, profiled run's matrix
+    products, :func:`matrix_product_seconds`) (run in a fresh process by :func:`main`)."""
     from taggnn.engine.trainer import train
     from taggnn.study.runner import features_key
     from taggnn.study.spec import load_spec
@@ -71,6 +92,9 @@ def bare_runs(spec_path: Path, study: Path, out: Path, threads: int, warmup: boo
         cpu, started = time.process_time(), time.perf_counter()
         train(config, out / f"row-{index}", progress=False, plots=False)
         times[row] = {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}
+        if floor:
+            times[row]["products_s"] = matrix_product_seconds(
+                lambda: train(config, out / f"row-{index}-profiled", progress=False, plots=False))
     return times
 
 
@@ -85,12 +109,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser.add_argument("--keep-features", action="store_true",
                         help="keep DIR/study/features of an earlier run of the same study (the runs start cold, "
                              "the feature cache is reused)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also profile each row's bare run: the study's matrix-product floor (see above)")
     parser.add_argument("--json", type=Path, default=None, help="default: DIR/study_speed.json")
     parser.add_argument("--bare-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     study, bare = args.out / "study", args.out / "bare"
     if args.bare_worker:  # the fresh process of the bare runs
-        print(json.dumps(bare_runs(args.spec, study, bare, args.threads)))
+        print(json.dumps(bare_runs(args.spec, study, bare, args.threads, floor=args.floor)))
         return {}
 
     keep = ("features",) if args.keep_features else ()
@@ -123,7 +149,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
               "cpu_s": result["run_cpu_s_mean"]}]
     if not args.no_bare:
         command = python + ["benchmarks.study_speed", str(args.spec), "--out", str(args.out), "--threads",
-                            str(args.threads), "--bare-worker"]
+                            str(args.threads), "--bare-worker"] + (["--floor"] if args.floor else [])
         measured = _timed(command)
         times = json.loads(measured["stdout"].strip().splitlines()[-1])
         from taggnn.study.spec import load_spec
@@ -150,7 +176,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
             table.append({"what": f"  {row}: study run (mean of {len(names)}{', cold' if cold & set(names) else ''})",
                           "wall_s": sum(state["wall_s"][n] for n in names) / len(names),
                           "cpu_s": sum(state["cpu_s"][n] for n in names) / len(names)})
-            table.append({"what": f"  {row}: bare train() (seed {spec.seeds[0]})", **times[row]})
+            table.append({"what": f"  {row}: bare train() (seed {spec.seeds[0]})", "wall_s": times[row]["wall_s"],
+                          "cpu_s": times[row]["cpu_s"]})
+            if args.floor:
+                table.append({"what": f"  {row}: its matrix products", "wall_s": None,
+                              "cpu_s": times[row]["products_s"]})
+        if args.floor:
+            products = sum(times[row]["products_s"] * len(spec.seeds) for row in times)
+            result.update(products_s=products, floor_wall_s=(features.get("wall_s") or 0.0)
+                          + products / (args.workers * args.threads))
+            table.append({"what": f"matrix-product floor ({args.workers} x {args.threads} threads)",
+                          "wall_s": result["floor_wall_s"], "cpu_s": products})
     result["environment"] = environment(torch.device("cpu"))
     print(format_table(table, ["what", "wall_s", "cpu_s"]))
     if "overhead_cpu" in result:

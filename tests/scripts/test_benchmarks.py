@@ -1,6 +1,7 @@
 """The benchmarks run end to end at tiny sizes (their figures come from full runs, see README)."""
 import json
 
+import pytest
 import torch
 
 from benchmarks import ablation, readout, training
@@ -96,6 +97,14 @@ def test_headonly_benchmark_refuses_a_folder_without_features(tmp_path):
         headonly.main(["--features", str(tmp_path)])
 
 
+def test_matrix_product_seconds_counts_products_only():
+    from benchmarks.study_speed import matrix_product_seconds
+
+    a = torch.randn(256, 256)
+    assert matrix_product_seconds(lambda: [a.exp() + a for _ in range(20)]) == 0
+    assert matrix_product_seconds(lambda: [a @ a for _ in range(20)]) > 0
+
+
 def test_study_speed_benchmark_times_a_study_against_bare_runs(tmp_path):
     from benchmarks import study_speed
 
@@ -106,7 +115,10 @@ def test_study_speed_benchmark_times_a_study_against_bare_runs(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"base: synthgym_tiny\nset: [{', '.join(small)}]\nseeds: 2\nreference: B\nrows: [B]\n"
                     f"head_only: true\nselect: last\n")
-    result = study_speed.main([str(spec), "--out", str(tmp_path / "speed"), "--workers", "1"])
+    result = study_speed.main([str(spec), "--out", str(tmp_path / "speed"), "--workers", "1", "--floor"])
+    assert 0 < result["bare"]["B"]["products_s"] < result["bare"]["B"]["cpu_s"]
+    assert result["products_s"] == pytest.approx(2 * result["bare"]["B"]["products_s"])
+    assert result["floor_wall_s"] == pytest.approx(result["features_wall_s"] + result["products_s"])
     assert result["runs"] == 2 and set(result["run_cpu_s"]) == {"B/seed-0", "B/seed-1"}
     assert result["study_cpu_s"] > result["run_cpu_s"]["B/seed-0"] > 0
     assert result["features_cpu_s"] > 0 and set(result["bare"]) == {"B"}
