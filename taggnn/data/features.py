@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, List
@@ -234,9 +235,22 @@ class FeatureDataset(Dataset):
         return self.features[index].float(), int(self.labels[index])
 
 
+def _same_setting(key: str, recorded: Any, current: Any) -> bool:
+    """Equal values; for ``model.weights`` also two spellings of one file (a relative and an
+    absolute path, a link), both found from the current folder."""
+    if recorded == current:
+        return True
+    if key == "model.weights" and isinstance(recorded, str) and isinstance(current, str):
+        try:
+            return os.path.samefile(recorded, current)
+        except OSError:  # either is not a local file (a catalogue name, a URL, a path gone)
+            return False
+    return False
+
+
 def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpoint: bool = False) -> None:
     """Refuses a config whose feature settings (:func:`feature_settings`) differ from the recorded
-    ones, naming each.
+    ones, naming each (``model.weights`` naming the same local file another way is no difference).
 
     ``from_checkpoint``: the features came from a checkpoint's backbone, so ``model.weights``
     (which a head-only run never reads) is not compared.
@@ -244,7 +258,7 @@ def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpo
     current = feature_settings(config)
     keys = [key for key in current if not (from_checkpoint and key == "model.weights")]
     differences = [f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)"
-                   for key in keys if recorded.get(key) != current[key]]
+                   for key in keys if not _same_setting(key, recorded.get(key), current[key])]
     if differences:
         raise ConfigError(f"{path} was made with other settings: " + "; ".join(differences)
                           + "; write the features again for this config, or use the features' settings")

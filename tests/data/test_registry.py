@@ -139,3 +139,23 @@ def test_registration_is_checked():
     with pytest.raises(ValueError, match=r"data\.\* config keys, got 'train.seed'"):
         register_dataset("stripes2", _build_stripes, feature_keys=("train.seed",))
     assert "stripes2" not in list_datasets()
+
+
+def test_feature_settings_accept_another_spelling_of_the_same_weights_file(tmp_path, monkeypatch):
+    from taggnn.data.features import check_settings, feature_settings
+    from taggnn.engine import load_config
+    from taggnn.errors import ConfigError
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "backbone.pt").write_bytes(b"weights")
+    (tmp_path / "weights" / "other.pt").write_bytes(b"other weights")
+    monkeypatch.chdir(tmp_path)
+    recorded = feature_settings(load_config("synthgym_frozen", ["model.weights=weights/backbone.pt"]))
+    same = load_config("synthgym_frozen", [f"model.weights={tmp_path / 'weights' / 'backbone.pt'}"])
+    check_settings(recorded, same, tmp_path / "train.pt")  # relative vs absolute: one file
+    other = load_config("synthgym_frozen", [f"model.weights={tmp_path / 'weights' / 'other.pt'}"])
+    with pytest.raises(ConfigError, match="model.weights: 'weights/backbone.pt' \\(features\\) vs"):
+        check_settings(recorded, other, tmp_path / "train.pt")
+    missing = load_config("synthgym_frozen", ["model.weights=weights/gone.pt"])
+    with pytest.raises(ConfigError, match="model.weights"):
+        check_settings(recorded, missing, tmp_path / "train.pt")
