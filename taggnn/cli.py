@@ -959,9 +959,11 @@ def _print_records(records, metric: str) -> None:
 
 
 def _write_study_report(study: Path, records, mde: Optional[float] = None) -> List[Path]:
-    """Writes the study's report (``report.md``, ``report.json``, ``runs.csv``, ``forest.png``)."""
-
-    return write_study_report(records, read_study(study)["description"], study, mde=mde)
+    """Writes the study's report (``report.md``, ``report.json``, ``runs.csv``, ``forest.png``),
+    naming the rows the folder holds that this study file does not list."""
+    recorded = read_study(study)
+    return write_study_report(records, recorded["description"], study, mde=mde,
+                              other_rows=list(recorded.get("definitions", {})))
 
 
 def cmd_study_run(args) -> int:

@@ -97,8 +97,8 @@ def _check_arguments(rows, reference, metric, seeds, num_classes, mde) -> None:
 
 def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str], reference: str, metric: str,
                    seeds: Sequence[int], num_classes: Optional[int], select: str, base: str,
-                   spec_text: Optional[str] = None,
-                   mde: Optional[float] = None, confidence: float = 0.95, power: float = 0.8) -> Dict[str, Any]:
+                   spec_text: Optional[str] = None, mde: Optional[float] = None, confidence: float = 0.95,
+                   power: float = 0.8, other_rows: Sequence[str] = ()) -> Dict[str, Any]:
     """The report's numbers (what :func:`write_report` writes as ``report.json``, NaN kept as NaN).
 
     Args:
@@ -119,6 +119,8 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
             detect it at 80% power.
         confidence (float): The level of the intervals; ``1 - confidence`` is the test level.
         power (float): The power of the minimum detectable difference and of ``mde``'s seeds.
+        other_rows (list of str): Rows the study folder holds besides ``rows`` (from an earlier,
+            wider study file): named in the report, not reported.
     """
     _check_arguments(rows, reference, metric, seeds, num_classes, mde)
     alpha = 1 - confidence
@@ -239,7 +241,8 @@ def compute_report(records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
     return {
         "study": {"rows": list(rows), "reference": reference, "metric": metric, "seeds": seeds,
                   "num_classes": num_classes, "chance": chance, "select": select, "base": base,
-                  "confidence": confidence, "power": power, "alpha": alpha, "mde": mde, "spec": spec_text},
+                  "confidence": confidence, "power": power, "alpha": alpha, "mde": mde, "spec": spec_text,
+                  "other_rows": [row for row in other_rows if row not in rows]},
         "counts": {**counts, "expected": expected},
         "rows": row_reports,
         "failed_runs": failed_runs,
@@ -286,7 +289,9 @@ def _markdown(report: Dict[str, Any]) -> str:
         "- Chance level: unknown (the number of classes is not known: no run finished).",
         f"- Seeds: {', '.join(str(seed) for seed in study['seeds'])} ({len(study['seeds'])}).",
         f"- Runs: {counts['done']} of {counts['expected']} done, {counts['failed']} failed, {counts['running']} "
-        f"running, {counts['pending']} pending.",
+        f"running, {counts['pending']} pending."
+        + (f" The folder also holds rows this study file does not list (not reported here): "
+           f"{', '.join(_cell(row) for row in study['other_rows'])}." if study.get("other_rows") else ""),
         f"- Reference: **{_cell(reference)}**. Δ is row − reference on the seeds both finished (paired), with its "
         f"{level} Student-t interval (per comparison); p is the paired t-test's, p (Holm) adjusted over the "
         f"{compared} comparison{'s' if compared != 1 else ''}, and the verdict holds at a family-wise error rate "
@@ -401,7 +406,7 @@ def _forest_png(report: Dict[str, Any], path: Path) -> Optional[Path]:
 def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any]], *, rows: Sequence[str],
                  reference: str, metric: str, seeds: Sequence[int], num_classes: Optional[int], select: str, base: str,
                  spec_text: Optional[str] = None, mde: Optional[float] = None, confidence: float = 0.95,
-                 power: float = 0.8) -> Dict[str, Any]:
+                 power: float = 0.8, other_rows: Sequence[str] = ()) -> Dict[str, Any]:
     """Writes ``report.md``, ``report.json``, ``runs.csv`` and (with matplotlib) ``forest.png`` into
     :obj:`study_dir`, each atomically, and returns the report (``report.json``'s content, NaN as
     ``None``). The arguments are :func:`compute_report`'s.
@@ -414,7 +419,7 @@ def write_report(study_dir: Union[str, Path], records: Sequence[Mapping[str, Any
     """
     report = compute_report(records, rows=rows, reference=reference, metric=metric, seeds=seeds,
                             num_classes=num_classes, select=select, base=base, spec_text=spec_text, mde=mde,
-                            confidence=confidence, power=power)
+                            confidence=confidence, power=power, other_rows=other_rows)
     study_dir = Path(study_dir)
     study_dir.mkdir(parents=True, exist_ok=True)
     files = ["report.md", "report.json", "runs.csv"]
@@ -450,15 +455,17 @@ def study_num_classes(records: Sequence[Mapping[str, Any]]) -> Optional[int]:
 
 
 def write_study_report(records: Sequence[Mapping[str, Any]], description: Mapping[str, Any],
-                       study_dir: Union[str, Path], *, mde: Optional[float] = None) -> List[Path]:
+                       study_dir: Union[str, Path], *, mde: Optional[float] = None,
+                       other_rows: Sequence[str] = ()) -> List[Path]:
     """:func:`write_report` from a study's description (``rows``, ``reference``, ``metric``,
     ``seeds``, ``select``, ``base`` and ``spec``, the spec's text; ``num_classes`` when known,
-    else :func:`study_num_classes` of the records); returns the files written."""
+    else :func:`study_num_classes` of the records) and the folder's ``other_rows``; returns the
+    files written."""
     num_classes = description.get("num_classes")
     if num_classes is None:
         num_classes = study_num_classes(records)
     report = write_report(study_dir, records, rows=description["rows"], reference=description["reference"],
                           metric=description["metric"], seeds=description["seeds"], num_classes=num_classes,
                           select=description["select"], base=description["base"], spec_text=description.get("spec"),
-                          mde=mde)
+                          mde=mde, other_rows=other_rows)
     return [Path(study_dir) / name for name in report["files"]]

@@ -30,7 +30,7 @@ import yaml
 
 from ..engine.config import Config, apply_override, flatten, load_config, validate
 from ..errors import ConfigError
-from .rows import ROW_SETS, canonical_row, is_plain_name, row_overrides, row_slug
+from .rows import ALIASES, ROW_SETS, ROWS, canonical_row, is_plain_name, row_overrides, row_slug
 
 __all__ = ["StudySpec", "load_spec", "parse_spec", "KEYS", "METRICS", "SELECTS", "config_hash"]
 
@@ -175,6 +175,16 @@ def parse_spec(text: str, *, source: str = "study", folder: Optional[Path] = Non
                      text=text, source=source)
     for row, items in rows.items():
         spec.configs[row] = build_row_config(spec, row, items)
+    for name in extra:  # a built-in row's name (or alias) keeps the built-in definition
+        builtin = ALIASES.get(str(name), str(name))
+        if builtin in ROWS:
+            own = flatten(spec.configs[str(name)].to_dict())
+            theirs = flatten(build_row_config(spec, builtin, ROWS[builtin]).to_dict())
+            changed = [f"{key}={own[key]!r}" for key in sorted(own) if own[key] != theirs.get(key)]
+            if changed:
+                definition = "; ".join(ROWS[builtin]) or "no overrides"
+                raise ConfigError(f"{source}: extra_rows: {name!r} is the name of a built-in row ({definition}) but "
+                                  f"is defined otherwise here ({', '.join(changed[:4])}); give it another name")
     return spec
 
 

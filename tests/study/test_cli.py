@@ -102,3 +102,15 @@ def test_report_with_mde_prints_the_seeds_needed(tiny_study, tmp_path, capsys):
     assert "seeds for Δ=0.5" in (out / "report.md").read_text()
     assert main(["study", "report", str(out), "--mde", "-1"]) == 2
     assert "mde must be a positive number" in one_line_error(capsys)
+
+
+def test_a_narrower_study_file_names_the_rows_it_leaves_out(tiny_study, tmp_path, capsys):
+    out = copy_study(tiny_study[0], tmp_path / "study")
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(spec_text(rows="[B+TE]"))
+    assert main(["study", "run", str(narrow), "--out", str(out), "--workers", "1", "--threads", "1",
+                 "--no-progress"]) == 0  # every run is finished: nothing trains
+    text = (out / "report.md").read_text()
+    assert "The folder also holds rows this study file does not list (not reported here): B." in text
+    assert json.loads((out / "report.json").read_text())["study"]["other_rows"] == ["B"]
+    assert [row["name"] for row in json.loads((out / "report.json").read_text())["rows"]] == ["B+TE"]

@@ -30,6 +30,12 @@ def test_a_study_builds_every_rows_config():
     assert spec.describe()["rows"][0] == "B" and spec.describe()["metric"] == "mca"
 
 
+def test_an_extra_row_may_repeat_a_built_in_rows_definition():
+    spec = parse_spec(BASE + "rows: [B+TE]\nextra_rows:\n  Full-LS0: [model.layer_scale=0]\n  Full+max: "
+                             "[model.readout=max]\n")
+    assert spec.row_config("Full-LS0").model.layer_scale == 0 and spec.row_config("Full+max").model.readout == "max"
+
+
 def test_aliases_and_seed_lists():
     spec = parse_spec(BASE + "seeds: [4, 7]\nrows: [B+TE, Full-LS0]\nreference: Full-LS0\n")
     assert list(spec.rows) == ["B+TE", "Full (LS=0)"] and spec.reference == "Full (LS=0)"
@@ -48,6 +54,9 @@ def test_aliases_and_seed_lists():
     (BASE + "rows: table4\nseeds: 0\n", "seeds"),
     ("base: nosuchpreset\nrows: table4\n", "nosuchpreset"),
     ("base: synthgym_tiny\nset: [train.epochs=-1]\nrows: table4\n", "train.epochs"),
+    (BASE + "rows: [B]\nextra_rows:\n  Full+max: [model.readout=mean]\n",
+     "extra_rows: 'Full+max' is the name of a built-in row (model.readout=max) but is defined otherwise here"),
+    (BASE + "rows: [B]\nextra_rows:\n  Full-LS0: [model.layer_scale=0.5]\n", "model.layer_scale=0.5"),
 ])
 def test_bad_study_files_are_refused_naming_the_key(text, expected):
     with pytest.raises(ConfigError) as error:
