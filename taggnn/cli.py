@@ -451,10 +451,12 @@ def cmd_predict(args) -> int:
     model, config, names = load_trained(Path(args.checkpoint), device, config)
     e = config.eval
     videos = video_files(config, args.videos, names)  # the test split's decoding, sampling and views
+    amp_dtype = eval_autocast_dtype(config, device)  # train.eval_amp, as in taggnn eval
     results = []
     for index, path in enumerate(args.videos):
         views, _ = videos[index]  # (V, 3, T, S, S)
-        with torch.no_grad():
+        with torch.no_grad(), (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
+                               else contextlib.nullcontext()):
             logits = model(views.to(device)).float().unsqueeze(0)  # (1, V, C)
             probabilities = average_views(logits, e.average).softmax(1)[0] if e.average == "logits" \
                 else average_views(logits, "prob")[0]

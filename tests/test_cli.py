@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from taggnn.cli import main
 from taggnn.data.synthgym import write_split
@@ -122,3 +123,19 @@ def test_train_says_its_test_figure_is_one_seeds(monkeypatch, tmp_path, capsys):
     assert lines[-2].startswith("test top-1 0.3720  top-5 0.9590  MCA (union) 0.3720  clips 640")
     assert lines[-1] == ("(one run, train.seed=7: another seed gives another figure; compare settings over several "
                          "seeds with taggnn study)")
+
+
+def test_predict_runs_in_the_evaluation_precision(run, tmp_path, monkeypatch, capsys):
+    import taggnn.cli as cli
+
+    write_split(tmp_path / "videos", "test", count=1, num_frames=8, size=32)
+    clip = str(tmp_path / "videos" / "test" / "000000.mp4")
+    probabilities = {}
+    for dtype in (None, torch.bfloat16):  # as train.eval_amp=bf16 gives on CUDA
+        monkeypatch.setattr(cli, "eval_autocast_dtype", lambda config, device, dtype=dtype: dtype)
+        assert main(["predict", clip, "--checkpoint", str(run / "best.pt"), "--topk", "16", "--json"]) == 0
+        every = json.loads(capsys.readouterr().out)[0]["predictions"]
+        probabilities[dtype] = [p["probability"] for p in sorted(every, key=lambda p: p["label"])]
+    # predict computes under the evaluation's autocast: other, nearby probabilities than float32
+    assert probabilities[torch.bfloat16] != probabilities[None]
+    assert probabilities[torch.bfloat16] == pytest.approx(probabilities[None], abs=0.02)

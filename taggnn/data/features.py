@@ -37,7 +37,7 @@ from .registry import feature_keys
 __all__ = [
     "FEATURES_FORMAT", "FEATURES_VERSION", "INFO_NAME", "LOCK_NAME", "FeatureCacheError", "FeatureDataset",
     "feature_settings", "read_info", "check_settings", "load_feature_file", "backbone_state_hash",
-    "fingerprint_fields", "fingerprint_of", "describe_differences",
+    "fingerprint_fields", "fingerprint_of", "describe_differences", "weights_file_setting",
 ]
 
 #: Format marker of every file of a features folder.
@@ -49,6 +49,8 @@ LOCK_NAME = ".taggnn-features.lock"
 _TEMP_NAME = re.compile(r"^\.(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)\.(?P<pid>\d+)\.tmp$")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WEIGHTS_HASH = "backbone weights (sha256)"
+#: The absolute path of a local ``model.weights`` file, as recorded beside the settings.
+WEIGHTS_FILE = "model.weights (absolute path)"
 
 
 class FeatureCacheError(TaggnnError, RuntimeError):
@@ -235,6 +237,27 @@ class FeatureDataset(Dataset):
         return self.features[index].float(), int(self.labels[index])
 
 
+def weights_file_setting(config) -> Dict[str, str]:
+    """``{WEIGHTS_FILE: absolute path}`` when ``model.weights`` is a local file, else empty: recorded
+    with the settings, so that a relative path that names another file from another folder is told apart."""
+    weights = config.model.weights
+    if isinstance(weights, str) and os.path.isfile(weights):
+        return {WEIGHTS_FILE: os.path.abspath(weights)}
+    return {}
+
+
+def _same_weights(recorded: Dict[str, Any], current: Any) -> bool:
+    """Whether ``model.weights`` of the config names the recorded weights: the recorded absolute
+    file when it still exists (a relative path is found from the current folder), else the spelling."""
+    recorded_file = recorded.get(WEIGHTS_FILE)
+    if isinstance(recorded_file, str) and os.path.isfile(recorded_file):
+        try:
+            return isinstance(current, str) and os.path.samefile(recorded_file, current)
+        except OSError:  # the config's weights are not a local file
+            return False
+    return _same_setting("model.weights", recorded.get("model.weights"), current)
+
+
 def _same_setting(key: str, recorded: Any, current: Any) -> bool:
     """Equal values; for ``model.weights`` also two spellings of one file (a relative and an
     absolute path, a link), both found from the current folder."""
@@ -250,7 +273,8 @@ def _same_setting(key: str, recorded: Any, current: Any) -> bool:
 
 def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpoint: bool = False) -> None:
     """Refuses a config whose feature settings (:func:`feature_settings`) differ from the recorded
-    ones, naming each (``model.weights`` naming the same local file another way is no difference).
+    ones, naming each (``model.weights`` naming the same local file another way is no difference;
+    the same relative path naming another file than the one recorded, from another folder, is one).
 
     ``from_checkpoint``: the features came from a checkpoint's backbone, so ``model.weights``
     (which a head-only run never reads) is not compared.
@@ -258,7 +282,16 @@ def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpo
     current = feature_settings(config)
     keys = [key for key in current if not (from_checkpoint and key == "model.weights")]
     differences = [f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)"
-                   for key in keys if not _same_setting(key, recorded.get(key), current[key])]
+                   for key in keys
+                   if key != "model.weights" and not _same_setting(key, recorded.get(key), current[key])]
+    weights = current["model.weights"]
+    if "model.weights" in keys and not _same_weights(recorded, weights):
+        if recorded.get(WEIGHTS_FILE) and isinstance(weights, str):  # both as files: one spelling may name two
+            differences.insert(0, f"model.weights: {recorded[WEIGHTS_FILE]!r} (features) vs "
+                                  f"{os.path.abspath(weights)!r} (config)")
+        else:
+            differences.insert(0, f"model.weights: {recorded.get('model.weights')!r} (features) vs {weights!r} "
+                                  f"(config)")
     if differences:
         raise ConfigError(f"{path} was made with other settings: " + "; ".join(differences)
                           + "; write the features again for this config, or use the features' settings")

@@ -64,6 +64,7 @@ from ..data.features import (  # noqa: F401  (the format's names, re-exported)
     fingerprint_of,
     load_feature_file,
     read_info,
+    weights_file_setting,
 )
 from ..data.registry import feature_keys
 from ..errors import ConfigError, VideoError
@@ -290,6 +291,7 @@ def extract_features(config: Config, out: Path, *, checkpoint: Optional[Path] = 
     backbone, source = _load_backbone(config, checkpoint)
     fields = fingerprint_fields(settings, backbone_state_hash(backbone), dtype)
     fingerprint = fingerprint_of(fields)
+    settings.update(weights_file_setting(config))  # beside the settings, not in the fingerprint
     train_set = build_dataset(config, "train", train=False)
     names = class_names(train_set)
     backbone = backbone.to(device)

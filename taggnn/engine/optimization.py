@@ -3,6 +3,7 @@ optimiser and the learning-rate schedule (the paper's recipe: Adam with per-step
 and an optional linear warm-up)."""
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,6 +12,8 @@ from torch import nn
 
 from .config import Config, ConfigError
 from .distributed import DistributedContext
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["resolve_device", "autocast_dtype", "eval_autocast_dtype", "parameter_groups", "fused_optimizer_supported",
            "build_optimizer", "build_scheduler"]
@@ -35,9 +38,15 @@ def resolve_device(name: str, context: DistributedContext) -> torch.device:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of ``train.amp`` on ``device`` (``None``: float32)."""
-    if amp == "off" or device.type != "cuda":
-        return None  # mixed precision is off on CPU
+    """The autocast dtype of ``train.amp`` on ``device`` (``None``: float32). Mixed precision runs
+    on CUDA only: elsewhere every mode is float32, and an explicit ``bf16`` / ``fp16`` says so."""
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp != "auto":
+            logger.warning("mixed precision %s runs on CUDA only: this %s run computes in float32", amp,
+                           device.type)
+        return None
     if amp == "fp16":
         return torch.float16
     return torch.bfloat16  # "auto" and "bf16"

@@ -150,6 +150,10 @@ def parse_spec(text: str, *, source: str = "study", folder: Optional[Path] = Non
                               f"letters, digits and _ + . = - only")
         if name in rows:
             raise ConfigError(f"{source}: extra_rows: row {name!r} is already among rows")
+        for other in rows:  # one run folder per row, also on a case-insensitive file system
+            if row_slug(other).casefold() == row_slug(name).casefold():
+                raise ConfigError(f"{source}: extra_rows: row {name!r} would share the run folder "
+                                  f"runs/{row_slug(other)} with row {other!r}; give it another name")
         rows[name] = _strings(items, f"extra_rows: {name}", source)
     if not rows:
         raise ConfigError(f"{source}: no rows: give rows (e.g. table4) and/or extra_rows")

@@ -159,3 +159,26 @@ def test_feature_settings_accept_another_spelling_of_the_same_weights_file(tmp_p
     missing = load_config("synthgym_frozen", ["model.weights=weights/gone.pt"])
     with pytest.raises(ConfigError, match="model.weights"):
         check_settings(recorded, missing, tmp_path / "train.pt")
+
+
+def test_feature_settings_refuse_one_relative_path_naming_another_file(tmp_path, monkeypatch):
+    from taggnn.data.features import check_settings, feature_settings, weights_file_setting
+    from taggnn.engine import load_config
+    from taggnn.errors import ConfigError
+
+    for folder, content in (("made", b"weights"), ("elsewhere", b"other weights")):
+        (tmp_path / folder / "weights").mkdir(parents=True)
+        (tmp_path / folder / "weights" / "backbone.pt").write_bytes(content)
+    monkeypatch.chdir(tmp_path / "made")
+    made = load_config("synthgym_frozen", ["model.weights=weights/backbone.pt"])
+    recorded = {**feature_settings(made), **weights_file_setting(made)}  # as taggnn features records them
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the same spelling names another file here
+    with pytest.raises(ConfigError, match="model.weights: '.*made/weights/backbone.pt' \\(features\\) vs "
+                                          "'.*elsewhere/weights/backbone.pt' \\(config\\)"):
+        check_settings(recorded, load_config("synthgym_frozen", ["model.weights=weights/backbone.pt"]),
+                       tmp_path / "train.pt")
+    absolute = tmp_path / "made" / "weights" / "backbone.pt"
+    check_settings(recorded, load_config("synthgym_frozen", [f"model.weights={absolute}"]), tmp_path / "train.pt")
+    absolute.unlink()  # a recorded file gone (features moved to another machine): the spelling decides, as before
+    check_settings(recorded, load_config("synthgym_frozen", ["model.weights=weights/backbone.pt"]),
+                   tmp_path / "train.pt")

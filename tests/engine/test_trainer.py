@@ -102,3 +102,14 @@ def test_training_on_decoded_videos_with_a_broken_clip(tmp_path):
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["test"]["count"] == 8
     assert summary["history"][0]["skipped_clips"] == 1
+
+
+def test_mixed_precision_off_cuda_is_float32_and_says_so(caplog):
+    from taggnn.engine.optimization import autocast_dtype
+
+    cpu = torch.device("cpu")
+    with caplog.at_level("WARNING", logger="taggnn"):
+        assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+        assert not caplog.records  # the default: float32 off CUDA, nothing to say
+        assert autocast_dtype("bf16", cpu) is None
+    assert "bf16 runs on CUDA only: this cpu run computes in float32" in caplog.text

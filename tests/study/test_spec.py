@@ -89,3 +89,15 @@ def test_row_errors_name_the_file_and_the_row_once():
         parse_spec(BASE + "rows: [B]\nextra_rows:\n  X: [model.readuot=max]\n", source="s.yaml")
     assert str(error.value).startswith("s.yaml: row X: unknown config key 'model.readuot'")
     assert str(error.value).count("row X") == 1
+
+
+@pytest.mark.parametrize("rows, extra, other", [
+    ("[B, Full-LS0]", "Full-LS0: [model.layer_scale=0]", "'Full (LS=0)'"),  # a row by alias, then its folder name
+    ("[B, Full]", "full: [model.readout=max]", "'Full'"),  # runs/full is runs/Full on macOS and Windows
+])
+def test_an_extra_row_that_would_share_a_rows_folder_is_refused(rows, extra, other):
+    """Two rows in one run folder would report the same runs twice (and mix them where they differ)."""
+    with pytest.raises(ConfigError) as error:
+        parse_spec(BASE + f"rows: {rows}\nextra_rows:\n  {extra}\n", source="s.yaml")
+    assert str(error.value).startswith(f"s.yaml: extra_rows: row '{extra.split(':')[0]}' would share the run folder")
+    assert other in str(error.value)
