@@ -281,17 +281,21 @@ def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpo
     """
     current = feature_settings(config)
     keys = [key for key in current if not (from_checkpoint and key == "model.weights")]
-    differences = [f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)"
-                   for key in keys
-                   if key != "model.weights" and not _same_setting(key, recorded.get(key), current[key])]
-    weights = current["model.weights"]
-    if "model.weights" in keys and not _same_weights(recorded, weights):
+    differences = []
+    for key in keys:  # in the settings' order
+        if key != "model.weights":
+            if not _same_setting(key, recorded.get(key), current[key]):
+                differences.append(f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)")
+            continue
+        weights = current[key]
+        if _same_weights(recorded, weights):
+            continue
         if recorded.get(WEIGHTS_FILE) and isinstance(weights, str):  # both as files: one spelling may name two
-            differences.insert(0, f"model.weights: {recorded[WEIGHTS_FILE]!r} (features) vs "
-                                  f"{os.path.abspath(weights)!r} (config)")
+            differences.append(f"model.weights: {recorded[WEIGHTS_FILE]!r} (features) vs "
+                               f"{os.path.abspath(weights)!r} (config)")
         else:
-            differences.insert(0, f"model.weights: {recorded.get('model.weights')!r} (features) vs {weights!r} "
-                                  f"(config)")
+            differences.append(f"model.weights: {recorded.get('model.weights')!r} (features) vs {weights!r} "
+                               f"(config)")
     if differences:
         raise ConfigError(f"{path} was made with other settings: " + "; ".join(differences)
                           + "; write the features again for this config, or use the features' settings")
