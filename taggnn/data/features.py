@@ -255,17 +255,12 @@ def _same_weights(recorded: Dict[str, Any], current: Any) -> bool:
             return isinstance(current, str) and os.path.samefile(recorded_file, current)
         except OSError:  # the config's weights are not a local file
             return False
-    return _same_setting("model.weights", recorded.get("model.weights"), current)
-
-
-def _same_setting(key: str, recorded: Any, current: Any) -> bool:
-    """Equal values; for ``model.weights`` also two spellings of one file (a relative and an
-    absolute path, a link), both found from the current folder."""
-    if recorded == current:
+    spelling = recorded.get("model.weights")
+    if spelling == current:
         return True
-    if key == "model.weights" and isinstance(recorded, str) and isinstance(current, str):
+    if isinstance(spelling, str) and isinstance(current, str):  # two spellings of one file, found from here
         try:
-            return os.path.samefile(recorded, current)
+            return os.path.samefile(spelling, current)
         except OSError:  # either is not a local file (a catalogue name, a URL, a path gone)
             return False
     return False
@@ -284,7 +279,7 @@ def check_settings(recorded: Dict[str, Any], config, path: Path, *, from_checkpo
     differences = []
     for key in keys:  # in the settings' order
         if key != "model.weights":
-            if not _same_setting(key, recorded.get(key), current[key]):
+            if recorded.get(key) != current[key]:
                 differences.append(f"{key}: {recorded.get(key)!r} (features) vs {current[key]!r} (config)")
             continue
         weights = current[key]
