@@ -10,6 +10,7 @@ MIN_SPEC ?= torch==2.7.0 torchvision==0.22.0 torch-geometric==2.8.0
 MIN_VENV ?= build/venv-min
 WHEEL_VENV ?= build/venv-wheel
 WHEEL_DIR ?= build/wheel
+WHEEL_DEPS ?= build/wheel-deps
 # A CLI run small enough for a check (tests/engine/test_trainer.py's SMALL, one epoch).
 TINY_TRAIN := --config synthgym_tiny --no-progress --set data.num_frames=8 --set data.crop_size=32 \
 	--set data.short_side=32 --set data.synth_size=32 --set data.synth_train=48 --set data.synth_val=16 \
@@ -39,22 +40,29 @@ test: install
 test-min:
 	rm -rf $(MIN_VENV)
 	$(PYTHON) -m venv $(MIN_VENV)
-	$(MIN_VENV)/bin/python -m pip install $(MIN_SPEC) -e . 'pytest>=7'
+	$(MIN_VENV)/bin/python -m pip install --no-cache-dir $(MIN_SPEC) -e . 'pytest>=7.3'
 	$(MIN_VENV)/bin/python -m pytest -q tests/graph tests/nn
 
 # `pip install .` gives a working taggnn: build the wheel, check what it ships, install it into a
-# fresh venv (torch from TORCH_SPEC) and run the command from outside the source tree.
+# fresh venv and run the command from outside the source tree. The venv's only other packages are
+# links to the wheel's declared dependencies and theirs in $(VENV) (.ci/dependency_view.py): an
+# undeclared import still fails, without a second multi-GB torch on disk.
 test-wheel: install
-	rm -rf $(WHEEL_DIR) $(WHEEL_VENV)
+	rm -rf $(WHEEL_DIR) $(WHEEL_VENV) $(WHEEL_DEPS)
 	$(PY) -m pip wheel --no-deps -w $(WHEEL_DIR) .
 	$(PY) -c "import glob, sys, zipfile; names = zipfile.ZipFile(glob.glob(sys.argv[1])[0]).namelist(); \
 	need = ['taggnn/py.typed', '.dist-info/licenses/LICENSE'] + glob.glob('taggnn/configs/*.yaml'); \
 	missing = [n for n in need if not any(x.endswith(n) for x in names)]; \
 	sys.exit(f'wheel lacks {missing}' if missing else 0)" '$(WHEEL_DIR)/taggnn-*.whl'
-	$(PYTHON) -m venv $(WHEEL_VENV)
-	$(WHEEL_VENV)/bin/python -m pip install $(TORCH_SPEC) $(WHEEL_DIR)/taggnn-*.whl
+	$(PYTHON) -m venv --without-pip $(WHEEL_VENV)
+	$(PY) .ci/dependency_view.py $(WHEEL_DIR)/taggnn-*.whl $(WHEEL_DEPS)
+	$(WHEEL_VENV)/bin/python -c "import pathlib, sys, sysconfig; \
+	pathlib.Path(sysconfig.get_paths()['purelib'], 'taggnn-dependencies.pth').write_text(sys.argv[1] + '\n')" \
+	  "$(CURDIR)/$(WHEEL_DEPS)"
+	$(PY) -m pip --python $(WHEEL_VENV)/bin/python install --no-deps $(WHEEL_DIR)/taggnn-*.whl
+	$(PY) -m pip --python $(WHEEL_VENV)/bin/python check
 	cd "$$(mktemp -d)" && bin="$(CURDIR)/$(WHEEL_VENV)/bin" \
-	  && "$$bin/python" -c "import taggnn, sys; sys.exit(0 if 'site-packages' in taggnn.__file__ else taggnn.__file__)" \
+	  && "$$bin/python" -c "import sys, taggnn; sys.exit(0 if taggnn.__file__.startswith(sys.prefix) else taggnn.__file__)" \
 	  && "$$bin/taggnn" --version && "$$bin/taggnn" --help > /dev/null \
 	  && "$$bin/taggnn" train --out run $(TINY_TRAIN) && test -f run/best.pt
 

@@ -9,6 +9,7 @@ documents that form, since these machines have no network.
 import json
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,8 @@ def workspace(tmp_path_factory):
                 rows[split].append(f"{file_name},{name},12,{label}")
     for split, lines in rows.items():
         (root / f"{split}.csv").write_text("FileName,Class,TotalFrames,ClassEncoded\n" + "\n".join(lines) + "\n")
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # ~1 GB of weights and runs: CI's disk is not ours to fill
 
 
 def local_weights(argv, block: str, workspace: Path):

@@ -1,6 +1,7 @@
 """The authors' pipeline reproduced exactly (frame indices, crops, CSV layout, BatchNorm,
 schedule, evaluation precision, released checkpoints)."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -104,7 +105,8 @@ def reference_files(tmp_path_factory):
         state["edge_index"] = torch.zeros(2, 10, dtype=torch.long)  # the first revision's graph buffer
         files[names[0]] = root / f"{names[0]}_haa500_best.pth"
         torch.save(state, files[names[0]])
-    return root, files, model
+    yield root, files, model
+    shutil.rmtree(root, ignore_errors=True)  # two full-size checkpoints (~0.5 GB)
 
 
 def test_the_converter_skips_the_graph_buffer(reference_files):
