@@ -590,9 +590,10 @@ def cmd_export(args) -> int:
     if args.format == "safetensors":  # a folder to share: checked before any work
 
         require_safetensors()
-        if args.frames or args.crop:
-            raise ConfigError("--frames/--crop do not apply to --format safetensors: the shared model keeps the clip "
-                              "size it was trained with (adapt it after loading with model.head.set_grid)")
+        if args.frames or args.crop or args.static_batch:
+            raise ConfigError("--frames/--crop/--static-batch do not apply to --format safetensors: the shared model "
+                              "takes any batch and keeps the clip size it was trained with (adapt it after loading "
+                              "with model.head.set_grid)")
         check_output(out, overwrite=args.overwrite, inputs=[checkpoint], what="export", folder_of=SHARED_FILES)
     else:
         check_output(out, overwrite=args.overwrite, inputs=[checkpoint], what="export")  # before any work
@@ -608,15 +609,23 @@ def cmd_export(args) -> int:
         example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
     # an export into a run folder is listed in its manifest, so `taggnn train --overwrite` removes it too
     _record_in_run_folder(out.parent, [out.name, *([f"{out.name}.data"] if args.format == "onnx" else [])])
-    result = export_model(model, example, out, args.format, overwrite=args.overwrite)
+    result = export_model(model, example, out, args.format, overwrite=args.overwrite,
+                          dynamic_batch=not args.static_batch)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
     beside = [Path(name).name for name in result["files"][1:]]  # e.g. an ONNX model's weights over 2 GB
     names = result["metadata"].get("class_names")
     print(f"wrote {out}" + (f" and {', '.join(beside)} (its weights, to keep beside it)" if beside else "")
-          + f" ({args.format}, input {tuple(example.shape)}); {check}; metadata: "
+          + f" ({args.format}, input {_shape_text(result['metadata'].get('input_shape'), example)}); {check}; "
+          + "metadata: "
           + (f"{len(names)} class names, " if names else "no class names, ") + "preprocessing")
     return 0
+
+
+def _shape_text(shape, example) -> str:
+    """``(batch, 3, 8, 112, 112)`` for a dynamic batch, else the example's shape."""
+    shape = shape if shape else list(example.shape)
+    return "(" + ", ".join(str(size) for size in shape) + ")"
 
 
 def cmd_synth(args) -> int:
@@ -806,7 +815,11 @@ def _export_parser(sub, presets: str) -> None:
                    default="exported-program")
     p.add_argument("--frames", type=int_at_least(1), help="clip length of the exported model (default: the config's)")
     p.add_argument("--crop", type=int_at_least(1), help="crop size of the exported model (default: the config's)")
-    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the exported model")
+    p.add_argument("--batch", type=int_at_least(1), default=1,
+                   help="batch size of the example the export is traced and checked on (the exported model takes "
+                        "any batch size unless --static-batch)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the exported model's batch size to --batch (default: dynamic)")
     p.add_argument("--out", help="output file, a folder for safetensors (default: next to the checkpoint, "
                                  "<stem>.torchscript.pt, <stem>.pt2, <stem>.onnx or the folder <stem>, e.g. best.pt "
                                  "-> best.onnx; never a checkpoint's own name)")

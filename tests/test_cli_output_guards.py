@@ -46,9 +46,9 @@ def test_export_refuses_an_existing_file_and_never_replaces_its_input(run, monke
         assert "is the file this command reads" in one_line_error(capsys)
     assert (run / "best.pt").read_bytes() == before
 
-    def quick(model, example, path, fmt, metadata):  # real round trips: tests/models/test_export.py
+    def quick(model, example, checks, path, fmt, metadata, dynamic_batch):  # real ones: tests/models/test_export.py
         path.write_text("new export")
-        return model(example)
+        return [model(clips) for clips in checks]
 
     monkeypatch.setattr(export_module, "_write_and_reload", quick)
     assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(target), "--overwrite"]) == 0
@@ -61,7 +61,7 @@ def test_a_failed_export_leaves_the_previous_file(run, monkeypatch, capsys):
     target = run / "best.pt2"
     target.write_text("previous export")
 
-    def broken(model, example, path, fmt, metadata):
+    def broken(model, example, checks, path, fmt, metadata, dynamic_batch):
         path.write_bytes(b"half")
         raise RuntimeError("exporter crashed")
 

@@ -22,10 +22,15 @@ existing file.
 
 Back-ends: sparse tensors cannot be exported (they have no strides), so the graph stage of an
 exported model is the ``structured`` propagation, which computes the same function (equal to
-float rounding, tested against PyG's APPNP); ``edge_index`` stays as it is for TorchScript. The
-input shape is fixed at export (batch, frames and crop given at export time); a model trained on
-another clip length is adapted first with ``TAGHead.set_grid`` (the positional table is
-interpolated). Every export is loaded back and compared with the eager model on the same input.
+float rounding, tested against PyG's APPNP); ``edge_index`` stays as it is for TorchScript.
+
+Input shape: the batch dimension is dynamic by default (``torch.export``'s ``Dim("batch")``, an
+ONNX ``batch`` dimension; a TorchScript trace computes every shape from its input), and
+``dynamic_batch=False`` fixes it to the example's. Frames and crop are fixed at export (the graph
+and the positional table depend on them); a model trained on another clip length is adapted first
+with ``TAGHead.set_grid`` (the positional table is interpolated). Every export is loaded back and
+compared with the eager model on the example and, when its batch is dynamic, on a batch of
+another size.
 
 Metadata: every export carries what a user of the file needs besides the weights, under the key
 ``taggnn`` (:func:`export_metadata`, read back with :func:`read_export_metadata`): the class names,
@@ -50,7 +55,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -94,9 +99,10 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_metadata(model: nn.Module, example: Tensor) -> Dict[str, Any]:
+def export_metadata(model: nn.Module, example: Tensor, *, dynamic_batch: bool = True) -> Dict[str, Any]:
     """What an export of ``model`` for inputs shaped like ``example`` carries besides its weights:
-    ``class_names`` (``None`` when the model records none), ``num_classes``, ``input_shape``,
+    ``class_names`` (``None`` when the model records none), ``num_classes``, ``input_shape`` (its
+    first entry the string ``"batch"`` when the batch dimension is dynamic),
     ``input`` / ``output`` names and ``preprocessing`` (clip length and crop size of this export,
     frame sampling, resize, normalisation with its ``mean`` and ``std``), from the model's
     ``pretrained_metadata`` (recorded by :func:`~taggnn.models.tagnet.record_config`, e.g. by
@@ -110,18 +116,23 @@ def export_metadata(model: nn.Module, example: Tensor) -> Dict[str, Any]:
             preprocessing = preprocessing_info(num_frames=frames, crop_size=height)
         preprocessing["num_frames"] = int(frames)
         preprocessing["crop_size"] = int(height) if height == width else [int(height), int(width)]
+    shape = list(example.shape)
+    if dynamic_batch:
+        shape[0] = "batch"
     return {"format_version": 1, "taggnn_version": __version__, "class_names": meta.get("class_names"),
-            "num_classes": getattr(model, "num_classes", None), "input_shape": list(example.shape),
+            "num_classes": getattr(model, "num_classes", None), "input_shape": shape,
             "input": "clip", "output": "logits", "dataset": meta.get("dataset"), "preprocessing": preprocessing}
 
 
 @torch.no_grad()
 def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, atol: float = 1e-4,
-                 overwrite: bool = True, metadata: Optional[Mapping[str, Any]] = None) -> Dict[str, object]:
+                 overwrite: bool = True, metadata: Optional[Mapping[str, Any]] = None,
+                 dynamic_batch: bool = True) -> Dict[str, object]:
     """Writes ``model`` in format ``fmt``, loads it back and compares it with the eager model on
-    ``example``; returns ``{"path", "files", "format", "max_abs_diff", "verified", "metadata"}``
-    (``files``: every file written, e.g. an ONNX model's ``.data`` file). Raises ``ValueError``
-    when the difference exceeds ``atol``; then nothing is written at ``path``.
+    ``example`` (and, with ``dynamic_batch``, on a batch of another size); returns ``{"path",
+    "files", "format", "max_abs_diff", "verified", "metadata", "dynamic_batch"}`` (``files``: every
+    file written, e.g. an ONNX model's ``.data`` file). Raises ``ValueError`` when a difference
+    exceeds ``atol``; then nothing is written at ``path``.
 
     The export is staged in a temporary folder next to ``path`` and moved to ``path`` (with an
     ONNX model's external ``.data`` file, when its weights need one) only once checked. With
@@ -129,6 +140,8 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
 
     Args:
         metadata: Stored in the export (see the module's notes); default :func:`export_metadata`.
+        dynamic_batch: Keep the batch dimension free (the default; safetensors always is) or fix
+            it to ``example.size(0)``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -137,11 +150,19 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
             require(module, extra="export", feature="exporting to ONNX")
     model = (model if fmt == "safetensors" else exportable(model)).eval()  # safetensors keeps any back-end
     path = Path(path)
-    metadata = dict(metadata if metadata is not None else export_metadata(model, example))
-    expected = model(example)
+    dynamic_batch = dynamic_batch or fmt == "safetensors"
+    metadata = dict(metadata if metadata is not None else export_metadata(model, example,
+                                                                          dynamic_batch=dynamic_batch))
+    traced_on, checks = example, [example]
+    if dynamic_batch and example.size(0) == 1:  # torch.export specialises a size-1 dimension: trace on two clips
+        traced_on = example.repeat(2, *[1] * (example.dim() - 1))  # (2, ...)
+        checks.append(traced_on)
+    elif dynamic_batch:
+        checks.append(example[:1])  # (1, ...)
+    expected = [model(clips) for clips in checks]
     with atomic_output(path, overwrite=overwrite) as staged:
         try:
-            actual = _write_and_reload(model, example, staged, fmt, metadata)
+            actual = _write_and_reload(model, traced_on, checks, staged, fmt, metadata, dynamic_batch)
         except TaggnnError:
             raise
         except Exception as error:  # the tracer / exporter cannot follow this model's code
@@ -151,11 +172,14 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
         files = [path] + ([path.with_name(path.name + ".data")]
                           if fmt == "onnx" and staged.with_name(staged.name + ".data").exists() else [])
         if actual is not None:
-            difference = float((actual.to(expected) - expected).abs().max())
-            if difference > atol:
-                raise ValueError(f"the exported {fmt} model differs from the eager one by {difference:.2e} "
-                                 f"(> {atol}); nothing was written")
-    result = {"path": str(path), "files": [str(f) for f in files], "format": fmt, "metadata": metadata}
+            difference = 0.0
+            for clips, got, want in zip(checks, actual, expected):
+                difference = max(difference, float((got.to(want) - want).abs().max()))
+                if difference > atol:
+                    raise ValueError(f"the exported {fmt} model differs from the eager one by {difference:.2e} "
+                                     f"(> {atol}) on a batch of {clips.size(0)}; nothing was written")
+    result = {"path": str(path), "files": [str(f) for f in files], "format": fmt, "metadata": metadata,
+              "dynamic_batch": dynamic_batch}
     if actual is None:
         logger.warning("onnxruntime is not installed (pip install 'taggnn[export]'): %s was not verified", path)
         return dict(result, max_abs_diff=None, verified=False)
@@ -220,11 +244,13 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str, metadata: Mapping[str, Any]):
-    """Writes the export (with ``metadata``) at ``path`` and returns its output on ``example``
-    (``None`` when ONNX cannot be run here)."""
+def _write_and_reload(model: nn.Module, example: Tensor, checks: List[Tensor], path: Path, fmt: str,
+                      metadata: Mapping[str, Any], dynamic_batch: bool) -> Optional[List[Tensor]]:
+    """Writes the export (with ``metadata``), traced on ``example``, at ``path``; returns its outputs
+    on each of ``checks`` (``None`` when ONNX cannot be run here)."""
     text = json.dumps(metadata)
-    if fmt == "torchscript":
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    if fmt == "torchscript":  # a trace records shape arithmetic, not the example's sizes
         with warnings.catch_warnings():  # the tracer's notes on Python-side values and its deprecation notice
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
@@ -232,17 +258,20 @@ def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str, m
         torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: text})
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-            return torch.jit.load(str(path))(example)
+            loaded = torch.jit.load(str(path))
+            return [loaded(clips) for clips in checks]
     if fmt == "exported-program":
-        program = torch.export.export(model, (example,))
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
         torch.export.save(program, str(path), extra_files={METADATA_FILE: text})
-        return torch.export.load(str(path)).module()(example)
+        loaded = torch.export.load(str(path)).module()
+        return [loaded(clips) for clips in checks]
     if fmt == "safetensors":  # a folder: model.safetensors + config.json (class names, preprocessing) + README.md
         save_pretrained_folder(model, path)
-        return load_pretrained(path)(example)
+        loaded = load_pretrained(path)
+        return [loaded(clips) for clips in checks]
     with _quiet_onnx_exporter() as verbose:
         program = torch.onnx.export(model, (example,), dynamo=True, input_names=["clip"], output_names=["logits"],
-                                    verbose=verbose)
+                                    dynamic_shapes=dynamic_shapes, verbose=verbose)
         program.model.metadata_props[METADATA_KEY] = text
         program.save(str(path), external_data=_weight_bytes(model) > ONNX_SINGLE_FILE_LIMIT)
     try:
@@ -250,4 +279,5 @@ def _write_and_reload(model: nn.Module, example: Tensor, path: Path, fmt: str, m
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: example.cpu().numpy()})[0])
+    name = session.get_inputs()[0].name
+    return [torch.from_numpy(session.run(None, {name: clips.cpu().numpy()})[0]) for clips in checks]

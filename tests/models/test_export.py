@@ -47,6 +47,58 @@ def test_export_round_trips(checkpoint, tmp_path, capsys, fmt):
     assert "max |exported - eager|" in text and out.stat().st_size > 1000
 
 
+def _run_export(fmt, path):
+    """A function clips -> logits of the export at ``path``, as its own runtime loads it."""
+    if fmt == "exported-program":
+        return torch.export.load(str(path)).module()
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda clips: torch.from_numpy(session.run(None, {"clip": clips.numpy()})[0])
+
+
+@pytest.mark.parametrize("fmt", ["exported-program", "torchscript", "onnx"])
+@pytest.mark.parametrize("traced_batch", [1, 3])
+def test_the_exported_batch_is_dynamic_by_default(checkpoint, tmp_path, capsys, fmt, traced_batch):
+    """Exported on a batch of 1 (or 3), the model runs on other batch sizes and equals the eager model
+    there; the metadata and the printed line say the batch is free."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+    from taggnn.engine.trainer import load_trained
+
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out),
+                 "--batch", str(traced_batch)]) == 0
+    assert "input (batch, 3, 8, 32, 32)" in capsys.readouterr().out
+    assert read_export_metadata(out)["input_shape"] == ["batch", 3, 8, 32, 32]
+    exported = _run_export(fmt, out)
+    eager, _, _ = load_trained(checkpoint, torch.device("cpu"))
+    eager.eval()
+    torch.manual_seed(1)
+    for batch in (1, 2, 5):
+        clips = torch.randn(batch, 3, 8, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(clips), eager(clips), atol=1e-4, rtol=1e-4)
+
+
+def test_static_batch_fixes_the_batch(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--batch", "2",
+                 "--static-batch"]) == 0
+    assert "input (2, 3, 8, 32, 32)" in capsys.readouterr().out
+    assert read_export_metadata(out)["input_shape"] == [2, 3, 8, 32, 32]
+    program = torch.export.load(str(out)).module()
+    assert program(torch.randn(2, 3, 8, 32, 32)).shape == (2, 16)
+    with pytest.raises(Exception):  # torch.export checks the input against the exported shape
+        program(torch.randn(3, 3, 8, 32, 32))
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "safetensors", "--out",
+                 str(tmp_path / "shared"), "--static-batch"]) == 2
+    assert "--static-batch do not apply to --format safetensors" in capsys.readouterr().err
+
+
 def test_export_at_another_clip_length(checkpoint, tmp_path, capsys):
     out = tmp_path / "long.pt2"
     assert main(["export", "--checkpoint", str(checkpoint), "--frames", "16", "--out", str(out)]) == 0
