@@ -48,6 +48,7 @@ with the kernel.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
@@ -88,6 +89,14 @@ def _grid_of(grid) -> Grid:
     return T, H, W
 
 
+def _integer_rows(offsets) -> bool:
+    """Whether ``offsets`` is a (possibly empty) sequence of length-3 sequences of Python / NumPy integers."""
+    if isinstance(offsets, Tensor) or not isinstance(offsets, (list, tuple)):
+        return False
+    return all(isinstance(row, (list, tuple)) and len(row) == 3
+               and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in row) for row in offsets)
+
+
 def check_offsets(offsets) -> Offsets:
     r"""Validates an offset set and returns it as a sorted tuple of ``(dt, dy, dx)``.
 
@@ -99,14 +108,17 @@ def check_offsets(offsets) -> Offsets:
     Raises:
         ConfigError: when it is not ``(S, 3)`` integers, holds ``(0, 0, 0)`` or a repeat, or is not symmetric.
     """
-    tensor = torch.as_tensor(offsets)
-    if tensor.numel() == 0:
-        return ()
-    if tensor.dim() != 2 or tensor.size(1) != 3 or tensor.is_floating_point() or tensor.is_complex() \
-            or tensor.dtype == torch.bool:
-        raise ConfigError(f"expected offsets as an (S, 3) integer tensor of (dt, dy, dx), got dtype {tensor.dtype} "
-                          f"and shape {tuple(tensor.shape)}")
-    rows = [tuple(int(v) for v in row) for row in tensor.tolist()]
+    if _integer_rows(offsets):  # plain Python (the cached form): no tensor, so tracing and export see constants
+        rows = [tuple(int(v) for v in row) for row in offsets]
+    else:
+        tensor = torch.as_tensor(offsets)
+        if tensor.numel() == 0:
+            return ()
+        if tensor.dim() != 2 or tensor.size(1) != 3 or tensor.is_floating_point() or tensor.is_complex() \
+                or tensor.dtype == torch.bool:
+            raise ConfigError(f"expected offsets as an (S, 3) integer tensor of (dt, dy, dx), got dtype "
+                              f"{tensor.dtype} and shape {tuple(tensor.shape)}")
+        rows = [tuple(int(v) for v in row) for row in tensor.tolist()]
     unique = set(rows)
     if len(unique) != len(rows):
         raise ConfigError(f"offsets hold repeats: {sorted(o for o in unique if rows.count(o) > 1)}; list each once")
@@ -209,8 +221,8 @@ def _check_weights(weights) -> Optional[Tensor]:
         shape = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
         raise ConfigError(f"expected weights as a float tensor of shape (3,) (spatial, temporal, self-loop), got "
                           f"{shape}")
-    if torch.is_grad_enabled() and weights.requires_grad:
-        return weights  # no data-dependent check inside a differentiable graph
+    if (torch.is_grad_enabled() and weights.requires_grad) or _tracing():
+        return weights  # no data-dependent check inside a differentiable or traced graph
     if not bool((weights >= 0).all()) or not bool(torch.isfinite(weights).all()):
         raise ConfigError(f"edge-type weights must be finite and >= 0, got {weights.tolist()}")
     return weights
@@ -327,9 +339,9 @@ def _stencil_sum(y: Tensor, plan: _Plan, type_weights, out: Optional[Tensor] = N
         kernel = _conv_kernel(plan, type_weights, c, y.device, y.dtype)
         summed = F.conv3d(y.permute(0, 4, 1, 2, 3), kernel, padding=plan.radius, groups=c)  # (b, c, T, H, W)
         return summed.permute(0, 2, 3, 4, 1)  # (b, T, H, W, c), channels-last memory: a view
-    if out is None:
-        out = torch.empty_like(y)
-    if w_loop == 1.0:
+    if out is None:  # a new tensor (also what a traced graph, run with autograd on, needs)
+        out = y.clone() if w_loop == 1.0 else y * w_loop
+    elif w_loop == 1.0:
         out.copy_(y)
     else:
         torch.mul(y, w_loop, out=out)
@@ -365,6 +377,22 @@ def _appnp_block(h: Tensor, plan: _Plan, scales: Tensor, K: int, alpha: float, t
     return torch.addcmul(mix, summed, last_scale, out=out)
 
 
+def _appnp_traced(h: Tensor, plan: _Plan, scales: Tensor, K: int, alpha: float, type_weights) -> Tensor:
+    """:func:`_appnp_block`'s iteration without ``out=`` buffers, for tracers and exporters: the
+    graph they record is run later with autograd on, where ``out=`` arguments are refused."""
+    d_inv_sqrt, step_scale, last_scale = scales.unbind(0)  # (T, H, W, 1) each
+    y = h * d_inv_sqrt  # (B, T, H, W, C)
+    mix = y * alpha
+    for _ in range(K - 1):
+        y = torch.addcmul(mix, _stencil_sum(y, plan, type_weights), step_scale)
+    return torch.addcmul(h * alpha, _stencil_sum(y, plan, type_weights), last_scale)
+
+
+def _tracing() -> bool:
+    """Whether a tracer or exporter runs the code: the CPU blocking loop would fix the batch size."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def _blocks(B: int, N: int, C: int) -> Tuple[int, int]:
     """(clips, channels) per block: about :data:`BLOCK_ELEMENTS` elements; channels in
     multiples of 8 (vector-friendly for the convolution) when a clip alone is larger."""
@@ -382,6 +410,8 @@ def _appnp_no_grad(x: Tensor, plan: _Plan, K: int, alpha: float, type_weights) -
     T, H, W = plan.grid
     scales = _scalings(plan, type_weights, alpha, x.device, x.dtype)
     grid_x = x.reshape(B, T, H, W, C)
+    if _tracing():  # exports: whole-batch operations (any batch size), no out= buffers
+        return _appnp_traced(grid_x, plan, scales, K, alpha, type_weights).reshape(B, N, C)
     if x.device.type != "cpu":  # accelerators: whole-batch operations, no blocking
         return _appnp_block(grid_x, plan, scales, K, alpha, type_weights).reshape(B, N, C)
     clips, channels = _blocks(B, N, C)
@@ -483,8 +513,8 @@ def stencil_appnp(x: Tensor, grid, offsets, K: int, alpha: float, *, self_loops:
     weights = _check_weights(weights)
     if K == 0:
         return x
-    if weights is not None and torch.is_grad_enabled() and weights.requires_grad:
-        B, N, C = x.shape
+    if weights is not None and ((torch.is_grad_enabled() and weights.requires_grad) or _tracing()):
+        B, N, C = x.shape  # tensor weights (traced ones too: their values are not Python floats there)
         h0 = x.reshape(B, *plan.grid, C)
         h = h0
         w = weights.to(x.dtype)

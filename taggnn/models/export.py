@@ -21,8 +21,10 @@ checked there, and only then moved to its place: a failed or unverified export n
 existing file.
 
 Back-ends: sparse tensors cannot be exported (they have no strides), so the graph stage of an
-exported model is the ``structured`` propagation, which computes the same function (equal to
-float rounding, tested against PyG's APPNP); ``edge_index`` stays as it is for TorchScript.
+exported model is the ``structured`` propagation on the paper's edge families and the ``stencil``
+one on any other translation-invariant graph (:func:`exportable`); both compute the same function
+(equal to float rounding, tested against PyG's APPNP). A graph with input-dependent (kNN) edges
+does not trace: the exporter's error is raised as a one-line :class:`~taggnn.errors.ConfigError`.
 
 Input shape: the batch dimension is dynamic by default (``torch.export``'s ``Dim("batch")``, an
 ONNX ``batch`` dimension; a TorchScript trace computes every shape from its input), and
@@ -90,12 +92,22 @@ def default_export_path(checkpoint: Union[str, Path], fmt: str) -> Path:
 
 
 def exportable(model: nn.Module) -> nn.Module:
-    """The model with its graph stage on the ``structured`` back-end when it used sparse tensors."""
+    """The model with its graph stage off sparse tensors, which no exporter follows: on the
+    ``structured`` back-end for the paper's edge families, on ``stencil`` for any other
+    translation-invariant graph (both compute the same function); a graph neither takes (kNN,
+    custom edges) keeps its back-end and the exporter says whether it can follow it."""
     refiner = getattr(getattr(model, "head", None), "refiner", None)
-    if refiner is not None and refiner.backend in ("csr", "sparse_tensor") and refiner.propagation in ("appnp", "gcn"):
-        logger.info("export: graph stage %r -> 'structured' (same function; sparse tensors cannot be exported)",
-                    refiner.backend)
-        refiner.backend = "structured"
+    if refiner is None or refiner.backend not in ("csr", "sparse_tensor"):
+        return model
+    before = refiner.backend
+    for candidate in ("structured", "stencil"):
+        try:
+            refiner.backend = candidate
+        except ValueError:  # ConfigError: this back-end does not take the graph or the propagation
+            continue
+        logger.info("export: graph stage %r -> %r (same function; sparse tensors cannot be exported)",
+                    before, candidate)
+        break
     return model
 
 

@@ -159,6 +159,47 @@ def test_onnx_weights_beyond_the_single_file_limit_go_to_a_named_data_file(check
     assert read_export_metadata(out)["num_classes"] == 16
 
 
+class _HeadOnly(torch.nn.Module):
+    """A TAG-Head on backbone features (B, 16, 2, 3, 3), as a model to export."""
+
+    def __init__(self, **graph):
+        super().__init__()
+        from taggnn.nn import TAGHead
+
+        self.head = TAGHead(16, 3, (2, 3, 3), num_heads=2, ffn_dim=16, **graph)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+@pytest.mark.parametrize("fmt", ["exported-program", "torchscript", "onnx"])
+@pytest.mark.parametrize("graph, backend", [
+    (dict(graph_spatial="grid4"), "stencil"),
+    (dict(graph_spatial="grid8", graph_temporal="window:2"), "stencil"),
+    (dict(graph_temporal="cube:1"), "stencil"),  # built on csr: export moves it to the stencil back-end
+    (dict(graph_spatial="none"), "structured"),
+    (dict(graph_spatial="grid4", edge_weights="learned"), "stencil"),
+    (dict(graph_spatial="radius:1", propagation="gcn"), "stencil"),
+])
+def test_heads_on_other_graph_families_export_with_a_dynamic_batch(tmp_path, fmt, graph, backend):
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+        pytest.importorskip("onnxruntime")
+    from taggnn.models.export import export_model
+
+    torch.manual_seed(0)
+    model = _HeadOnly(**graph).eval()
+    torch.manual_seed(1)
+    clips = {batch: torch.randn(batch, 16, 2, 3, 3) for batch in (1, 2, 5)}
+    with torch.no_grad():
+        eager = {batch: model(x) for batch, x in clips.items()}  # on the back-end it was built with
+    result = export_model(model, clips[1], tmp_path / f"m.{fmt}", fmt)
+    assert model.head.refiner.backend == backend and result["verified"] and result["dynamic_batch"]
+    exported = _run_export(fmt, tmp_path / f"m.{fmt}")
+    for batch, x in clips.items():
+        torch.testing.assert_close(exported(x), eager[batch], atol=1e-5, rtol=1e-5)
+
+
 def test_a_model_the_exporter_cannot_trace_is_refused_in_one_error(tmp_path):
     """A kNN graph stage (edge_index back-end) does not trace to TorchScript: a ConfigError naming the
     format and the graph stage, and nothing written."""
