@@ -54,13 +54,14 @@ test-wheel: install
 	need = ['taggnn/py.typed', '.dist-info/licenses/LICENSE'] + glob.glob('taggnn/configs/*.yaml'); \
 	missing = [n for n in need if not any(x.endswith(n) for x in names)]; \
 	sys.exit(f'wheel lacks {missing}' if missing else 0)" '$(WHEEL_DIR)/taggnn-*.whl'
-	$(PYTHON) -m venv --without-pip $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip uninstall -q -y setuptools  # older venvs seed one; the view has torch's
 	$(PY) .ci/dependency_view.py $(WHEEL_DIR)/taggnn-*.whl $(WHEEL_DEPS)
 	$(WHEEL_VENV)/bin/python -c "import pathlib, sys, sysconfig; \
 	pathlib.Path(sysconfig.get_paths()['purelib'], 'taggnn-dependencies.pth').write_text(sys.argv[1] + '\n')" \
 	  "$(CURDIR)/$(WHEEL_DEPS)"
-	$(PY) -m pip --python $(WHEEL_VENV)/bin/python install --no-deps $(WHEEL_DIR)/taggnn-*.whl
-	$(PY) -m pip --python $(WHEEL_VENV)/bin/python check
+	$(WHEEL_VENV)/bin/python -m pip install --no-deps $(WHEEL_DIR)/taggnn-*.whl
+	$(WHEEL_VENV)/bin/python -m pip check
 	cd "$$(mktemp -d)" && bin="$(CURDIR)/$(WHEEL_VENV)/bin" \
 	  && "$$bin/python" -c "import sys, taggnn; sys.exit(0 if taggnn.__file__.startswith(sys.prefix) else taggnn.__file__)" \
 	  && "$$bin/taggnn" --version && "$$bin/taggnn" --help > /dev/null \

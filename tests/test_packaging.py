@@ -192,3 +192,31 @@ def test_sparse_tensor_backend_without_the_ext_extra(tmp_path, monkeypatch, caps
     assert error.startswith("taggnn train: error: ")
     assert ("backend='sparse_tensor' needs torch-sparse, which is not importable here; pip install "
             "--no-build-isolation torch-scatter torch-sparse") in error
+
+
+# ------------------------------------------------- make test-wheel's dependency view
+def _dependency_view():
+    spec = importlib.util.spec_from_file_location("dependency_view", ROOT / ".ci" / "dependency_view.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dependency_view_holds_the_declared_closure_and_nothing_else(tmp_path):
+    """make test-wheel runs the wheel on links to its declared dependencies (and theirs) only: the
+    closure follows requirements with their markers and named extras, never the optional extras."""
+    view = _dependency_view()
+    found = view.closure(_dependencies())
+    for name in ("torch", "torch-geometric", "av", "scikit-learn", "numpy", "tqdm", "pyyaml", "scipy"):
+        assert name in found, name  # declared, or needed by a declared one (scikit-learn -> scipy)
+    for name in ("matplotlib", "pytest", "onnx", "ray", "safetensors"):  # extras only
+        assert name not in found, name
+    assert set(view.closure(["pyyaml"])) == {"pyyaml"}
+    assert view.link_view(view.closure(["pyyaml", "tqdm"]), tmp_path / "view") >= 2
+    assert (tmp_path / "view" / "yaml").is_symlink() and (tmp_path / "view" / "tqdm").is_symlink()
+    infos = [p.name.lower() for p in (tmp_path / "view").iterdir() if p.name.endswith(".dist-info")]
+    assert len(infos) == 2 and any(n.startswith("pyyaml-") for n in infos) and any(n.startswith("tqdm-") for n in infos)
+    with pytest.raises(SystemExit, match="not installed"):
+        view.closure(["surely-not-a-distribution-name"])
+    with pytest.raises(SystemExit, match="is required but .* has"):
+        view.closure(["pyyaml<1"])
