@@ -605,7 +605,11 @@ def cmd_export(args) -> int:
         if grid != model.head.grid:
             model.head.set_grid(grid)  # interpolates the positional table
         example = torch.randn(args.batch, 3, frames, crop, crop)
-    else:  # a head trained on cached features
+    else:  # a head trained on cached features: its input is the backbone's feature grid, not a clip
+        if args.frames or args.crop:
+            raise ConfigError(f"--frames/--crop do not apply to {checkpoint}: a head trained on cached features "
+                              f"takes backbone features (batch, {model.head.in_channels}, "
+                              f"{', '.join(map(str, model.head.grid))}), not clips; export it without them")
         example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
     # an export into a run folder is listed in its manifest, so `taggnn train --overwrite` removes it too
     _record_in_run_folder(out.parent, [out.name, *([f"{out.name}.data"] if args.format == "onnx" else [])])
