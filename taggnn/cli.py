@@ -79,7 +79,7 @@ from .engine.config import (
 )
 from .engine.data import build_dataset, video_files
 from .engine.plots import save_tsne
-from .engine.runfolder import MANIFEST_NAME, RunLock, record_outputs
+from .engine.runfolder import MANIFEST_NAME, RunLock, forget_outputs, read_manifest, record_outputs
 from .engine.trainer import (
     eval_autocast_dtype,
     evaluate,
@@ -272,12 +272,23 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
     return tag
 
 
-def _record_in_run_folder(out: Path, names: List[str]) -> None:
+def _record_in_run_folder(out: Path, names: List[str]) -> List[str]:
     """Lists files a command is about to write into ``out`` in the run folder's manifest (when
     ``out`` is a run folder), so that ``taggnn train --overwrite`` of that folder removes them as
-    taggnn's own."""
-    if (Path(out) / MANIFEST_NAME).is_file():
-        record_outputs(Path(out), names)
+    taggnn's own; returns the names it added (see :func:`_forget_unwritten`)."""
+    if not (Path(out) / MANIFEST_NAME).is_file():
+        return []
+    before = set(read_manifest(Path(out)) or [])
+    record_outputs(Path(out), names)
+    return [name for name in names if name not in before]
+
+
+def _forget_unwritten(out: Path, added: List[str]) -> None:
+    """Takes the names :func:`_record_in_run_folder` added off the manifest again where no such
+    file was written (a refused or failed export, an ONNX model without a ``.data`` file)."""
+    unwritten = [name for name in added if not os.path.lexists(Path(out) / name)]
+    if unwritten:
+        forget_outputs(Path(out), unwritten)
 
 
 def _evaluation_files(tag: str) -> List[str]:
@@ -605,12 +616,19 @@ def cmd_export(args) -> int:
         if grid != model.head.grid:
             model.head.set_grid(grid)  # interpolates the positional table
         example = torch.randn(args.batch, 3, frames, crop, crop)
-    else:  # a head trained on cached features
+    else:  # a head trained on cached features: its input is the backbone's feature grid, not a clip
+        if args.frames or args.crop:
+            raise ConfigError(f"--frames/--crop do not apply to {checkpoint}: a head trained on cached features "
+                              f"takes backbone features (batch, {model.head.in_channels}, "
+                              f"{', '.join(map(str, model.head.grid))}), not clips; export it without them")
         example = torch.randn(args.batch, model.head.in_channels, *model.head.grid)
     # an export into a run folder is listed in its manifest, so `taggnn train --overwrite` removes it too
-    _record_in_run_folder(out.parent, [out.name, *([f"{out.name}.data"] if args.format == "onnx" else [])])
-    result = export_model(model, example, out, args.format, overwrite=args.overwrite,
-                          dynamic_batch=not args.static_batch)
+    added = _record_in_run_folder(out.parent, [out.name, *([f"{out.name}.data"] if args.format == "onnx" else [])])
+    try:
+        result = export_model(model, example, out, args.format, overwrite=args.overwrite,
+                              dynamic_batch=not args.static_batch)
+    finally:
+        _forget_unwritten(out.parent, added)
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
     beside = [Path(name).name for name in result["files"][1:]]  # e.g. an ONNX model's weights over 2 GB

@@ -95,6 +95,33 @@ def test_exports_and_dumps_in_a_run_folder_are_removed_by_overwrite(run, quick_e
     assert not (run / "last.pt").exists() and [p.name for p in run.iterdir()] == [MANIFEST_NAME]
 
 
+def test_an_export_that_writes_nothing_leaves_the_manifest_as_it_was(run, monkeypatch, capsys):
+    """The names an export records before writing are taken off the manifest when it writes nothing
+    (refused, failed) and for an ONNX model without a .data file, so that a later file of that name
+    is not taken for taggnn's own by ``taggnn train --overwrite``."""
+    pytest.importorskip("onnxscript")
+    import taggnn.models.export as export_module
+
+    def fails(*args):
+        raise RuntimeError("the tracer cannot follow this model")
+
+    monkeypatch.setattr(export_module, "_write_and_reload", fails)
+    before = set(read_manifest(run))
+    for fmt in ("onnx", "torchscript", "exported-program"):
+        assert main(["export", "--checkpoint", str(run / "best.pt"), "--format", fmt]) == 2
+        assert f"cannot be exported as {fmt}" in one_line_error(capsys)
+        assert set(read_manifest(run)) == before
+    assert not [p for p in run.iterdir() if p.name.startswith("best.") and p.name != "best.pt"]
+
+    def one_file(model, example, checks, path, fmt, metadata, dynamic_batch):  # weights inside the .onnx
+        path.write_text("onnx export")
+        return [model(clips) for clips in checks]
+
+    monkeypatch.setattr(export_module, "_write_and_reload", one_file)
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--format", "onnx"]) == 0
+    assert set(read_manifest(run)) - before == {"best.onnx"}
+
+
 # ------------------------------------------------------------------------------ eval
 
 

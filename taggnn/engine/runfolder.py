@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOCK_NAME", "MANIFEST_NAME", "RUN_FILES", "RUN_PATTERNS", "RunLock", "process_alive", "process_identity",
-    "existing_run_files", "read_manifest", "record_outputs", "check_run_folder", "clear_run_folder",
+    "existing_run_files", "read_manifest", "record_outputs", "forget_outputs", "check_run_folder", "clear_run_folder",
     "remove_stale_temporaries", "write_text_atomic",
 ]
 
@@ -87,6 +87,17 @@ def record_outputs(folder: Path, names: Iterable[str]) -> None:
         recorded = read_manifest(folder) or []
         if set(names) - set(recorded):
             _write_manifest(folder, recorded + names)
+
+
+def forget_outputs(folder: Path, names: Iterable[str]) -> None:
+    """Removes ``names`` from ``folder``'s manifest: files a command recorded with
+    :func:`record_outputs` and then did not write (a refused or failed export)."""
+    folder = Path(folder)
+    names = {Path(name).name for name in names}
+    with folder_mutex(folder):
+        recorded = read_manifest(folder)
+        if recorded is not None and names & set(recorded):
+            _write_manifest(folder, [name for name in recorded if name not in names])
 
 
 def existing_run_files(folder: Path) -> List[Path]:

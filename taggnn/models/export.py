@@ -161,6 +161,8 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
         for module in ("onnx", "onnxscript"):
             require(module, extra="export", feature="exporting to ONNX")
     model = (model if fmt == "safetensors" else exportable(model)).eval()  # safetensors keeps any back-end
+    if fmt != "safetensors":
+        _refuse_input_dependent_edges(model, fmt)
     path = Path(path)
     dynamic_batch = dynamic_batch or fmt == "safetensors"
     metadata = dict(metadata if metadata is not None else export_metadata(model, example,
@@ -196,6 +198,18 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
         logger.warning("onnxruntime is not installed (pip install 'taggnn[export]'): %s was not verified", path)
         return dict(result, max_abs_diff=None, verified=False)
     return dict(result, max_abs_diff=difference, verified=True)
+
+
+def _refuse_input_dependent_edges(model: nn.Module, fmt: str) -> None:
+    """Refuses, before any tracing, a graph stage with kNN edges: they are rebuilt from the features
+    at every forward, which no exporter records (a trace would keep the example's edges, or fail
+    after minutes)."""
+    graph = getattr(getattr(getattr(model, "head", None), "refiner", None), "graph", None)
+    dynamic = getattr(graph, "dynamic", None)
+    if dynamic:
+        raise ConfigError(f"this model cannot be exported as {fmt}: its graph stage has {dynamic!r} edges "
+                          f"(model.graph_dynamic), rebuilt from the features at every forward, which no exporter "
+                          f"traces; nothing was written. --format safetensors keeps it (it runs with taggnn)")
 
 
 def _graph_stage(model: nn.Module) -> str:
@@ -256,6 +270,20 @@ def _weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
+class _FixedBatch(nn.Module):
+    """``model`` on exactly ``batch`` clips, for a TorchScript trace with a fixed batch: the trace
+    computes every other shape from its input, so the batch is fixed by a reshape to the constant
+    ``batch`` (a batch of another size fails there, as it does in ``torch.export`` and ONNX)."""
+
+    def __init__(self, model: nn.Module, batch: int):
+        super().__init__()
+        self.model = model
+        self.batch = int(batch)
+
+    def forward(self, clips: Tensor) -> Tensor:
+        return self.model(clips.reshape(self.batch, *clips.shape[1:]))
+
+
 def _write_and_reload(model: nn.Module, example: Tensor, checks: List[Tensor], path: Path, fmt: str,
                       metadata: Mapping[str, Any], dynamic_batch: bool) -> Optional[List[Tensor]]:
     """Writes the export (with ``metadata``), traced on ``example``, at ``path``; returns its outputs
@@ -263,15 +291,14 @@ def _write_and_reload(model: nn.Module, example: Tensor, checks: List[Tensor], p
     text = json.dumps(metadata)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     if fmt == "torchscript":  # a trace records shape arithmetic, not the example's sizes
-        with warnings.catch_warnings():  # the tracer's notes on Python-side values and its deprecation notice
+        traced_model = model if dynamic_batch else _FixedBatch(model, example.size(0))
+        with warnings.catch_warnings():  # the tracer's notes on Python-side values and its deprecation notices
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-            traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: text})
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            traced = torch.jit.trace(traced_model, example, check_trace=False)
+            torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: text})
             loaded = torch.jit.load(str(path))
-            return [loaded(clips) for clips in checks]
+        return [loaded(clips) for clips in checks]
     if fmt == "exported-program":
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
         torch.export.save(program, str(path), extra_files={METADATA_FILE: text})

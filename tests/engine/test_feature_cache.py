@@ -342,6 +342,24 @@ def test_a_head_only_checkpoint_has_no_backbone(cache, tmp_path, capsys):
     assert "is a head trained on cached features" in one_line_error(capsys)
 
 
+def test_export_of_a_head_only_checkpoint_refuses_frames_and_crop(cache, tmp_path, capsys):
+    """A head on cached features takes backbone features, whose grid --frames / --crop cannot change:
+    refused in one line (they were ignored, and the export kept the trained grid), nothing written."""
+    from taggnn.engine.checkpoint import save_checkpoint
+    from taggnn.models import build_model_from_config
+
+    config = load_config("synthgym_frozen", TINY + [f"data.features={cache}"])
+    head_only = save_checkpoint(tmp_path / "best.pt", {"model": build_model_from_config(config, 16).state_dict(),
+                                                       "config": config.to_dict(), "num_classes": 16, "epoch": 1})
+    for option in (["--frames", "16"], ["--crop", "64"]):
+        assert main(["export", "--checkpoint", str(head_only), "--format", "torchscript", *option]) == 2
+        line = one_line_error(capsys, "export")
+        assert "--frames/--crop do not apply" in line and "cached features" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+    assert main(["export", "--checkpoint", str(head_only), "--format", "torchscript"]) == 0
+    assert "input (batch, " in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- files that are not feature files
 
 

@@ -99,6 +99,32 @@ def test_static_batch_fixes_the_batch(checkpoint, tmp_path, capsys):
     assert "--static-batch do not apply to --format safetensors" in capsys.readouterr().err
 
 
+def test_static_batch_fixes_the_torchscript_batch_too(checkpoint, tmp_path, capsys):
+    """A TorchScript trace computes its shapes from the input: --static-batch still fixes the batch
+    the metadata states, and the export says nothing on stderr about torch.jit's deprecation."""
+    import warnings
+
+    from taggnn.engine.trainer import load_trained
+
+    out = tmp_path / "model.torchscript.pt"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--out", str(out),
+                     "--batch", "2", "--static-batch"]) == 0
+    assert not [w for w in caught if "torch.jit" in str(w.message)], [str(w.message) for w in caught]
+    assert "input (2, 3, 8, 32, 32)" in capsys.readouterr().out
+    assert read_export_metadata(out)["input_shape"] == [2, 3, 8, 32, 32]
+    exported = torch.jit.load(str(out))
+    eager, _, _ = load_trained(checkpoint, torch.device("cpu"))
+    torch.manual_seed(2)
+    clips = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(clips), eager.eval()(clips), atol=1e-4, rtol=1e-4)
+    for batch in (1, 3):
+        with pytest.raises(RuntimeError):
+            exported(torch.randn(batch, 3, 8, 32, 32))
+
+
 def test_export_at_another_clip_length(checkpoint, tmp_path, capsys):
     out = tmp_path / "long.pt2"
     assert main(["export", "--checkpoint", str(checkpoint), "--frames", "16", "--out", str(out)]) == 0
@@ -222,6 +248,39 @@ def test_a_model_the_exporter_cannot_trace_is_refused_in_one_error(tmp_path):
         export_model(Model().eval(), torch.randn(1, 16, 2, 2, 2), tmp_path / "m.pt", "torchscript")
     message = str(error.value)
     assert "cannot be exported as torchscript" in message and "knn:2" in message and "\x1b[" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported-program", "onnx"])
+def test_a_knn_graph_is_refused_before_any_tracing(tmp_path, monkeypatch, fmt):
+    """kNN edges are rebuilt from the features at every forward: every tracing format refuses them
+    at once (no exporter is called), says why and points to safetensors; nothing is written."""
+    from torch import nn
+
+    from taggnn.errors import ConfigError
+    from taggnn.models.export import export_model
+    from taggnn.nn import TAGHead
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = TAGHead(16, 3, (2, 2, 2), num_heads=2, ffn_dim=16, graph_dynamic="knn:2")
+
+        def forward(self, x):
+            return self.head(x)
+
+    def no_exporter(*args, **kwargs):
+        raise AssertionError("an exporter was called")
+
+    for name in ("jit.trace", "export.export", "onnx.export"):
+        module, attribute = name.split(".")
+        monkeypatch.setattr(getattr(torch, module), attribute, no_exporter)
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError) as error:
+        export_model(Model().eval(), torch.randn(1, 16, 2, 2, 2), tmp_path / "m", fmt)
+    message = str(error.value)
+    assert f"cannot be exported as {fmt}" in message and "'knn:2'" in message and "\n" not in message
+    assert "--format safetensors keeps it" in message and "may trace it" not in message
     assert list(tmp_path.iterdir()) == []
 
 
