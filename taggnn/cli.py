@@ -275,7 +275,7 @@ def results_tag(split: str, overrides: List[str], checkpoint: Optional[Path] = N
 def _record_in_run_folder(out: Path, names: List[str]) -> List[str]:
     """Lists files a command is about to write into ``out`` in the run folder's manifest (when
     ``out`` is a run folder), so that ``taggnn train --overwrite`` of that folder removes them as
-    taggnn's own; returns the names it added (see :func:`_forget_unwritten`)."""
+    taggnn's own; returns the names it added (see :func:`_forget_outputs`)."""
     if not (Path(out) / MANIFEST_NAME).is_file():
         return []
     before = set(read_manifest(Path(out)) or [])
@@ -283,12 +283,12 @@ def _record_in_run_folder(out: Path, names: List[str]) -> List[str]:
     return [name for name in names if name not in before]
 
 
-def _forget_unwritten(out: Path, added: List[str]) -> None:
-    """Takes the names :func:`_record_in_run_folder` added off the manifest again where no such
-    file was written (a refused or failed export, an ONNX model without a ``.data`` file)."""
-    unwritten = [name for name in added if not os.path.lexists(Path(out) / name)]
-    if unwritten:
-        forget_outputs(Path(out), unwritten)
+def _forget_outputs(out: Path, names: List[str]) -> None:
+    """Takes names :func:`_record_in_run_folder` added off the manifest again: the files a refused
+    or failed export did not write (a file of that name already there is not taggnn's), or an ONNX
+    model's ``.data`` file that was not needed."""
+    if names:
+        forget_outputs(Path(out), names)
 
 
 def _evaluation_files(tag: str) -> List[str]:
@@ -627,8 +627,11 @@ def cmd_export(args) -> int:
     try:
         result = export_model(model, example, out, args.format, overwrite=args.overwrite,
                               dynamic_batch=not args.static_batch)
-    finally:
-        _forget_unwritten(out.parent, added)
+    except BaseException:  # nothing was written (the export is staged): a file of that name is not ours
+        _forget_outputs(out.parent, added)
+        raise
+    _forget_outputs(out.parent, [name for name in added if Path(name).name not in
+                                 {Path(f).name for f in result["files"]}])  # e.g. no ONNX .data file
     check = (f"max |exported - eager| = {result['max_abs_diff']:.1e}" if result["verified"]
              else "not verified (onnxruntime missing)")
     beside = [Path(name).name for name in result["files"][1:]]  # e.g. an ONNX model's weights over 2 GB

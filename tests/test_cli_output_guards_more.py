@@ -112,6 +112,12 @@ def test_an_export_that_writes_nothing_leaves_the_manifest_as_it_was(run, monkey
         assert f"cannot be exported as {fmt}" in one_line_error(capsys)
         assert set(read_manifest(run)) == before
     assert not [p for p in run.iterdir() if p.name.startswith("best.") and p.name != "best.pt"]
+    mine = run / "best.pt2"  # the user's own file of that name, which a failed --overwrite export leaves
+    mine.write_text("mine")
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--overwrite"]) == 2
+    assert "cannot be exported" in one_line_error(capsys)
+    assert mine.read_text() == "mine" and set(read_manifest(run)) == before  # not listed as taggnn's
+    mine.unlink()
 
     def one_file(model, example, checks, path, fmt, metadata, dynamic_batch):  # weights inside the .onnx
         path.write_text("onnx export")

@@ -675,17 +675,22 @@ class SpatioTemporalGraph:
         Clip :math:`b` has its node ids offset by :math:`b N`; cached per
         (spec, batch size, device).
         """
-        _check_positive_int("batch_size", batch_size)
+        symbolic = isinstance(batch_size, torch.SymInt)  # an exporter's "any batch size"
+        if not symbolic:
+            _check_positive_int("batch_size", batch_size)
         device = _normalise_device(device)
 
         def build():
-            check_edge_memory(batch_size * self.num_edges,
-                              f"a batch of {batch_size} graphs of {self.T}x{self.H}x{self.W} tokens")
+            if not symbolic:  # an exporter's symbolic batch has no size to check
+                check_edge_memory(batch_size * self.num_edges,
+                                  f"a batch of {batch_size} graphs of {self.T}x{self.H}x{self.W} tokens")
             edge_index, edge_type = self._edges(device)
             offsets = torch.arange(batch_size, device=device) * self.num_nodes  # (B,)
             batched = edge_index.unsqueeze(1) + offsets.view(1, -1, 1)  # (2, B, E), one write
             return batched.view(2, -1), edge_type.repeat(batch_size)  # (2, B*E)
 
+        if symbolic:  # traced for any batch size: not cached
+            return build()
         return _CACHE.get((self.spec, "batched", batch_size, device), build)
 
     def _as_tokens(self, x: Tensor) -> Tensor:

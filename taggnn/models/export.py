@@ -36,7 +36,8 @@ another size.
 
 Metadata: every export carries what a user of the file needs besides the weights, under the key
 ``taggnn`` (:func:`export_metadata`, read back with :func:`read_export_metadata`): the class names,
-the number of classes, the input shape and the preprocessing (``num_frames``, ``crop_size``,
+the number of classes, the input shape (``["batch", 3, T, H, W]`` with a dynamic batch; this
+made it ``format_version`` 2) and the preprocessing (``num_frames``, ``crop_size``,
 ``short_side``, ``sampling``, ``normalization``, ``mean``, ``std``, ...). ONNX stores it in the
 model's ``metadata_props`` (``onnxruntime``: ``session.get_modelmeta().custom_metadata_map``),
 TorchScript and ``torch.export`` as the extra file ``taggnn.json`` (``torch.jit.load(path,
@@ -131,7 +132,7 @@ def export_metadata(model: nn.Module, example: Tensor, *, dynamic_batch: bool = 
     shape = list(example.shape)
     if dynamic_batch:
         shape[0] = "batch"
-    return {"format_version": 1, "taggnn_version": __version__, "class_names": meta.get("class_names"),
+    return {"format_version": 2, "taggnn_version": __version__, "class_names": meta.get("class_names"),
             "num_classes": getattr(model, "num_classes", None), "input_shape": shape,
             "input": "clip", "output": "logits", "dataset": meta.get("dataset"), "preprocessing": preprocessing}
 
@@ -160,10 +161,22 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
     if fmt == "onnx":  # torch's ONNX exporter writes through onnxscript and onnx: refuse before any work
         for module in ("onnx", "onnxscript"):
             require(module, extra="export", feature="exporting to ONNX")
+    refiner = getattr(getattr(model, "head", None), "refiner", None)
+    backend, training = (refiner.backend if refiner is not None else None), model.training
+    try:
+        return _export_model(model, example, Path(path), fmt, atol=atol, overwrite=overwrite, metadata=metadata,
+                             dynamic_batch=dynamic_batch)
+    finally:  # the caller's model as it was: its back-end (exportable() may switch it) and its mode
+        if refiner is not None and refiner.backend != backend:
+            refiner.backend = backend
+        model.train(training)
+
+
+def _export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, atol: float, overwrite: bool,
+                  metadata: Optional[Mapping[str, Any]], dynamic_batch: bool) -> Dict[str, object]:
     model = (model if fmt == "safetensors" else exportable(model)).eval()  # safetensors keeps any back-end
     if fmt != "safetensors":
         _refuse_input_dependent_edges(model, fmt)
-    path = Path(path)
     dynamic_batch = dynamic_batch or fmt == "safetensors"
     metadata = dict(metadata if metadata is not None else export_metadata(model, example,
                                                                           dynamic_batch=dynamic_batch))
@@ -173,7 +186,11 @@ def export_model(model: nn.Module, example: Tensor, path: Path, fmt: str, *, ato
         checks.append(traced_on)
     elif dynamic_batch:
         checks.append(example[:1])  # (1, ...)
-    expected = [model(clips) for clips in checks]
+    try:
+        expected = [model(clips) for clips in checks]
+    except RuntimeError as error:  # e.g. out of memory for a very long clip
+        raise ConfigError(f"the model cannot run on the export's example input {tuple(traced_on.shape)}: "
+                          f"{_first_line(error)}; nothing was written") from error
     with atomic_output(path, overwrite=overwrite) as staged:
         try:
             actual = _write_and_reload(model, traced_on, checks, staged, fmt, metadata, dynamic_batch)

@@ -206,11 +206,15 @@ class _HeadOnly(torch.nn.Module):
     (dict(graph_spatial="none"), "structured"),
     (dict(graph_spatial="grid4", edge_weights="learned"), "stencil"),
     (dict(graph_spatial="radius:1", propagation="gcn"), "stencil"),
+    (dict(propagation="gat"), "edge_index"),  # a PyG convolution on the batch's edge list
+    (dict(graph_spatial="grid4", propagation="gat"), "edge_index"),
+    (dict(backend="edge_index"), "edge_index"),  # the authors' path: PyG's APPNP on edge_index
 ])
-def test_heads_on_other_graph_families_export_with_a_dynamic_batch(tmp_path, fmt, graph, backend):
+def test_heads_on_every_static_graph_export_with_a_dynamic_batch(tmp_path, monkeypatch, fmt, graph, backend):
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
         pytest.importorskip("onnxruntime")
+    import taggnn.models.export as export_module
     from taggnn.models.export import export_model
 
     torch.manual_seed(0)
@@ -219,11 +223,37 @@ def test_heads_on_other_graph_families_export_with_a_dynamic_batch(tmp_path, fmt
     clips = {batch: torch.randn(batch, 16, 2, 3, 3) for batch in (1, 2, 5)}
     with torch.no_grad():
         eager = {batch: model(x) for batch, x in clips.items()}  # on the back-end it was built with
+    built_with = model.head.refiner.backend
+    exported_backends = []
+    real_write = export_module._write_and_reload
+
+    def spy(model, *args):
+        exported_backends.append(model.head.refiner.backend)
+        return real_write(model, *args)
+
+    monkeypatch.setattr(export_module, "_write_and_reload", spy)
     result = export_model(model, clips[1], tmp_path / f"m.{fmt}", fmt)
-    assert model.head.refiner.backend == backend and result["verified"] and result["dynamic_batch"]
+    assert exported_backends == [backend] and result["verified"] and result["dynamic_batch"]
+    assert model.head.refiner.backend == built_with  # the caller's model keeps its own back-end
+    assert read_export_metadata(tmp_path / f"m.{fmt}")["format_version"] == 2
     exported = _run_export(fmt, tmp_path / f"m.{fmt}")
     for batch, x in clips.items():
         torch.testing.assert_close(exported(x), eager[batch], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_that_cannot_run_on_the_example_is_refused_in_one_error(checkpoint, tmp_path, capsys, monkeypatch):
+    """The eager run on the example (e.g. out of memory for a very long clip) is a one-line error."""
+    from taggnn.models.tagnet import TAGNet
+
+    def out_of_memory(self, clips):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 TB\nmore")
+
+    monkeypatch.setattr(TAGNet, "forward", out_of_memory)
+    out = tmp_path / "m.pt2"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--frames", "64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot run on the export's example input (2, 3, 64, 32, 32)" in err, err
+    assert "not enough memory" in err and not out.exists()
 
 
 def test_a_model_the_exporter_cannot_trace_is_refused_in_one_error(tmp_path):
