@@ -23,8 +23,10 @@ existing file.
 Back-ends: sparse tensors cannot be exported (they have no strides), so the graph stage of an
 exported model is the ``structured`` propagation on the paper's edge families and the ``stencil``
 one on any other translation-invariant graph (:func:`exportable`); both compute the same function
-(equal to float rounding, tested against PyG's APPNP). A graph with input-dependent (kNN) edges
-does not trace: the exporter's error is raised as a one-line :class:`~taggnn.errors.ConfigError`.
+(equal to float rounding, tested against PyG's APPNP). PyG convolutions (``gat``) and the
+``edge_index`` back-end trace on the batch's edge list. A graph with input-dependent (kNN) edges is
+refused before any tracing (a one-line :class:`~taggnn.errors.ConfigError`): no exporter records
+edges rebuilt from the features.
 
 Input shape: the batch dimension is dynamic by default (``torch.export``'s ``Dim("batch")``, an
 ONNX ``batch`` dimension; a TorchScript trace computes every shape from its input), and
